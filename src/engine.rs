@@ -1,0 +1,677 @@
+//! The decision engine: request head in, [`Step`] out. No clock, socket or
+//! random source of its own; the host passes them in [`Env`] and performs
+//! every [`Step`] exactly.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::cache::{OpenedSession, SessionCache};
+use crate::config::{ClientAuth, Config, HeaderNames, SameSite};
+use crate::encoding::{b64std, b64url, build_query, parse_query, percent_encode};
+use crate::events::Event;
+use crate::jose::{verify_id_token, Expected, IdClaims, Jwks, TokenError};
+use crate::pages::{self, Response};
+use crate::path::{normalize, PathError};
+use crate::policy::{Denial, Route, Rule};
+use crate::provider::{jwks_call, jwks_from_response, HttpCall, HttpResponse, ProviderSnapshot, JWKS_REFETCH_COOLDOWN};
+use crate::redirect::{authority_host, safe_redirect};
+use crate::seal::{hmac_sha256, Reject};
+use crate::session::{LoginState, Session};
+use crate::{SecureRandom, SharedState};
+
+/// Largest cookie we ever write; browsers drop cookies above ~4096 bytes.
+pub const MAX_COOKIE_BYTES: usize = 4000;
+
+/// The parts of a request the engine reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// `http` or `https`, as the client used it.
+    pub scheme: &'a str,
+    /// Host header / `:authority`.
+    pub authority: &'a str,
+    /// Path and query, as received.
+    pub path: &'a str,
+    /// Every header (names in any case).
+    pub headers: &'a [(String, String)],
+}
+
+impl RequestHead<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of cookie `name`, across all `cookie` headers.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .flat_map(|(_, v)| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then_some(v.trim_matches('"'))
+            })
+    }
+
+    fn looks_like_api(&self) -> bool {
+        let accept = self.header("accept").unwrap_or("");
+        (accept.contains("application/json") && !accept.contains("text/html"))
+            || self.header("sec-fetch-mode").is_some_and(|m| m.eq_ignore_ascii_case("cors"))
+            || self.header("x-requested-with").is_some_and(|m| m.eq_ignore_ascii_case("xmlhttprequest"))
+    }
+}
+
+/// What the host lends the engine for one call.
+pub struct Env<'a> {
+    /// Current time, unix seconds.
+    pub now: u64,
+    /// A CSPRNG (or the filter's keyed DRBG).
+    pub rng: &'a mut dyn SecureRandom,
+    /// State shared by all workers.
+    pub shared: &'a mut dyn SharedState,
+    /// Provider metadata; `None` while it has not been loaded.
+    pub provider: Option<&'a ProviderSnapshot>,
+    /// This worker's cache of opened sessions.
+    pub sessions: &'a mut SessionCache,
+    /// What happened, for counters and log lines (the host drains it).
+    pub events: Vec<Event>,
+    /// A JWKS fetched during this call, for the host to share with other workers.
+    pub fetched_jwks: Option<Vec<u8>>,
+}
+
+/// Continue upstream with these changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// Inbound header names (as received) to remove.
+    pub strip: Vec<String>,
+    /// Headers to set (overwriting) toward the upstream.
+    pub set: Vec<(String, String)>,
+    /// A normalized `:path` to forward instead of the received one.
+    pub set_path: Option<String>,
+    /// `set-cookie` values to add to the upstream's response.
+    pub set_cookies: Vec<String>,
+}
+
+/// What the host must do next.
+#[must_use]
+#[derive(Debug)]
+pub enum Step {
+    /// Forward the request upstream with these changes.
+    Allow(Allow),
+    /// Answer locally.
+    Respond(Response),
+    /// Make this call, then hand the response to [`Engine::on_fetched`] with `pending`.
+    Fetch {
+        /// The call.
+        call: HttpCall,
+        /// Opaque state to pass back.
+        pending: Pending,
+    },
+}
+
+/// Login state carried across a callout.
+#[derive(Debug)]
+pub struct Pending(PendingKind);
+
+#[derive(Debug)]
+enum PendingKind {
+    CodeExchange { login: LoginState, csrf_cookie: String },
+    JwksForLogin { login: LoginState, csrf_cookie: String, tokens: TokenResponse },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct TokenResponse {
+    id_token: Option<String>,
+    refresh_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenError_ {
+    error: Option<String>,
+}
+
+/// The engine: a compiled config and nothing else.
+pub struct Engine {
+    config: Config,
+}
+
+fn random_token(rng: &mut dyn SecureRandom) -> String {
+    let mut bytes = [0u8; 32];
+    rng.fill(&mut bytes);
+    b64url(&bytes)
+}
+
+fn clean_header_value(v: &str) -> String {
+    v.chars().filter(|c| !c.is_control()).collect()
+}
+
+impl Engine {
+    /// Wraps a validated configuration.
+    pub fn new(config: Config) -> Engine {
+        Engine { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Decides a request.
+    pub fn on_request(&self, head: &RequestHead<'_>, env: &mut Env<'_>) -> Step {
+        let (raw_path, query) = head.path.split_once('?').map_or((head.path, None), |(p, q)| (p, Some(q)));
+        let path = match normalize(raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                env.events.push(Event::Denied("ambiguous or invalid path"));
+                let msg = match e {
+                    PathError::Ambiguous => "The request path contains an encoded slash, a backslash or a control character.",
+                    PathError::Invalid => "The request path is not valid.",
+                };
+                return Step::Respond(pages::page(400, "Bad request", msg, None));
+            }
+        };
+        let paths = &self.config.paths;
+        if path == paths.callback.as_str() {
+            return self.callback(head, query.unwrap_or(""), env);
+        }
+        if path == paths.sign_out.as_str() {
+            return self.sign_out(head, query.unwrap_or(""), env);
+        }
+        if path == paths.start.as_str() {
+            let rd = parse_query(query.unwrap_or("")).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
+            let return_to = rd
+                .and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts))
+                .unwrap_or_else(|| "/".to_owned());
+            return self.start_login(head, return_to, Vec::new(), env);
+        }
+
+        let host = authority_host(head.authority);
+        let Some(route) = self.config.routes.find(host, &path) else {
+            env.events.push(Event::Denied("no route matches"));
+            return Step::Respond(self.deny_response(head, "No service is configured at this address."));
+        };
+        let mut allow = Allow {
+            strip: head
+                .headers
+                .iter()
+                .filter(|(n, _)| self.config.strip.contains(n))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            set: route.inject.iter().map(|(n, v)| (n.clone(), v.expose().to_owned())).collect(),
+            set_path: (path.as_ref() != raw_path).then(|| match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone().into_owned(),
+            }),
+            set_cookies: Vec::new(),
+        };
+        let requirement = match &route.rule {
+            Rule::Public => {
+                env.events.push(Event::Allowed);
+                return Step::Allow(allow);
+            }
+            Rule::Protected(r) => r,
+        };
+        let name = &self.config.session.cookie_name;
+        let mut clear_cookie = None;
+        let opened = match head.cookie(name) {
+            None => None,
+            Some(value) => match self.open_session(value, env) {
+                Ok(o) => Some(o),
+                Err(reject) => {
+                    env.events.push(Event::InvalidCookie(reject.reason()));
+                    clear_cookie = Some(self.clear_cookie(name, "/"));
+                    None
+                }
+            },
+        };
+        let Some(opened) = opened else {
+            let return_to = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            return self.login_or_401(head, route, return_to, clear_cookie.into_iter().collect(), env);
+        };
+        match requirement.check(&opened.session, self.config.provider.trust_unverified_email) {
+            Ok(()) => {
+                identity_headers(&route.headers, &opened, &mut allow.set);
+                env.events.push(Event::Allowed);
+                Step::Allow(allow)
+            }
+            Err(denial) => {
+                let why = match denial {
+                    Denial::NotAllowed => "user is not in the route's groups, emails or domains",
+                    Denial::UnverifiedEmail => {
+                        "email rule matched but the provider has not verified the address \
+                         (set provider.trust_unverified_email if your provider, e.g. Pocket ID, does not verify emails)"
+                    }
+                };
+                env.events.push(Event::Denied(why));
+                Step::Respond(self.deny_response(head, "Your account is not allowed to use this service."))
+            }
+        }
+    }
+
+    fn deny_response(&self, head: &RequestHead<'_>, message: &str) -> Response {
+        if head.looks_like_api() {
+            pages::json(403, "forbidden", message, &[])
+        } else {
+            pages::page(403, "Access denied", message, Some((&self.config.paths.sign_out, "Sign in as someone else")))
+        }
+    }
+
+    fn open_session(&self, value: &str, env: &mut Env<'_>) -> Result<Arc<OpenedSession>, Reject> {
+        if let Some(hit) = env.sessions.get(value, env.now) {
+            return Ok(hit);
+        }
+        let name = &self.config.session.cookie_name;
+        let (bytes, expires_at) = self.config.session.sealer.open(name, value, env.now)?;
+        let session = Session::decode(&bytes).ok_or(Reject::Malformed)?;
+        let opened = Arc::new(OpenedSession { groups_joined: session.groups.join(","), session, expires_at });
+        env.sessions.insert(value, Arc::clone(&opened), env.now);
+        Ok(opened)
+    }
+
+    fn login_or_401(
+        &self,
+        head: &RequestHead<'_>,
+        route: &Route,
+        return_to: String,
+        cookies: Vec<String>,
+        env: &mut Env<'_>,
+    ) -> Step {
+        if route.api || head.looks_like_api() {
+            env.events.push(Event::Unauthorized);
+            let login = format!("{}?{}", self.config.paths.start, build_query(&[("rd", &return_to)]));
+            return Step::Respond(
+                pages::json(401, "unauthorized", "Sign in first.", &[("login", &login)]).with_cookies(cookies),
+            );
+        }
+        let return_to = if matches!(head.method, "GET" | "HEAD") { return_to } else { "/".to_owned() };
+        let return_to = safe_redirect(&return_to, &[]).unwrap_or_else(|| "/".to_owned());
+        self.start_login(head, return_to, cookies, env)
+    }
+
+    fn unavailable(&self, env: &mut Env<'_>) -> Step {
+        env.events.push(Event::ProviderUnavailable);
+        Step::Respond(
+            pages::page(
+                503,
+                "Sign-in temporarily unavailable",
+                "The identity provider cannot be reached right now. Please try again in a moment.",
+                None,
+            )
+            .with_header("retry-after", "5"),
+        )
+    }
+
+    fn cookie_attrs(&self, path: &str, max_age: u64, same_site: SameSite) -> String {
+        let s = &self.config.session;
+        let mut attrs = format!("; Path={path}; Max-Age={max_age}; HttpOnly; SameSite={}", same_site.as_str());
+        if s.secure {
+            attrs.push_str("; Secure");
+        }
+        if let Some(d) = &s.domain {
+            attrs.push_str("; Domain=");
+            attrs.push_str(d);
+        }
+        attrs
+    }
+
+    fn clear_cookie(&self, name: &str, path: &str) -> String {
+        format!("{name}={}", self.cookie_attrs(path, 0, self.config.session.same_site))
+    }
+
+    fn csrf_cookie_name(&self, state: &str) -> Option<String> {
+        let prefix = state.get(..12)?;
+        prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .then(|| format!("{}_csrf_{prefix}", self.config.session.cookie_name))
+    }
+
+    fn id_token_cookie_name(&self) -> String {
+        format!("{}_idt", self.config.session.cookie_name)
+    }
+
+    fn redirect_uri(&self, head: &RequestHead<'_>) -> String {
+        match &self.config.redirect_url {
+            Some(u) => u.clone(),
+            None => format!("{}://{}{}", head.scheme, head.authority, self.config.paths.callback),
+        }
+    }
+
+    fn start_login(&self, head: &RequestHead<'_>, return_to: String, mut cookies: Vec<String>, env: &mut Env<'_>) -> Step {
+        let Some(provider) = env.provider else {
+            return self.unavailable(env);
+        };
+        let login = LoginState {
+            state: random_token(env.rng),
+            nonce: random_token(env.rng),
+            verifier: random_token(env.rng),
+            return_to,
+            redirect_uri: self.redirect_uri(head),
+        };
+        let challenge = b64url(&sha256(login.verifier.as_bytes()));
+        let p = &self.config.provider;
+        let query = build_query(&[
+            ("response_type", "code"),
+            ("client_id", &p.client_id),
+            ("redirect_uri", &login.redirect_uri),
+            ("scope", &p.scopes),
+            ("state", &login.state),
+            ("nonce", &login.nonce),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ]);
+        let endpoint = &provider.discovery.authorization_endpoint;
+        let sep = if endpoint.contains('?') { '&' } else { '?' };
+        let location = format!("{endpoint}{sep}{query}");
+        let Some(cookie_name) = self.csrf_cookie_name(&login.state) else {
+            return self.unavailable(env);
+        };
+        let s = &self.config.session;
+        let sealed = s.sealer.seal(&cookie_name, env.now + s.login_timeout, &login.encode(), env.rng);
+        // The login cookie is always Lax (or None): the callback is a cross-site
+        // navigation from the IdP, and a Strict cookie would not come back with it.
+        let same_site = if s.same_site == SameSite::None { SameSite::None } else { SameSite::Lax };
+        cookies.push(format!(
+            "{cookie_name}={sealed}{}",
+            self.cookie_attrs(&self.config.paths.callback, s.login_timeout, same_site)
+        ));
+        env.events.push(Event::LoginStarted);
+        Step::Respond(pages::redirect(&location).with_cookies(cookies))
+    }
+
+    fn login_failed(&self, env: &mut Env<'_>, status: u16, reason: &'static str, message: &str, cookies: Vec<String>) -> Step {
+        env.events.push(Event::LoginFailed(reason));
+        let again = format!("{}?rd=%2F", self.config.paths.start);
+        Step::Respond(pages::page(status, "Sign-in failed", message, Some((&again, "Sign in again"))).with_cookies(cookies))
+    }
+
+    fn callback(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
+        let params = parse_query(query);
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let csrf_cookie = param("state").and_then(|s| self.csrf_cookie_name(s));
+        let clear: Vec<String> =
+            csrf_cookie.iter().map(|n| self.clear_cookie(n, &self.config.paths.callback)).collect();
+        if let Some(error) = param("error") {
+            let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            let status = if code == "access_denied" { 403 } else { 400 };
+            return self.login_failed(
+                env,
+                status,
+                "provider returned an error",
+                &format!("The identity provider did not sign you in (error: {code})."),
+                clear,
+            );
+        }
+        let (Some(state), Some(cookie_name)) = (param("state"), csrf_cookie.as_deref()) else {
+            return self.login_failed(env, 400, "callback without state", "The sign-in response is incomplete (no state).", clear);
+        };
+        let unknown = "This sign-in attempt is not known to this browser: it expired, was already completed, or was started in another browser.";
+        let Some(sealed) = head.cookie(cookie_name) else {
+            return self.login_failed(env, 400, "no login cookie for this state", unknown, clear);
+        };
+        let s = &self.config.session;
+        let login = match s.sealer.open(cookie_name, sealed, env.now) {
+            Ok((bytes, _)) => match LoginState::decode(&bytes) {
+                Some(l) => l,
+                None => return self.login_failed(env, 400, "login cookie malformed", unknown, clear),
+            },
+            Err(_) => return self.login_failed(env, 400, "login cookie invalid or expired", unknown, clear),
+        };
+        if !bool::from(login.state.as_bytes().ct_eq(state.as_bytes())) {
+            return self.login_failed(env, 400, "state mismatch", unknown, clear);
+        }
+        if let Some(iss) = param("iss") {
+            if iss != self.config.provider.issuer {
+                return self.login_failed(
+                    env,
+                    400,
+                    "iss parameter mismatch",
+                    "The sign-in response came from an unexpected identity provider.",
+                    clear,
+                );
+            }
+        }
+        let Some(code) = param("code").filter(|c| !c.is_empty()) else {
+            return self.login_failed(env, 400, "callback without code", "The sign-in response is incomplete (no code).", clear);
+        };
+        let mut key = b"state:".to_vec();
+        key.extend_from_slice(&sha256(state.as_bytes())[..16]);
+        if !env.shared.claim(&key, env.now + s.login_timeout, env.now) {
+            return self.login_failed(env, 400, "state replayed", unknown, clear);
+        }
+        let Some(provider) = env.provider else {
+            env.events.push(Event::LoginFailed("provider unavailable at callback"));
+            return self.unavailable(env);
+        };
+        let Some(call) = self.token_call(provider, &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &login.redirect_uri),
+            ("code_verifier", &login.verifier),
+        ]) else {
+            return self.unavailable(env);
+        };
+        Step::Fetch { call, pending: Pending(PendingKind::CodeExchange { login, csrf_cookie: cookie_name.to_owned() }) }
+    }
+
+    fn token_call(&self, provider: &ProviderSnapshot, form: &[(&str, &str)]) -> Option<HttpCall> {
+        let p = &self.config.provider;
+        let (target, authority, path) = p.callout_target(&provider.discovery.token_endpoint)?;
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        fields.push(("client_id", &p.client_id));
+        let mut headers = vec![
+            ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+            ("accept".to_owned(), "application/json".to_owned()),
+        ];
+        match p.client_auth {
+            ClientAuth::Basic => {
+                // RFC 6749 §2.3.1: form-encode both parts before base64.
+                let creds = format!("{}:{}", percent_encode(&p.client_id), percent_encode(p.client_secret.expose()));
+                headers.push(("authorization".to_owned(), format!("Basic {}", b64std(creds.as_bytes()))));
+            }
+            ClientAuth::Post => fields.push(("client_secret", p.client_secret.expose())),
+        }
+        Some(HttpCall {
+            target: target.to_owned(),
+            method: "POST",
+            authority,
+            path,
+            headers,
+            body: build_query(&fields).into_bytes(),
+            timeout_ms: p.timeout_ms,
+        })
+    }
+
+    /// Continues after a [`Step::Fetch`].
+    pub fn on_fetched(&self, pending: Pending, response: HttpResponse, env: &mut Env<'_>) -> Step {
+        match pending.0 {
+            PendingKind::CodeExchange { login, csrf_cookie } => self.on_token_response(login, csrf_cookie, response, env),
+            PendingKind::JwksForLogin { login, csrf_cookie, tokens } => {
+                let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
+                match jwks_from_response(&response) {
+                    Ok(jwks) => {
+                        env.fetched_jwks = Some(response.body);
+                        self.finish_login(login, clear, tokens, &jwks, true, env)
+                    }
+                    Err(_) if response.status == 0 => {
+                        env.events.push(Event::LoginFailed("JWKS refetch failed"));
+                        self.unavailable(env)
+                    }
+                    Err(_) => self.login_failed(env, 502, "JWKS refetch invalid", "The identity provider's keys could not be read.", clear),
+                }
+            }
+        }
+    }
+
+    fn on_token_response(&self, login: LoginState, csrf_cookie: String, resp: HttpResponse, env: &mut Env<'_>) -> Step {
+        let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
+        if resp.status == 0 {
+            env.events.push(Event::LoginFailed("token endpoint unreachable"));
+            return self.unavailable(env);
+        }
+        if resp.status != 200 {
+            let code = serde_json::from_slice::<TokenError_>(&resp.body).ok().and_then(|e| e.error).unwrap_or_default();
+            let (status, reason, msg) = if code == "invalid_grant" {
+                (400, "token endpoint: invalid_grant", "The sign-in code was refused (expired or already used).")
+            } else {
+                (502, "token endpoint error", "The identity provider refused to complete the sign-in.")
+            };
+            return self.login_failed(env, status, reason, msg, clear);
+        }
+        let tokens: TokenResponse = match serde_json::from_slice(&resp.body) {
+            Ok(t) => t,
+            Err(_) => return self.login_failed(env, 502, "token response malformed", "The identity provider sent an unreadable answer.", clear),
+        };
+        let Some(provider) = env.provider else {
+            return self.unavailable(env);
+        };
+        self.finish_login(login, clear, tokens, &provider.jwks, false, env)
+    }
+
+    fn finish_login(
+        &self,
+        login: LoginState,
+        mut cookies: Vec<String>,
+        tokens: TokenResponse,
+        jwks: &Jwks,
+        refetched: bool,
+        env: &mut Env<'_>,
+    ) -> Step {
+        let Some(id_token) = tokens.id_token.as_deref() else {
+            return self.login_failed(env, 502, "token response without id_token", "The identity provider sent no ID token (is the openid scope allowed?).", cookies);
+        };
+        let p = &self.config.provider;
+        let expected = Expected { issuer: &p.issuer, client_id: &p.client_id, nonce: Some(&login.nonce), now: env.now, leeway: p.clock_skew };
+        let claims = match verify_id_token(id_token, jwks, &expected) {
+            Ok(c) => c,
+            Err(TokenError::UnknownKey) if !refetched => {
+                let call = env.provider.and_then(|pr| jwks_call(p, &pr.discovery).ok());
+                let allowed = env.shared.claim(b"jwks-refetch", env.now + JWKS_REFETCH_COOLDOWN, env.now);
+                return match call {
+                    Some(call) if allowed => {
+                        let csrf_cookie = login.state.get(..12).map(|s| format!("{}_csrf_{s}", self.config.session.cookie_name)).unwrap_or_default();
+                        Step::Fetch { call, pending: Pending(PendingKind::JwksForLogin { login, csrf_cookie, tokens }) }
+                    }
+                    _ => self.login_failed(env, 502, "ID token signed with unknown key (refetch cooling down)", "The identity provider signed in with a key that is not yet known. Try again in a minute.", cookies),
+                };
+            }
+            Err(e) => {
+                env.events.push(Event::TokenRejected(e.reason()));
+                return self.login_failed(env, 400, "ID token rejected", "The identity provider's answer did not pass verification.", cookies);
+            }
+        };
+        let session = self.session_from_claims(&claims, tokens.refresh_token, env.now);
+        let s = &self.config.session;
+        let expires_at = env.now + s.lifetime;
+        let sealed = s.sealer.seal(&s.cookie_name, expires_at, &session.encode(), env.rng);
+        let session_cookie = format!("{}={sealed}{}", s.cookie_name, self.cookie_attrs("/", s.lifetime, s.same_site));
+        if session_cookie.len() > MAX_COOKIE_BYTES {
+            return self.login_failed(env, 400, "session cookie too large", "Your account carries too much data (groups) to fit in a cookie.", cookies);
+        }
+        cookies.push(session_cookie);
+        // The ID token is only needed as `id_token_hint` at sign-out: keep it in
+        // its own cookie scoped to that path so normal requests stay small.
+        let idt_name = self.id_token_cookie_name();
+        let idt = s.sealer.seal(&idt_name, expires_at, id_token.as_bytes(), env.rng);
+        let idt_cookie = format!("{idt_name}={idt}{}", self.cookie_attrs(&self.config.paths.sign_out, s.lifetime, s.same_site));
+        if idt_cookie.len() <= MAX_COOKIE_BYTES {
+            cookies.push(idt_cookie);
+        }
+        env.events.push(Event::LoginCompleted);
+        let target = safe_redirect(&login.return_to, &self.config.allowed_redirect_hosts).unwrap_or_else(|| "/".into());
+        let resp = if s.same_site == SameSite::Strict { pages::continue_page(&target) } else { pages::redirect(&target) };
+        Step::Respond(resp.with_cookies(cookies))
+    }
+
+    fn session_from_claims(&self, c: &IdClaims, refresh_token: Option<String>, now: u64) -> Session {
+        let clean = |v: &Option<String>| v.as_deref().map(clean_header_value);
+        let user = match self.config.provider.user_claim.as_str() {
+            "email" => c.email.clone(),
+            "name" => c.name.clone(),
+            "sub" => None,
+            _ => c.preferred_username.clone(),
+        }
+        .map(|u| clean_header_value(&u))
+        .unwrap_or_else(|| clean_header_value(&c.sub));
+        Session {
+            sub: c.sub.clone(),
+            user,
+            email: clean(&c.email),
+            email_verified: c.email_verified,
+            name: clean(&c.name),
+            groups: c.groups.iter().map(|g| clean_header_value(g)).collect(),
+            login_at: now,
+            checked_at: now,
+            refresh_token,
+        }
+    }
+
+    fn sign_out(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
+        let s = &self.config.session;
+        let idt_name = self.id_token_cookie_name();
+        if let Some(v) = head.cookie(&s.cookie_name) {
+            env.sessions.remove(v);
+        }
+        let hint = head
+            .cookie(&idt_name)
+            .and_then(|v| s.sealer.open(&idt_name, v, env.now).ok())
+            .and_then(|(bytes, _)| String::from_utf8(bytes).ok());
+        let cookies = vec![self.clear_cookie(&s.cookie_name, "/"), self.clear_cookie(&idt_name, &self.config.paths.sign_out)];
+        env.events.push(Event::SignedOut);
+        let rd = parse_query(query).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
+        let local = rd.and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts)).unwrap_or_else(|| "/".into());
+        let end_session = env.provider.and_then(|p| p.discovery.end_session_endpoint.as_deref());
+        let location = match end_session {
+            Some(endpoint) => {
+                let post_logout = self
+                    .config
+                    .post_logout_redirect_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{}://{}/", head.scheme, head.authority));
+                let mut q = vec![("client_id", self.config.provider.client_id.as_str()), ("post_logout_redirect_uri", post_logout.as_str())];
+                if let Some(h) = hint.as_deref() {
+                    q.insert(0, ("id_token_hint", h));
+                }
+                let sep = if endpoint.contains('?') { '&' } else { '?' };
+                format!("{endpoint}{sep}{}", build_query(&q))
+            }
+            None => local,
+        };
+        Step::Respond(pages::redirect(&location).with_cookies(cookies))
+    }
+}
+
+fn identity_headers(names: &HeaderNames, opened: &OpenedSession, set: &mut Vec<(String, String)>) {
+    let s = &opened.session;
+    let mut put = |name: &Option<String>, value: Option<&str>| {
+        if let (Some(n), Some(v)) = (name, value) {
+            set.push((n.clone(), v.to_owned()));
+        }
+    };
+    put(&names.user, Some(&s.user));
+    put(&names.email, s.email.as_deref());
+    put(&names.groups, (!s.groups.is_empty()).then_some(opened.groups_joined.as_str()));
+    put(&names.name, s.name.as_deref());
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// A keyed digest for shared-state keys (never stores a raw state or token).
+pub fn shared_key(label: &[u8], value: &[u8]) -> [u8; 16] {
+    let mac = hmac_sha256(b"oidc-edge/v1/shared-key", &[label, value]);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&mac[..16]);
+    out
+}
+
+#[cfg(test)]
+mod tests;

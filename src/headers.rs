@@ -1,0 +1,84 @@
+//! Identity-header hygiene (security invariant 1): every inbound spelling of a
+//! header we inject is removed, whatever its case and whether `-` was written
+//! as `_` or `.` (proxies and CGI-style upstreams fold those together).
+
+/// Header names folded to one canonical spelling.
+#[derive(Debug, Clone, Default)]
+pub struct StripSet {
+    canonical: Vec<Vec<u8>>,
+}
+
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+impl StripSet {
+    /// Builds the set from header names in any spelling.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> StripSet {
+        let mut canonical: Vec<Vec<u8>> = names.into_iter().map(|n| n.bytes().map(fold).collect()).collect();
+        canonical.sort();
+        canonical.dedup();
+        canonical.retain(|n| !n.is_empty());
+        StripSet { canonical }
+    }
+
+    /// Whether an inbound header name is a spelling of a protected one.
+    /// Allocation-free: this runs for every header of every request.
+    pub fn contains(&self, name: &str) -> bool {
+        let name = name.as_bytes();
+        self.canonical
+            .iter()
+            .any(|c| c.len() == name.len() && c.iter().zip(name).all(|(&a, &b)| a == fold(b)))
+    }
+
+    /// Number of canonical names.
+    pub fn len(&self) -> usize {
+        self.canonical.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.canonical.is_empty()
+    }
+}
+
+/// Headers that other auth proxies inject; stripped by default so that an
+/// upstream configured for one of them cannot be fooled through this one.
+pub const FOREIGN_IDENTITY_HEADERS: &[&str] = &[
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Access-Token",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Auth-Request-Groups",
+    "X-Auth-Request-Preferred-Username",
+    "X-Auth-Request-Access-Token",
+    "X-Remote-User",
+    "X-Email",
+    "X-WebAuth-User",
+    "Remote-User",
+    "Remote-Email",
+    "Remote-Groups",
+    "Remote-Name",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_is_caught() {
+        let set = StripSet::new(["Remote-User", "x-api-key"]);
+        for n in ["remote-user", "REMOTE-USER", "Remote_User", "remote.user", "REMOTE.USER", "X_API_KEY", "x.api.key"] {
+            assert!(set.contains(n), "{n}");
+        }
+        for n in ["remote-users", "remote-use", "x-api", "remoteuser", ""] {
+            assert!(!set.contains(n), "{n}");
+        }
+    }
+}

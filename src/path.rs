@@ -1,0 +1,130 @@
+//! Request-path normalization for policy matching (security invariant 6):
+//! every spelling of a path must be matched as the upstream will read it.
+
+use std::borrow::Cow;
+
+use crate::encoding::hex_value;
+
+/// Why a path is refused outright rather than normalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Encoded `/` or `\`, a raw `\`, NUL or another control character:
+    /// upstreams disagree on what these mean, so no reading is safe.
+    Ambiguous,
+    /// Not an origin-form path, or a bad percent-escape.
+    Invalid,
+}
+
+/// Normalizes the path part of a request target (no query): decodes escaped
+/// unreserved characters (`%2e` → `.`, `%41` → `A`), upper-cases the other
+/// escapes, merges repeated slashes and resolves `.` and `..` segments.
+/// Returns the input unchanged (borrowed) in the common case of a clean path.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::Invalid);
+    }
+    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'\\') {
+        return Err(PathError::Ambiguous);
+    }
+    let clean = !path.contains('%') && !path.contains("//") && !path.contains("/.") && !path.contains(';');
+    if clean {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex_value).ok_or(PathError::Invalid)?;
+            let lo = bytes.get(i + 2).copied().and_then(hex_value).ok_or(PathError::Invalid)?;
+            let b = hi << 4 | lo;
+            if b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f || b == b'%' {
+                return Err(PathError::Ambiguous);
+            }
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                decoded.push(char::from(b));
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
+                decoded.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+            }
+            i += 3;
+        } else {
+            // Multi-byte UTF-8 is copied byte-run by byte-run via char boundaries.
+            let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
+            decoded.push_str(&path[i..i + ch_len]);
+            i += ch_len;
+        }
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (n, seg) in segments.iter().enumerate() {
+        // Servlet containers read `..;x` as `..`: refuse rather than guess.
+        if seg.starts_with("..;") || seg.starts_with(".;") {
+            return Err(PathError::Ambiguous);
+        }
+        match *seg {
+            "" => trailing_slash = n == last,
+            "." => trailing_slash = n == last,
+            ".." => {
+                out.pop();
+                trailing_slash = n == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut result = String::with_capacity(decoded.len());
+    for seg in &out {
+        result.push('/');
+        result.push_str(seg);
+    }
+    if out.is_empty() || trailing_slash {
+        result.push('/');
+    }
+    Ok(Cow::Owned(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn clean_paths_are_borrowed() {
+        assert!(matches!(normalize("/app/index.html"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn tricks_collapse_to_the_real_path() {
+        assert_eq!(n("/public/../admin/x").unwrap(), "/admin/x");
+        assert_eq!(n("/public/%2e%2e/admin").unwrap(), "/admin");
+        assert_eq!(n("/public/%2E%2E/admin/").unwrap(), "/admin/");
+        assert_eq!(n("//admin//x").unwrap(), "/admin/x");
+        assert_eq!(n("/./admin/./x").unwrap(), "/admin/x");
+        assert_eq!(n("/%61dmin").unwrap(), "/admin");
+        assert_eq!(n("/../../admin").unwrap(), "/admin");
+        assert_eq!(n("/a/b/..").unwrap(), "/a/");
+        assert_eq!(n("/a%20b").unwrap(), "/a%20b");
+        assert_eq!(n("/a%c3%a9").unwrap(), "/a%C3%A9");
+        assert_eq!(n("/").unwrap(), "/");
+        assert_eq!(n("/..").unwrap(), "/");
+    }
+
+    #[test]
+    fn ambiguous_spellings_are_refused() {
+        for p in ["/public%2f..%2fadmin", "/public%2Fadmin", "/a\\b", "/a%5cb", "/a%00", "/a\tb", "/public/..;/admin", "/%25"] {
+            assert_eq!(n(p), Err(PathError::Ambiguous), "{p}");
+        }
+        assert_eq!(n("admin"), Err(PathError::Invalid));
+        assert_eq!(n("/a%zz"), Err(PathError::Invalid));
+        assert_eq!(n("/a%2"), Err(PathError::Invalid));
+    }
+}

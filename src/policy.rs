@@ -1,0 +1,230 @@
+//! Per-route policy: which routes exist, who may use them, and what is
+//! injected toward their upstream. Compiled once from the config.
+
+use crate::config::{HeaderNames, SecretString};
+use crate::session::Session;
+
+/// A host pattern: `*` (any), `*.example.com` (any subdomain) or an exact host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Matches every host.
+    Any,
+    /// Matches hosts ending in `.suffix` (not the bare suffix).
+    Subdomain(String),
+    /// Matches one host.
+    Exact(String),
+}
+
+impl HostPattern {
+    /// Parses a pattern; `None` when it is not a plausible host.
+    pub fn parse(text: &str) -> Option<HostPattern> {
+        let t = text.trim().to_ascii_lowercase();
+        if t == "*" {
+            return Some(HostPattern::Any);
+        }
+        let (pattern, host) = match t.strip_prefix("*.") {
+            Some(rest) => (HostPattern::Subdomain(rest.to_owned()), rest.to_owned()),
+            None => (HostPattern::Exact(t.clone()), t),
+        };
+        let valid = !host.is_empty()
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':' || b == b'_');
+        valid.then_some(pattern)
+    }
+
+    /// Whether `host` (no port, any case) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostPattern::Subdomain(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+/// Who may pass a protected route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirement {
+    /// Any of these groups admits.
+    pub groups: Vec<String>,
+    /// Any of these exact (lower-cased) email addresses admits.
+    pub emails: Vec<String>,
+    /// Any address in these (lower-cased) domains admits.
+    pub email_domains: Vec<String>,
+}
+
+/// Why an authenticated user is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// None of the route's groups, emails or domains matched.
+    NotAllowed,
+    /// An email rule would have matched, but the IdP has not verified the address.
+    UnverifiedEmail,
+}
+
+impl Requirement {
+    /// Whether the requirement admits every authenticated user.
+    pub fn is_any_user(&self) -> bool {
+        self.groups.is_empty() && self.emails.is_empty() && self.email_domains.is_empty()
+    }
+
+    /// Checks a session against the requirement.
+    pub fn check(&self, session: &Session, trust_unverified_email: bool) -> Result<(), Denial> {
+        if self.is_any_user() || session.groups.iter().any(|g| self.groups.contains(g)) {
+            return Ok(());
+        }
+        let Some(email) = session.email.as_deref() else {
+            return Err(Denial::NotAllowed);
+        };
+        let email = email.to_ascii_lowercase();
+        let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
+        let email_matches = self.emails.contains(&email) || self.email_domains.iter().any(|d| d == domain);
+        match (email_matches, session.email_verified || trust_unverified_email) {
+            (true, true) => Ok(()),
+            (true, false) => Err(Denial::UnverifiedEmail),
+            (false, _) => Err(Denial::NotAllowed),
+        }
+    }
+}
+
+/// What a route demands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// Anyone, no login.
+    Public,
+    /// A logged-in user meeting the requirement.
+    Protected(Requirement),
+}
+
+/// One route of the table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Index in the config, for log lines.
+    pub index: usize,
+    /// Host pattern.
+    pub host: HostPattern,
+    /// Path prefix, matched by whole segments.
+    pub prefix: String,
+    /// Who may pass.
+    pub rule: Rule,
+    /// Always answer 401 instead of redirecting to login.
+    pub api: bool,
+    /// Headers set toward the upstream, overwriting client values.
+    pub inject: Vec<(String, SecretString)>,
+    /// Identity header names for this route.
+    pub headers: HeaderNames,
+}
+
+impl Route {
+    /// Whether the route covers `host` and the normalized `path`.
+    ///
+    /// Protected routes match the path without regard to case and public ones
+    /// with it, so that case folding only ever makes a request face a stricter
+    /// rule (`/ADMIN` on a case-insensitive upstream is still the admin area).
+    pub fn matches(&self, host: &str, path: &str) -> bool {
+        self.host.matches(host) && prefix_matches(&self.prefix, path, matches!(self.rule, Rule::Protected(_)))
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str, fold_case: bool) -> bool {
+    let eq = |a: &str, b: &str| if fold_case { a.eq_ignore_ascii_case(b) } else { a == b };
+    if prefix == "/" {
+        return true;
+    }
+    let bare = prefix.strip_suffix('/').unwrap_or(prefix);
+    if path.len() < bare.len() || !path.is_char_boundary(bare.len()) || !eq(&path[..bare.len()], bare) {
+        return false;
+    }
+    // `/admin` and `/admin/` both cover `/admin` and `/admin/…`, never `/administrator`.
+    matches!(path.as_bytes().get(bare.len()), None | Some(b'/'))
+}
+
+/// The ordered route table: first match wins, no match is a denial.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Builds the table from compiled routes, in config order.
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        RouteTable { routes }
+    }
+
+    /// The first route covering the request.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    /// All routes (for computing the strip set).
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, rule: Rule) -> Route {
+        Route {
+            index: 0,
+            host: HostPattern::Any,
+            prefix: prefix.into(),
+            rule,
+            api: false,
+            inject: vec![],
+            headers: HeaderNames::default(),
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let sub = HostPattern::parse("*.Example.com").unwrap();
+        assert!(sub.matches("grafana.example.com"));
+        assert!(sub.matches("A.B.EXAMPLE.COM"));
+        assert!(!sub.matches("example.com"));
+        assert!(!sub.matches("evilexample.com"));
+        assert!(HostPattern::parse("app.test").unwrap().matches("APP.test"));
+        assert!(HostPattern::parse("bad host").is_none());
+        assert!(HostPattern::parse("").is_none());
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let r = route("/admin/", Rule::Protected(Requirement::default()));
+        assert!(r.matches("h", "/admin"));
+        assert!(r.matches("h", "/admin/"));
+        assert!(r.matches("h", "/admin/x"));
+        assert!(r.matches("h", "/ADMIN/x"));
+        assert!(!r.matches("h", "/administrator"));
+        let p = route("/public", Rule::Public);
+        assert!(p.matches("h", "/public/a"));
+        assert!(!p.matches("h", "/PUBLIC/a"));
+        assert!(!p.matches("h", "/publicity"));
+    }
+
+    #[test]
+    fn requirement_checks() {
+        let s = Session {
+            groups: vec!["users".into()],
+            email: Some("Bob@Example.com".into()),
+            email_verified: false,
+            ..Session::default()
+        };
+        let admins = Requirement { groups: vec!["admins".into()], ..Default::default() };
+        assert_eq!(admins.check(&s, false), Err(Denial::NotAllowed));
+        let users = Requirement { groups: vec!["admins".into(), "users".into()], ..Default::default() };
+        assert_eq!(users.check(&s, false), Ok(()));
+        let by_domain = Requirement { email_domains: vec!["example.com".into()], ..Default::default() };
+        assert_eq!(by_domain.check(&s, false), Err(Denial::UnverifiedEmail));
+        assert_eq!(by_domain.check(&s, true), Ok(()));
+        let by_email = Requirement { emails: vec!["bob@example.com".into()], ..Default::default() };
+        assert_eq!(by_email.check(&Session { email_verified: true, ..s.clone() }, false), Ok(()));
+        let no_email = Session { email: None, ..s };
+        assert_eq!(by_email.check(&no_email, true), Err(Denial::NotAllowed));
+    }
+}

@@ -1,0 +1,192 @@
+//! The provider's metadata: discovery and JWKS, how to fetch them, how to
+//! validate them, and the compact form workers share them in.
+
+use serde::Deserialize;
+
+use crate::config::ProviderConfig;
+use crate::encoding::split_url;
+use crate::jose::Jwks;
+
+/// An HTTP call the host must make (to an Envoy cluster or an nginx `host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    /// Callout target: cluster name or `host:port`.
+    pub target: String,
+    /// Method.
+    pub method: &'static str,
+    /// `:authority` (the IdP's host, for virtual hosting and TLS SNI).
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Timeout.
+    pub timeout_ms: u32,
+}
+
+/// What came back. `status == 0` means no response: unreachable, reset or timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// HTTP status, or 0.
+    pub status: u16,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// The endpoints we use, from `/.well-known/openid-configuration`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Discovery {
+    /// Issuer (equal to the configured one).
+    pub issuer: String,
+    /// Browser-facing authorization endpoint.
+    pub authorization_endpoint: String,
+    /// Token endpoint (called by the proxy).
+    pub token_endpoint: String,
+    /// JWKS (called by the proxy).
+    pub jwks_uri: String,
+    /// Userinfo (optional).
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+    /// RP-initiated logout (optional).
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+}
+
+/// Why provider metadata was refused or not fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError(pub String);
+
+fn get(config: &ProviderConfig, url: &str, what: &str) -> Result<HttpCall, ProviderError> {
+    let (target, authority, path) = config.callout_target(url).ok_or_else(|| {
+        let authority = split_url(url).map_or(url, |(_, a, _)| a);
+        ProviderError(format!(
+            "no callout target for the {what} host {authority:?}: add it to provider.callouts"
+        ))
+    })?;
+    Ok(HttpCall {
+        target: target.to_owned(),
+        method: "GET",
+        authority,
+        path,
+        headers: vec![("accept".into(), "application/json".into())],
+        body: Vec::new(),
+        timeout_ms: config.timeout_ms,
+    })
+}
+
+/// The discovery request.
+pub fn discovery_call(config: &ProviderConfig) -> Result<HttpCall, ProviderError> {
+    let url = format!("{}/.well-known/openid-configuration", config.issuer.trim_end_matches('/'));
+    get(config, &url, "issuer")
+}
+
+/// The JWKS request.
+pub fn jwks_call(config: &ProviderConfig, discovery: &Discovery) -> Result<HttpCall, ProviderError> {
+    get(config, &discovery.jwks_uri, "jwks_uri")
+}
+
+fn ok_body<'a>(resp: &'a HttpResponse, what: &str) -> Result<&'a [u8], ProviderError> {
+    match resp.status {
+        0 => Err(ProviderError(format!("{what}: provider unreachable or timed out"))),
+        200 => Ok(&resp.body),
+        s => Err(ProviderError(format!("{what}: provider answered HTTP {s}"))),
+    }
+}
+
+impl Discovery {
+    /// Parses and checks a discovery document against the configuration.
+    pub fn parse(bytes: &[u8], config: &ProviderConfig) -> Result<Discovery, ProviderError> {
+        let d: Discovery = serde_json::from_slice(bytes)
+            .map_err(|e| ProviderError(format!("discovery document is not valid: {e}")))?;
+        if d.issuer != config.issuer {
+            return Err(ProviderError(format!(
+                "discovery issuer {:?} differs from provider.issuer {:?}; they must match exactly \
+                 (check the scheme and any trailing slash)",
+                d.issuer, config.issuer
+            )));
+        }
+        for (name, url) in [("authorization_endpoint", &d.authorization_endpoint), ("token_endpoint", &d.token_endpoint), ("jwks_uri", &d.jwks_uri)] {
+            if split_url(url).is_none() {
+                return Err(ProviderError(format!("discovery {name} {url:?} is not an http(s) URL")));
+            }
+        }
+        // Calls to these go through callouts: fail now, naming the fix, rather than at login.
+        get(config, &d.token_endpoint, "token_endpoint")?;
+        get(config, &d.jwks_uri, "jwks_uri")?;
+        Ok(d)
+    }
+
+    /// Parses the discovery response.
+    pub fn from_response(resp: &HttpResponse, config: &ProviderConfig) -> Result<Discovery, ProviderError> {
+        Discovery::parse(ok_body(resp, "discovery")?, config)
+    }
+}
+
+/// Parses a JWKS response.
+pub fn jwks_from_response(resp: &HttpResponse) -> Result<Jwks, ProviderError> {
+    Jwks::parse(ok_body(resp, "jwks")?).map_err(ProviderError)
+}
+
+/// Discovery and keys, as one worker holds them.
+pub struct ProviderSnapshot {
+    /// Endpoints.
+    pub discovery: Discovery,
+    /// Keys.
+    pub jwks: Jwks,
+    /// When the JWKS was fetched (unix seconds).
+    pub fetched_at: u64,
+}
+
+/// The raw documents, in the form workers exchange through shared memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedProvider {
+    /// When fetched.
+    pub fetched_at: u64,
+    /// Discovery JSON.
+    pub discovery: Vec<u8>,
+    /// JWKS JSON.
+    pub jwks: Vec<u8>,
+}
+
+impl SharedProvider {
+    /// `fetched_at (8) | discovery length (4) | discovery | jwks`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.discovery.len() + self.jwks.len());
+        out.extend_from_slice(&self.fetched_at.to_be_bytes());
+        out.extend_from_slice(&(self.discovery.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.discovery);
+        out.extend_from_slice(&self.jwks);
+        out
+    }
+
+    /// Inverse of [`SharedProvider::encode`].
+    pub fn decode(bytes: &[u8]) -> Option<SharedProvider> {
+        let fetched_at = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let len = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
+        let discovery = bytes.get(12..12usize.checked_add(len)?)?.to_vec();
+        let jwks = bytes.get(12 + len..)?.to_vec();
+        Some(SharedProvider { fetched_at, discovery, jwks })
+    }
+
+    /// Validates both documents into a snapshot.
+    pub fn snapshot(&self, config: &ProviderConfig) -> Result<ProviderSnapshot, ProviderError> {
+        Ok(ProviderSnapshot {
+            discovery: Discovery::parse(&self.discovery, config)?,
+            jwks: Jwks::parse(&self.jwks).map_err(ProviderError)?,
+            fetched_at: self.fetched_at,
+        })
+    }
+}
+
+/// When metadata is refetched even if nothing failed (picks up key rotation).
+pub const METADATA_MAX_AGE: u64 = 3600;
+
+/// Seconds to wait after `failures` consecutive failed fetches: 1, 2, 4 … 30.
+pub fn retry_delay(failures: u32) -> u64 {
+    1u64.checked_shl(failures.min(5)).unwrap_or(32).min(30)
+}
+
+/// Minimum time between JWKS refetches triggered by an unknown `kid`.
+pub const JWKS_REFETCH_COOLDOWN: u64 = 60;

@@ -237,6 +237,7 @@ impl Engine {
         match requirement.check(&opened.session, self.config.provider.trust_unverified_email) {
             Ok(()) => {
                 identity_headers(&route.headers, &opened, &mut allow.set);
+                self.hide_own_cookies(head, &mut allow);
                 env.events.push(Event::Allowed);
                 Step::Allow(allow)
             }
@@ -251,6 +252,25 @@ impl Engine {
                 env.events.push(Event::Denied(why));
                 Step::Respond(self.deny_response(head, "Your account is not allowed to use this service."))
             }
+        }
+    }
+
+    /// The sealed session is for this gate only: the upstream gets the
+    /// identity headers, not a bearer cookie it could replay elsewhere.
+    fn hide_own_cookies(&self, head: &RequestHead<'_>, allow: &mut Allow) {
+        let name = self.config.session.cookie_name.as_str();
+        let ours = |pair: &str| pair.trim().split_once('=').is_some_and(|(k, _)| k == name || k.starts_with(name) && k[name.len()..].starts_with('_'));
+        let cookie_headers: Vec<&str> =
+            head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str()).collect();
+        if !cookie_headers.iter().any(|v| v.split(';').any(ours)) {
+            return;
+        }
+        let rest: Vec<&str> =
+            cookie_headers.iter().flat_map(|v| v.split(';')).filter(|p| !ours(p)).map(str::trim).filter(|p| !p.is_empty()).collect();
+        if rest.is_empty() {
+            allow.strip.push("cookie".to_owned());
+        } else {
+            allow.set.push(("cookie".to_owned(), rest.join("; ")));
         }
     }
 

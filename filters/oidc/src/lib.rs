@@ -1,1 +1,339 @@
+//! oidc-edge as a proxy-wasm filter. This crate only adapts the host: it reads
+//! the request once, hands it to the core engine, and performs the returned
+//! step. Every decision lives in the `oidc-edge` core.
+//!
+//! No `unwrap`/`expect` here: a panic traps the VM and drops traffic, so every
+//! host error becomes a local response (fail closed).
+#![forbid(unsafe_code)]
 
+mod host;
+mod shared;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use oidc_edge::provider::{discovery_call, jwks_call, jwks_from_response, retry_delay, Discovery, METADATA_MAX_AGE};
+use oidc_edge::{Config, Engine, HttpResponse, ProviderSnapshot, SessionCache, SharedProvider, Step};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use host::{unix_now, FilterRng, HostSecrets, Metrics};
+use shared::{HostShared, SyncRecord};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Sessions cached per worker; enough for a household or a small team many times over.
+const SESSION_CACHE_CAPACITY: usize = 4096;
+
+/// What a worker's root context shares with its HTTP contexts.
+struct Worker {
+    engine: Rc<Engine>,
+    sessions: SessionCache,
+    provider: Option<Rc<ProviderSnapshot>>,
+    /// Version of the shared provider blob the snapshot came from.
+    provider_version: Option<u32>,
+    rng: FilterRng,
+    metrics: Metrics,
+    keys: shared::Keys,
+}
+
+impl Worker {
+    /// Picks up provider metadata another worker (or this one) published.
+    fn load_provider(&mut self, ctx: &dyn Context) {
+        let (data, version) = ctx.get_shared_data(&self.keys.provider);
+        if version.is_none() || version == self.provider_version {
+            return;
+        }
+        self.provider_version = version;
+        let Some(blob) = data.and_then(|d| SharedProvider::decode(&d)) else { return };
+        match blob.snapshot(&self.engine.config().provider) {
+            Ok(snap) => self.provider = Some(Rc::new(snap)),
+            Err(e) => log::warn!("oidc-edge: shared provider metadata refused: {}", e.0),
+        }
+    }
+
+    /// Publishes a JWKS fetched during a login (unknown `kid`).
+    fn publish_jwks(&mut self, ctx: &dyn Context, jwks: Vec<u8>, now: u64) {
+        let (data, version) = ctx.get_shared_data(&self.keys.provider);
+        let Some(mut blob) = data.and_then(|d| SharedProvider::decode(&d)) else { return };
+        blob.jwks = jwks;
+        blob.fetched_at = now;
+        if ctx.set_shared_data(&self.keys.provider, Some(&blob.encode()), version).is_ok() {
+            self.provider_version = None;
+            self.load_provider(ctx);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    worker: Option<Rc<RefCell<Worker>>>,
+    /// In-flight metadata fetch: the call token and what it fetches.
+    inflight: Option<(u32, Fetching)>,
+}
+
+enum Fetching {
+    Discovery,
+    Jwks { discovery: Vec<u8> },
+}
+
+impl Root {
+    fn tick(&mut self) {
+        let Some(worker) = self.worker.clone() else { return };
+        let mut w = worker.borrow_mut();
+        w.load_provider(self);
+        if self.inflight.is_some() {
+            return;
+        }
+        let now = unix_now(self);
+        // Poll fast until the first load, then settle to once a second.
+        self.set_tick_period(Duration::from_millis(if w.provider.is_some() { 1000 } else { 200 }));
+        let fresh = w.provider.as_ref().is_some_and(|p| now < p.fetched_at + METADATA_MAX_AGE);
+        if fresh {
+            return;
+        }
+        let (record, version) = SyncRecord::load(self, &w.keys.sync);
+        if now < record.next_attempt {
+            return;
+        }
+        let config = w.engine.config();
+        // Claim the fetch for this worker; a CAS conflict means another worker has it.
+        let lease = SyncRecord { next_attempt: now + u64::from(config.provider.timeout_ms / 1000) + 5, ..record };
+        if !lease.store(self, &w.keys.sync, version) {
+            return;
+        }
+        match discovery_call(&config.provider) {
+            Ok(call) => match host::dispatch(self, &call) {
+                Ok(token) => self.inflight = Some((token, Fetching::Discovery)),
+                Err(why) => log::warn!("oidc-edge: cannot fetch discovery: {why}"),
+            },
+            Err(e) => log::warn!("oidc-edge: {}", e.0),
+        }
+    }
+
+    fn fetch_failed(&mut self, why: &str) {
+        let Some(worker) = self.worker.clone() else { return };
+        let w = worker.borrow();
+        let (record, version) = SyncRecord::load(self, &w.keys.sync);
+        let failures = record.failures.saturating_add(1);
+        let delay = retry_delay(failures);
+        log::warn!("oidc-edge: provider metadata not loaded ({why}); retrying in {delay}s");
+        let next = SyncRecord { next_attempt: unix_now(self) + delay, failures };
+        let _ = next.store(self, &w.keys.sync, version);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some((expected, fetching)) = self.inflight.take() else { return };
+        if expected != token {
+            return;
+        }
+        let Some(worker) = self.worker.clone() else { return };
+        let resp = host::call_response(self, body_size);
+        let config_provider = worker.borrow().engine.config().provider.clone();
+        match fetching {
+            Fetching::Discovery => match Discovery::from_response(&resp, &config_provider) {
+                Ok(discovery) => match jwks_call(&config_provider, &discovery).map_err(|e| e.0).and_then(|c| host::dispatch(self, &c)) {
+                    Ok(t) => self.inflight = Some((t, Fetching::Jwks { discovery: resp.body })),
+                    Err(why) => self.fetch_failed(&why),
+                },
+                Err(e) => self.fetch_failed(&e.0),
+            },
+            Fetching::Jwks { discovery } => match jwks_from_response(&resp) {
+                Ok(_) => {
+                    let now = unix_now(self);
+                    let blob = SharedProvider { fetched_at: now, discovery, jwks: resp.body };
+                    let mut w = worker.borrow_mut();
+                    let _ = self.set_shared_data(&w.keys.provider, Some(&blob.encode()), None);
+                    let _ = SyncRecord { next_attempt: now + METADATA_MAX_AGE, failures: 0 }.store(self, &w.keys.sync, None);
+                    let first = w.provider.is_none();
+                    w.provider_version = None;
+                    w.load_provider(self);
+                    if first {
+                        log::info!("oidc-edge: provider metadata loaded for {}", config_provider.issuer);
+                    }
+                }
+                Err(e) => self.fetch_failed(&e.0),
+            },
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let text = self.get_plugin_configuration().unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let config = match Config::from_json(&text, &HostSecrets) {
+            Ok(c) => c,
+            Err(errors) => {
+                for line in errors.to_string().lines() {
+                    log::error!("oidc-edge: {line}");
+                }
+                return false;
+            }
+        };
+        let keys = shared::Keys::for_issuer(&config.provider.issuer);
+        let rng = FilterRng::new(&config.session.rng_key, unix_now(self));
+        let metrics = match &self.worker {
+            Some(w) => w.borrow().metrics.clone(),
+            None => Metrics::define(),
+        };
+        let worker = Worker {
+            engine: Rc::new(Engine::new(config)),
+            sessions: SessionCache::new(SESSION_CACHE_CAPACITY),
+            provider: None,
+            provider_version: None,
+            rng,
+            metrics,
+            keys,
+        };
+        let worker = Rc::new(RefCell::new(worker));
+        worker.borrow_mut().load_provider(self);
+        self.worker = Some(worker);
+        self.set_tick_period(Duration::from_millis(200));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.tick();
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // With no valid config, every request is refused rather than let through.
+        Some(Box::new(Request { worker: self.worker.clone(), pending: None, set_cookies: Vec::new() }))
+    }
+}
+
+struct Request {
+    worker: Option<Rc<RefCell<Worker>>>,
+    pending: Option<(u32, oidc_edge::Pending)>,
+    set_cookies: Vec<String>,
+}
+
+impl Request {
+    /// Runs the engine with this worker's environment and performs the step.
+    fn run(&mut self, resumed: bool, decide: impl FnOnce(&Engine, &mut oidc_edge::Env<'_>) -> Step) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            self.respond_error(500, "The sign-in gate is not configured.");
+            return Action::Pause;
+        };
+        let mut guard = worker.borrow_mut();
+        let w = &mut *guard;
+        if w.provider.is_none() {
+            w.load_provider(self);
+        }
+        let now = unix_now(self);
+        w.rng.reseed(host::unix_nanos(self));
+        let engine = Rc::clone(&w.engine);
+        let provider = w.provider.clone();
+        let mut shared = HostShared { ctx: self, prefix: &w.keys.claims };
+        let mut env = oidc_edge::Env {
+            now,
+            rng: &mut w.rng,
+            shared: &mut shared,
+            provider: provider.as_deref(),
+            sessions: &mut w.sessions,
+            events: Vec::new(),
+            fetched_jwks: None,
+        };
+        let step = decide(&engine, &mut env);
+        let events = std::mem::take(&mut env.events);
+        let fetched = env.fetched_jwks.take();
+        for event in &events {
+            w.metrics.record(event);
+        }
+        if let Some(jwks) = fetched {
+            w.publish_jwks(self, jwks, now);
+        }
+        drop(guard);
+        self.perform(step, resumed)
+    }
+
+    fn perform(&mut self, step: Step, resumed: bool) -> Action {
+        match step {
+            Step::Allow(allow) => {
+                for name in &allow.strip {
+                    self.set_http_request_header(name, None);
+                }
+                for (name, value) in &allow.set {
+                    self.set_http_request_header(name, Some(value));
+                }
+                if let Some(path) = &allow.set_path {
+                    self.set_http_request_header(":path", Some(path));
+                }
+                self.set_cookies = allow.set_cookies;
+                if resumed {
+                    self.resume_http_request();
+                }
+                Action::Continue
+            }
+            Step::Respond(resp) => {
+                let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                self.send_http_response(u32::from(resp.status), headers, Some(&resp.body));
+                Action::Pause
+            }
+            Step::Fetch { call, pending } => match host::dispatch(self, &call) {
+                Ok(token) => {
+                    self.pending = Some((token, pending));
+                    Action::Pause
+                }
+                Err(why) => {
+                    log::warn!("oidc-edge: callout to {} failed to start: {why}", call.target);
+                    let engine_resp = HttpResponse { status: 0, body: Vec::new() };
+                    self.run(resumed, |engine, env| engine.on_fetched(pending, engine_resp, env))
+                }
+            },
+        }
+    }
+
+    fn respond_error(&self, status: u32, message: &str) {
+        let page = oidc_edge::pages::page(status as u16, "Error", message, None);
+        let headers: Vec<(&str, &str)> = page.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        self.send_http_response(status, headers, Some(&page.body));
+    }
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some((expected, pending)) = self.pending.take() else { return };
+        if expected != token {
+            self.respond_error(502, "Unexpected callout response.");
+            return;
+        }
+        let resp = host::call_response(self, body_size);
+        let _ = self.run(true, |engine, env| engine.on_fetched(pending, resp, env));
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let all = self.get_http_request_headers();
+        let pseudo = |name: &str| all.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str()).to_owned();
+        let (method, scheme, authority, path) = (pseudo(":method"), pseudo(":scheme"), pseudo(":authority"), pseudo(":path"));
+        let headers: Vec<(String, String)> = all.into_iter().filter(|(n, _)| !n.starts_with(':')).collect();
+        let authority = if authority.is_empty() {
+            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or(String::new(), |(_, v)| v.clone())
+        } else {
+            authority
+        };
+        let scheme = if scheme.is_empty() { "http".to_owned() } else { scheme };
+        let head = oidc_edge::RequestHead { method: &method, scheme: &scheme, authority: &authority, path: &path, headers: &headers };
+        self.run(false, |engine, env| engine.on_request(&head, env))
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for cookie in std::mem::take(&mut self.set_cookies) {
+            self.add_http_response_header("set-cookie", &cookie);
+        }
+        Action::Continue
+    }
+}

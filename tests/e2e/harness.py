@@ -1,0 +1,334 @@
+"""End-to-end harness: starts the real components on 127.0.0.1 with free
+ports, talks HTTP with exact control over paths and cookies, and always stops
+what it started, by PID."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, parse_qs, urlencode
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = Path(os.environ.get("OIDC_EDGE_RUN_DIR", ROOT / ".run"))
+WASM = ROOT / "target/wasm32-wasip1/release/oidc_edge_filter.wasm"
+ENVOY = ROOT / ".venv/bin/envoy"
+
+CLIENT_SECRET = "e2e-client-secret"
+COOKIE_SECRET = "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols="  # base64 of 32 bytes
+API_KEY = "sk-upstream-secret-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(template: Path, values: dict) -> str:
+    text = template.read_text()
+    for k, v in values.items():
+        text = text.replace("{{" + k + "}}", str(v))
+    left = re.findall(r"\{\{[A-Z_]+\}\}", text)
+    if left:
+        raise ValueError(f"{template}: unfilled placeholders {sorted(set(left))}")
+    return text
+
+
+class Proc:
+    """A child process with its output in a log file."""
+
+    def __init__(self, name: str, argv: list, env: dict | None = None, cwd: Path = ROOT):
+        RUN.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = RUN / f"{name}.log"
+        self.log = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if re.search(pattern, self.log_text()):
+                return
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def wait_port(port: int, timeout: float = 30, proc: Proc | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if proc is not None and not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_text()[-4000:]}")
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} not open after {timeout}s")
+
+
+@dataclass
+class Resp:
+    status: int
+    headers: list
+    body: bytes
+    url: str
+
+    def header(self, name: str):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def all(self, name: str) -> list:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def location(self):
+        return self.header("location")
+
+    def upstream_headers(self) -> list:
+        """Headers the echo upstream received: [(name, value)] with exact spelling."""
+        return [tuple(h) for h in self.json()["headers"]]
+
+    def upstream_header(self, name: str):
+        vals = [v for k, v in self.upstream_headers() if k.lower() == name.lower()]
+        return vals[0] if len(vals) == 1 else (vals or None)
+
+
+@dataclass
+class Cookie:
+    value: str
+    path: str
+    attrs: dict
+
+
+def parse_set_cookie(line: str):
+    parts = [p.strip() for p in line.split(";")]
+    name, _, value = parts[0].partition("=")
+    attrs = {}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        attrs[k.lower()] = v if _ else True
+    return name, value, attrs
+
+
+@dataclass
+class Browser:
+    """A cookie-jar client. Like a browser, it keys cookies by host (not
+    port), honours Path and Max-Age, and sends Secure cookies to loopback."""
+
+    jar: dict = field(default_factory=dict)  # (host, name) -> Cookie
+    extra_headers: dict = field(default_factory=dict)
+
+    def cookies_for(self, host: str, path: str) -> str:
+        pairs = [(n, c) for (h, n), c in self.jar.items() if h == host and path.startswith(c.path.rstrip("/") or "/")]
+        # Longer paths first, as browsers do.
+        pairs.sort(key=lambda nc: -len(nc[1].path))
+        return "; ".join(f"{n}={c.value}" for n, c in pairs)
+
+    def store(self, host: str, lines: list) -> None:
+        for line in lines:
+            name, value, attrs = parse_set_cookie(line)
+            path = attrs.get("path") or "/"
+            if attrs.get("max-age") == "0" or value == "":
+                self.jar.pop((host, name), None)
+            else:
+                self.jar[(host, name)] = Cookie(value, path, attrs)
+
+    def cookie(self, name: str, host: str = "127.0.0.1"):
+        c = self.jar.get((host, name))
+        return c.value if c else None
+
+    def request(self, method: str, url: str, headers: dict | None = None, body: bytes | None = None,
+                raw_headers: list | None = None, send_cookies: bool = True) -> Resp:
+        u = urlsplit(url)
+        path = url[url.index(u.netloc) + len(u.netloc):] or "/"
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=20)
+        try:
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            hdrs = {"Host": u.netloc, **self.extra_headers, **(headers or {})}
+            host_header = hdrs.pop("Host")
+            conn.putheader("Host", host_header)
+            for k, v in hdrs.items():
+                conn.putheader(k, v)
+            for k, v in raw_headers or []:
+                conn.putheader(k, v)
+            jar_host = (host_header.split(":")[0] if headers and "Host" in headers else u.hostname)
+            cookie = self.cookies_for(jar_host, urlsplit(path).path) if send_cookies else ""
+            if cookie:
+                conn.putheader("Cookie", cookie)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            r = conn.getresponse()
+            data = r.read()
+            resp = Resp(r.status, r.getheaders(), data, url)
+        finally:
+            conn.close()
+        self.store(jar_host, resp.all("set-cookie"))
+        return resp
+
+    def get(self, url: str, headers: dict | None = None, **kw) -> Resp:
+        return self.request("GET", url, headers, **kw)
+
+    def follow(self, url: str, headers: dict | None = None, max_hops: int = 15, hops: list | None = None) -> Resp:
+        """GETs `url` and follows redirects across hosts; records each hop."""
+        hops = hops if hops is not None else []
+        for _ in range(max_hops):
+            resp = self.get(url, headers)
+            hops.append(resp)
+            if resp.status not in (301, 302, 303, 307, 308):
+                return resp
+            loc = resp.location
+            if loc.startswith("/"):
+                u = urlsplit(url)
+                loc = f"{u.scheme}://{u.netloc}{loc}"
+            url = loc
+        raise AssertionError(f"redirect loop: {[h.url for h in hops]}")
+
+
+def idp_pick_user(browser: Browser, page: Resp, user: str) -> Resp:
+    """On the IdP's login page, follow the link for `user` and onwards."""
+    text = page.body.decode()
+    m = re.search(r'href="([^"]*login\?user=' + re.escape(user) + r')"', text)
+    assert m, f"no link for {user} on the IdP page:\n{text[:500]}"
+    u = urlsplit(page.url)
+    link = m.group(1).replace("&amp;", "&")
+    if link.startswith("/"):
+        link = f"{u.scheme}://{u.netloc}{link}"
+    return browser.follow(link)
+
+
+def login(browser: Browser, url: str, user: str) -> Resp:
+    """Visits a protected `url`, logs in at the IdP as `user` by clicking the
+    user's link, and returns the final response after the redirect back."""
+    page = browser.follow(url)
+    assert page.status == 200 and b"choose a user" in page.body, f"expected the IdP login page, got {page.status} {page.url}\n{page.body[:300]!r}"
+    return idp_pick_user(browser, page, user)
+
+
+class Idp:
+    def __init__(self, clients: list, port: int | None = None, keys_file: Path | None = None, name: str = "idp"):
+        self.port = port or free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        RUN.mkdir(parents=True, exist_ok=True)
+        cfg = {"issuer": self.issuer, "clients": clients}
+        if keys_file:
+            cfg["keys_file"] = str(keys_file)
+        self.config_path = RUN / f"{name}-config.json"
+        self.config_path.write_text(json.dumps(cfg, indent=1))
+        self.name = name
+        self.proc = None
+
+    def start(self) -> "Idp":
+        self.proc = Proc(self.name, ["node", str(ROOT / "tests/idp/idp.mjs"), "--port", str(self.port),
+                                     "--config", str(self.config_path)])
+        self.proc.wait_for(r"IDP READY")
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def stats(self) -> dict:
+        return json.loads(Browser().get(f"{self.issuer}/test/stats").body)
+
+    def put_user(self, name: str, fields: dict) -> None:
+        r = Browser().request("PUT", f"{self.issuer}/test/users/{name}", {"Content-Type": "application/json"},
+                              json.dumps(fields).encode())
+        assert r.status in (200, 201, 204), r.body
+
+
+def idp_client(client_id: str, proxy_ports: list, alg: str = "RS256") -> dict:
+    return {
+        "client_id": client_id,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": [f"http://{h}:{p}/oauth2/callback" for p in proxy_ports for h in ("127.0.0.1", "public.test")],
+        "post_logout_redirect_uris": [f"http://127.0.0.1:{p}/" for p in proxy_ports],
+        "id_token_signed_response_alg": alg,
+        "grant_types": ["authorization_code", "refresh_token"],
+    }
+
+
+class Envoy:
+    def __init__(self, template: str, values: dict, name: str = "envoy", concurrency: int = 2,
+                 env: dict | None = None):
+        self.admin_port = free_port()
+        self.values = {"ADMIN_PORT": self.admin_port, "WASM": WASM, **values}
+        RUN.mkdir(parents=True, exist_ok=True)
+        self.config_path = RUN / f"{name}.yaml"
+        self.config_path.write_text(render(ROOT / "envoy" / template, self.values))
+        self.name = name
+        self.concurrency = concurrency
+        self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
+                    "DEMO_API_KEY": API_KEY, **(env or {})}
+        self.proc = None
+
+    def start(self, wait_port_of: int | None = None) -> "Envoy":
+        assert WASM.exists(), f"{WASM} missing: build it with `make wasm`"
+        self.proc = Proc(self.name, [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
+                                     "--log-level", "warn", "--component-log-level", "wasm:info",
+                                     "--base-id", str(free_port())], env=self.env)
+        wait_port(self.admin_port, proc=self.proc)
+        if wait_port_of:
+            wait_port(wait_port_of, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def stats(self) -> dict:
+        text = Browser().get(f"http://127.0.0.1:{self.admin_port}/stats?filter=oidc_edge").body.decode()
+        out = {}
+        for line in text.splitlines():
+            k, _, v = line.partition(": ")
+            out[k] = int(v) if v.isdigit() else v
+        return out
+
+    def counter(self, name: str) -> int:
+        return sum(v for k, v in self.stats().items() if k.endswith(name) and isinstance(v, int))
+
+    def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
+        """Waits until a login can start (discovery and JWKS fetched)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = Browser().get(f"http://127.0.0.1:{port}/oauth2/start")
+            if r.status == 302:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"provider metadata not loaded after {timeout}s:\n{self.proc.log_text()[-3000:]}")

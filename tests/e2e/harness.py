@@ -233,6 +233,20 @@ def idp_pick_user(browser: Browser, page: Resp, user: str) -> Resp:
     return browser.follow(link)
 
 
+def to_callback(browser: Browser, url: str, user: str) -> str:
+    """Visits `url`, logs in at the IdP as `user`, and stops at the redirect
+    back to the proxy: returns the callback URL, not yet requested."""
+    page = browser.follow(url)
+    m = re.search(r'href="([^"]*login\?user=' + re.escape(user) + r')"', page.body.decode(errors="replace"))
+    assert m, f"no IdP login page after {url}: {page.status} {page.url}"
+    issuer = "{0.scheme}://{0.netloc}".format(urlsplit(page.url))
+    r = browser.get(issuer + m.group(1).replace("&amp;", "&"))
+    while r.status in (302, 303) and "/oauth2/callback" not in r.location:
+        r = browser.get(r.location if r.location.startswith("http") else issuer + r.location)
+    assert r.status in (302, 303), f"IdP did not redirect back: {r.status} {r.body[:300]!r}"
+    return r.location
+
+
 def login(browser: Browser, url: str, user: str) -> Resp:
     """Visits a protected `url`, logs in at the IdP as `user` by clicking the
     user's link, and returns the final response after the redirect back."""

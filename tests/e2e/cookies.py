@@ -1,0 +1,72 @@
+"""An independent implementation of the session cookie format, used only to
+forge cookies in tests (expired, wrong key, other name), so the attacks are
+real ones and not whatever the filter itself would produce."""
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+
+from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+
+
+def b64url(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def b64url_decode(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def cookie_secret_bytes(secret: str) -> bytes:
+    try:
+        raw = base64.b64decode(secret, validate=True)
+        if len(raw) in (16, 24, 32):
+            return raw
+    except Exception:
+        pass
+    return secret.encode()
+
+
+def _key(secret: str):
+    key = hmac.new(cookie_secret_bytes(secret), b"oidc-edge/v1/cookie-seal", hashlib.sha256).digest()
+    key_id = hmac.new(key, b"oidc-edge/v1/key-id", hashlib.sha256).digest()[0]
+    return key, key_id
+
+
+def seal(secret: str, name: str, expires_at: int, payload: bytes) -> str:
+    key, key_id = _key(secret)
+    nonce = os.urandom(24)
+    aad = b"oidc-edge/v1\0" + bytes([1, key_id]) + name.encode()
+    ct = crypto_aead_xchacha20poly1305_ietf_encrypt(struct.pack(">Q", expires_at) + payload, aad, nonce, key)
+    return b64url(bytes([1, key_id]) + nonce + ct)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return _varint(len(b)) + b
+
+
+def _opt(s):
+    return b"\0" if s is None else b"\1" + _str(s)
+
+
+def session_payload(user="mallory", sub="sub-mallory", email=None, verified=False, name=None, groups=(),
+                    login_at=0, checked_at=0, refresh=None) -> bytes:
+    out = b"\1" + _str(sub) + _str(user) + _opt(email) + bytes([1 if verified else 0]) + _opt(name)
+    out += _varint(len(groups)) + b"".join(_str(g) for g in groups)
+    out += _varint(login_at) + _varint(checked_at) + _opt(refresh)
+    return out

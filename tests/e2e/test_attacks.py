@@ -1,0 +1,218 @@
+"""Hostile input through the real proxy: spoofed identity headers, forged
+cookies, bad callbacks, open redirects and path tricks. Each must end in a
+clear local answer: never a pass, never a 500, never a redirect loop."""
+
+import time
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+
+from cookies import b64url, b64url_decode, seal, session_payload
+from harness import COOKIE_SECRET, Browser, login, to_callback
+
+SPOOFS = [
+    ("Remote-User", "admin"), ("remote_user", "admin"), ("Remote.User", "admin"), ("REMOTE-USER", "admin"),
+    ("Remote-Groups", "admins"), ("remote_groups", "admins"), ("Remote-Email", "ceo@example.com"),
+    ("Remote-Name", "Boss"), ("X-Forwarded-User", "admin"), ("X_Forwarded_Email", "ceo@example.com"),
+    ("X-Auth-Request-User", "admin"), ("x-webauth-user", "admin"), ("X-WEBAUTH_USER", "admin"),
+]
+
+
+def received(resp):
+    return {k.lower().replace("_", "-").replace(".", "-"): v for k, v in resp.upstream_headers()}
+
+
+@pytest.mark.parametrize("path", ["/public/x", "/app/x", "/grafana/x"])
+def test_spoofed_identity_headers_never_reach_upstream(stack, alice, path):
+    r = alice.request("GET", stack.url(path), raw_headers=SPOOFS)
+    assert r.status == 200
+    got = received(r)
+    for name, value in SPOOFS:
+        canonical = name.lower().replace("_", "-").replace(".", "-")
+        assert got.get(canonical) != value, f"{name} reached the upstream on {path}"
+    names = [k for k, _ in r.upstream_headers()]
+    assert not any("_" in n or "." in n for n in names if "user" in n.lower() or "group" in n.lower())
+    if path == "/public/x":
+        assert "remote-user" not in got
+    else:
+        assert got.get("remote-user") == "alice" or got.get("x-webauth-user") == "alice"
+
+
+def test_spoofed_headers_stripped_for_anonymous_on_public(stack):
+    r = Browser().request("GET", stack.url("/public/"), raw_headers=SPOOFS)
+    assert r.status == 200
+    assert not set(received(r)) & {"remote-user", "remote-groups", "remote-email", "x-forwarded-user"}
+
+
+def _forged_cases():
+    now = int(time.time())
+    good_payload = session_payload(user="alice", sub="x", groups=["admins"], email="a@example.com", verified=True)
+    return {
+        "expired": seal(COOKIE_SECRET, "_oidc_edge", now - 10, good_payload),
+        "wrong-key": seal("an-attackers-own-secret-32-bytes", "_oidc_edge", now + 3600, good_payload),
+        "other-cookie-name": seal(COOKIE_SECRET, "_oidc_edge_idt", now + 3600, good_payload),
+        "garbage": "not-a-cookie",
+        "empty-ish": "AQ",
+    }
+
+
+def _tampered(value):
+    raw = bytearray(b64url_decode(value))
+    raw[len(raw) // 2] ^= 1
+    return b64url(bytes(raw))
+
+
+def test_forged_and_tampered_sessions_go_back_to_login(stack, alice):
+    good = alice.cookie("_oidc_edge")
+    cases = dict(_forged_cases())
+    cases["tampered"] = _tampered(good)
+    cases["truncated"] = good[:-10]
+    cases["extended"] = good + "AAAA"
+    before = stack.main.counter("oidc_edge_invalid_cookies")
+    for label, value in cases.items():
+        r = Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}"}, send_cookies=False)
+        assert r.status == 302, f"{label}: {r.status}"
+        assert r.location.startswith(stack.idp.issuer), label
+        assert any(c.startswith("_oidc_edge=;") and "Max-Age=0" in c for c in r.all("set-cookie")), label
+        api = Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}", "Accept": "application/json"},
+                            send_cookies=False)
+        assert api.status == 401, label
+    assert stack.main.counter("oidc_edge_invalid_cookies") >= before + 2 * len(cases) - 2
+    # The genuine cookie still works.
+    assert alice.get(stack.url("/admin/")).status == 200
+
+
+def test_cookie_forged_with_the_right_key_but_expired_is_refused(stack):
+    # Proves the expiry inside the sealed value is enforced, not just Max-Age.
+    now = int(time.time())
+    payload = session_payload(user="alice", sub="x", groups=["admins"])
+    fresh = seal(COOKIE_SECRET, "_oidc_edge", now + 600, payload)
+    assert Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={fresh}"}).status == 200
+    stale = seal(COOKIE_SECRET, "_oidc_edge", now - 1, payload)
+    assert Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={stale}"}).status == 302
+
+
+def _start_login(stack, b):
+    r = b.get(stack.url("/app/"))
+    assert r.status == 302
+    return parse_qs(urlsplit(r.location).query)["state"][0]
+
+
+def _assert_clear_page(r, label):
+    assert 400 <= r.status < 500, f"{label}: {r.status}"
+    assert r.location is None, f"{label}: redirected to {r.location}"
+    assert b"<h1>" in r.body, label
+
+
+def test_callback_refusals_are_clear_pages(stack):
+    b = Browser()
+    state = _start_login(stack, b)
+    cb = stack.url("/oauth2/callback")
+    _assert_clear_page(b.get(cb), "no params")
+    _assert_clear_page(b.get(f"{cb}?code=abc"), "missing state")
+    _assert_clear_page(b.get(f"{cb}?state={state}"), "missing code")
+    _assert_clear_page(b.get(f"{cb}?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), "unknown state")
+    _assert_clear_page(b.get(f"{cb}?error=access_denied&state={state}"), "IdP error")
+    # A state that belongs to another browser's login.
+    other = Browser()
+    foreign = _start_login(stack, other)
+    _assert_clear_page(b.get(f"{cb}?code=abc&state={foreign}"), "foreign state")
+    # iss from another issuer (RFC 9207 mix-up defence).
+    b3 = Browser()
+    s3 = _start_login(stack, b3)
+    _assert_clear_page(b3.get(f"{cb}?code=abc&state={s3}&iss=https%3A%2F%2Fevil.example"), "iss mismatch")
+
+
+def test_reused_state_is_refused(stack):
+    b = Browser()
+    callback_url = to_callback(b, stack.url("/app/"), "alice")
+    saved_jar = dict(b.jar)
+    first = b.get(callback_url)
+    assert first.status == 302 and first.location == "/app/"
+    # Replay the same callback with the login cookie as it was: refused, no loop.
+    _assert_clear_page(Browser(jar=saved_jar).get(callback_url), "replayed state")
+
+
+EVIL_TARGETS = [
+    "//evil.example", "//evil.example/", "/\\evil.example", "\\\\evil.example", "https://evil.example/",
+    "http:evil.example", "https:/evil.example", "/%2F%2Fevil.example", "%2F%2Fevil.example",
+    "/%5Cevil.example", "/\tevil.example", "/%09/evil.example", "/%0d%0aLocation:%20https://evil.example",
+    "javascript:alert(1)", "https://127.0.0.1.evil.example/", "//127.0.0.1@evil.example",
+]
+
+
+def _off_site(location, stack):
+    if location is None:
+        return False
+    if location.startswith(stack.idp.issuer):
+        return False
+    if location.startswith("/") and not location.startswith("//") and "\\" not in location:
+        return False
+    return not location.startswith(stack.url("/"))
+
+
+@pytest.mark.parametrize("target", EVIL_TARGETS)
+def test_open_redirects_through_start_and_sign_out(stack, target):
+    b = Browser()
+    for path in (f"/oauth2/start?rd={quote(target, safe='')}", f"/oauth2/sign_out?rd={quote(target, safe='')}"):
+        r = b.get(stack.url(path))
+        assert r.status in (302, 400), (path, r.status)
+        assert not _off_site(r.location, stack), (path, r.location)
+
+
+def test_open_redirect_through_the_original_url_after_login(stack):
+    # Envoy merges slashes and the filter validates the return path: whatever
+    # the original URL, the post-login Location stays on this site.
+    for raw in ["//evil.example/app/", "/app/..//evil.example", "/app//evil.example", "/app/?next=//evil.example"]:
+        b = Browser()
+        r = b.get(stack.url(raw))
+        if r.status != 302:
+            assert r.status in (400, 403), (raw, r.status)
+            continue
+        done = b.get(to_callback(b, stack.url(raw), "alice"))
+        assert done.status == 302, raw
+        assert done.location.startswith("/") and not done.location.startswith("//"), (raw, done.location)
+        assert "\\" not in done.location
+
+
+PATH_TRICKS = [
+    "/public/../admin/", "/public/%2e%2e/admin/", "/public/%2E%2E/admin/", "//admin/", "/./admin/",
+    "/ADMIN/", "/Admin/x", "/%61dmin/", "/public/..%2Fadmin/", "/public%2F..%2Fadmin/", "/public/..;/admin/",
+    "/public/%252e%252e/admin/",
+]
+
+
+@pytest.mark.parametrize("trick", PATH_TRICKS)
+def test_path_tricks_never_reach_admin_unchecked(stack, trick):
+    bob = _bob(stack)
+    r = bob.get(stack.url(trick))
+    if r.status == 200:
+        seen = r.json()["path"]
+        assert not seen.lower().startswith("/admin"), f"{trick} reached {seen} as bob"
+    else:
+        assert r.status in (400, 403, 404), (trick, r.status)
+    anon = Browser().get(stack.url(trick))
+    if anon.status == 200:
+        assert not anon.json()["path"].lower().startswith("/admin"), trick
+
+
+_BOB = {}
+
+
+def _bob(stack):
+    if "b" not in _BOB:
+        b = Browser()
+        assert login(b, stack.url("/users/"), "bob").status == 200
+        _BOB["b"] = b
+    return _BOB["b"]
+
+
+def test_malformed_requests_get_clear_answers(stack):
+    b = Browser()
+    huge = "x" * 6000
+    r = b.get(stack.url("/app/"), headers={"Cookie": f"_oidc_edge={huge}"}, send_cookies=False)
+    assert r.status == 302
+    r = b.get(stack.url("/app/"), headers={"Cookie": "_oidc_edge=%%%; other=1;;; =x"}, send_cookies=False)
+    assert r.status == 302
+    r = b.get(stack.url("/oauth2/callback?state=%ZZ&code=%"))
+    assert 400 <= r.status < 500

@@ -57,7 +57,6 @@ class Proc:
         self.pid = self.proc.pid
 
     def log_text(self) -> str:
-        self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:

@@ -1,0 +1,115 @@
+"""Provider interop and outages: ES256 and EdDSA ID tokens, an IdP that is
+down at start and comes back, a broken configuration, and every shipped Envoy
+config passing `envoy --mode validate`."""
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import (ENVOY, ROOT, RUN, WASM, Browser, Envoy, Idp, free_port, idp_client, login, render,
+                     to_callback)
+
+
+@pytest.mark.parametrize("client_id,port_attr,alg", [("edge-es256", "es_port", "ES256"), ("edge-eddsa", "ed_port", "EdDSA")])
+def test_es256_and_eddsa_id_tokens(stack, client_id, port_attr, alg):
+    port = getattr(stack, port_attr)
+    envoy = stack.envoy(f"envoy-{alg.lower()}", port, client_id=client_id)
+    envoy.wait_provider_loaded(port)
+    b = Browser()
+    cb = to_callback(b, stack.url("/admin/", port), "alice")
+    # The IdP really signed with the expected algorithm.
+    assert b.jar  # sanity: IdP cookies present
+    r = b.get(cb)
+    assert r.status == 302, r.body
+    r = b.get(stack.url("/admin/", port))
+    assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
+    assert envoy.counter("oidc_edge_logins_completed") == 1
+    envoy.stop()
+
+
+def test_idp_down_at_start_then_back_without_restart(stack, alice):
+    idp_port = free_port()
+    proxy_port = free_port()
+    envoy = stack.envoy("envoy-outage", proxy_port, idp_port=idp_port)
+    # Existing sessions keep working from the cookie alone (same cookie secret).
+    r = alice.get(stack.url("/admin/", proxy_port))
+    assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
+    # A new login gets a clear 503 page with Retry-After, quickly.
+    t0 = time.time()
+    r = Browser().get(stack.url("/app/", proxy_port))
+    assert time.time() - t0 < 2
+    assert r.status == 503 and r.header("retry-after")
+    assert b"identity provider cannot be reached" in r.body
+    api = Browser().get(stack.url("/app/", proxy_port), headers={"Accept": "application/json"})
+    assert api.status == 401
+    assert envoy.counter("oidc_edge_provider_unavailable") >= 1
+    # The IdP comes up: logins work without restarting Envoy.
+    idp = Idp([idp_client("oidc-edge", [proxy_port])], port=idp_port, name="idp-late").start()
+    try:
+        envoy.wait_provider_loaded(proxy_port, timeout=40)
+        b = Browser()
+        r = login(b, stack.url("/app/", proxy_port), "bob")
+        assert r.status == 200 and r.upstream_header("Remote-User") == "bob"
+        # The IdP goes away between redirect and callback: a clear 503, no hang.
+        cb = to_callback(Browser(), stack.url("/app/", proxy_port), "carol")
+        idp.stop()
+        t0 = time.time()
+        r = Browser().get(cb)
+        assert r.status in (400, 503), r.status
+        assert time.time() - t0 < 5
+    finally:
+        idp.stop()
+        envoy.stop()
+
+
+def test_bad_config_is_refused_with_every_error_named(stack):
+    port = free_port()
+    envoy = Envoy("e2e.yaml", {"PROXY_PORT": port, "IDP_PORT": stack.idp.port, "UPSTREAM_PORT": stack.upstream_port,
+                               "CLIENT_ID": "", "COOKIE_SECRETS": '["too-short", {"env": "NOT_SET_ANYWHERE"}]',
+                               "SESSION_LIFETIME": "forever"}, name="envoy-badconfig")
+    stack.envoys.append(envoy)
+    envoy.proc = None
+    try:
+        envoy.start()
+    except RuntimeError:
+        pass  # Envoy may refuse to start at all: that is a fine outcome
+    deadline = time.time() + 10
+    while time.time() < deadline and "session.lifetime" not in envoy.proc.log_text():
+        time.sleep(0.1)
+    log = envoy.proc.log_text()
+    for field in ("provider.client_id", "session.secrets[0]", "session.secrets[1]", "session.lifetime"):
+        assert field in log, f"{field} not named in:\n{log[-3000:]}"
+    assert "16, 24 or 32 bytes" in log and "openssl rand -base64 32" in log
+    assert "host_env_keys" in log
+    # Never a pass: nothing reaches the upstream through this Envoy.
+    try:
+        r = Browser().get(f"http://127.0.0.1:{port}/public/")
+        assert r.status >= 500 or r.status == 403
+    except OSError:
+        pass
+    envoy.stop()
+    envoy.proc = None
+
+
+def _validate(text: str, name: str):
+    path = RUN / f"validate-{name}"
+    path.write_text(text)
+    r = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={"OIDC_EDGE_CLIENT_SECRET": "x", "OIDC_EDGE_COOKIE_SECRET": "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=",
+                            "DEMO_API_KEY": "k", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, f"envoy rejected {name}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "envoy").glob("*.yaml")))
+def test_every_shipped_envoy_config_validates(config):
+    text = (ROOT / "envoy" / config).read_text()
+    names = set(re.findall(r"\{\{([A-Z_0-9]+)\}\}", text))
+    values = {n: 10000 + i for i, n in enumerate(sorted(names))}
+    values.update({k: v for k, v in {
+        "WASM": WASM, "TRIVIAL_WASM": WASM.parent / "oidc_edge_trivial_filter.wasm", "CLIENT_ID": "oidc-edge",
+        "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h"}.items() if k in names})
+    _validate(render(ROOT / "envoy" / config, values), config)

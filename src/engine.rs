@@ -114,7 +114,7 @@ pub enum Step {
 
 /// Login state carried across a callout.
 #[derive(Debug)]
-pub struct Pending(PendingKind);
+pub struct Pending(Box<PendingKind>);
 
 #[derive(Debug)]
 enum PendingKind {
@@ -477,7 +477,7 @@ impl Engine {
         ]) else {
             return self.unavailable(env);
         };
-        Step::Fetch { call, pending: Pending(PendingKind::CodeExchange { login, csrf_cookie: cookie_name.to_owned() }) }
+        Step::Fetch { call, pending: Pending(Box::new(PendingKind::CodeExchange { login, csrf_cookie: cookie_name.to_owned() })) }
     }
 
     fn token_call(&self, provider: &ProviderSnapshot, form: &[(&str, &str)]) -> Option<HttpCall> {
@@ -510,7 +510,7 @@ impl Engine {
 
     /// Continues after a [`Step::Fetch`].
     pub fn on_fetched(&self, pending: Pending, response: HttpResponse, env: &mut Env<'_>) -> Step {
-        match pending.0 {
+        match *pending.0 {
             PendingKind::CodeExchange { login, csrf_cookie } => self.on_token_response(login, csrf_cookie, response, env),
             PendingKind::JwksForLogin { login, csrf_cookie, tokens } => {
                 let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
@@ -576,7 +576,7 @@ impl Engine {
                 return match call {
                     Some(call) if allowed => {
                         let csrf_cookie = login.state.get(..12).map(|s| format!("{}_csrf_{s}", self.config.session.cookie_name)).unwrap_or_default();
-                        Step::Fetch { call, pending: Pending(PendingKind::JwksForLogin { login, csrf_cookie, tokens }) }
+                        Step::Fetch { call, pending: Pending(Box::new(PendingKind::JwksForLogin { login, csrf_cookie, tokens })) }
                     }
                     _ => self.login_failed(env, 502, "ID token signed with unknown key (refetch cooling down)", "The identity provider signed in with a key that is not yet known. Try again in a minute.", cookies),
                 };

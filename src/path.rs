@@ -8,7 +8,7 @@ use crate::encoding::hex_value;
 /// Why a path is refused outright rather than normalized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
-    /// Encoded `/` or `\`, a raw `\`, NUL or another control character:
+    /// Encoded `/` or `\`, a raw `\`, a `;` path parameter, NUL or another control character:
     /// upstreams disagree on what these mean, so no reading is safe.
     Ambiguous,
     /// Not an origin-form path, or a bad percent-escape.
@@ -61,8 +61,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let last = segments.len().saturating_sub(1);
     let mut trailing_slash = false;
     for (n, seg) in segments.iter().enumerate() {
-        // Servlet containers read `..;x` as `..`: refuse rather than guess.
-        if seg.starts_with("..;") || seg.starts_with(".;") {
+        // Servlet containers strip `;params` from segments (`/admin;x/` is
+        // `/admin/`, `..;` is `..`), other servers do not: refuse rather than guess.
+        if seg.contains(';') {
             return Err(PathError::Ambiguous);
         }
         match *seg {

@@ -159,6 +159,11 @@ impl RouteTable {
         self.routes.iter().find(|r| r.matches(host, path))
     }
 
+    /// The route at config index `index`.
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
     /// All routes (for computing the strip set).
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()

@@ -8,7 +8,8 @@ use crate::encoding::split_url;
 use crate::jose::Jwks;
 
 /// An HTTP call the host must make (to an Envoy cluster or an nginx `host:port`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` omits header values and the body: they carry client credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpCall {
     /// Callout target: cluster name or `host:port`.
     pub target: String,
@@ -24,6 +25,19 @@ pub struct HttpCall {
     pub body: Vec<u8>,
     /// Timeout.
     pub timeout_ms: u32,
+}
+
+impl std::fmt::Debug for HttpCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCall")
+            .field("target", &self.target)
+            .field("method", &self.method)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// What came back. `status == 0` means no response: unreachable, reset or timed out.

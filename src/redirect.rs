@@ -33,12 +33,15 @@ fn has_bad_bytes(s: &str) -> bool {
     s.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\')
 }
 
-/// The host of an authority, lower-cased, without port or IPv6 brackets.
+/// The host of an authority, without port, IPv6 brackets or the trailing dot
+/// of a fully qualified name (`grafana.example.com.` is the same site, and
+/// proxies route it as such).
 pub fn authority_host(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("");
-    }
-    authority.split(':').next().unwrap_or("")
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 #[cfg(test)]

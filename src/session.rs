@@ -2,7 +2,8 @@
 //! hot path, and a session with five groups stays far below the cookie limits.
 
 /// An authenticated user, as the session cookie remembers them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// `Debug` redacts the refresh token.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Session {
     /// The IdP's stable subject identifier.
     pub sub: String,
@@ -25,8 +26,9 @@ pub struct Session {
 }
 
 /// A login in progress: what the callback needs to finish it. Travels in a
-/// short-lived sealed cookie scoped to the callback path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// short-lived sealed cookie scoped to the callback path. `Debug` redacts
+/// the state, nonce and verifier.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LoginState {
     /// The `state` parameter sent to the IdP.
     pub state: String,
@@ -38,6 +40,31 @@ pub struct LoginState {
     pub return_to: String,
     /// The `redirect_uri` used in the authorization request.
     pub redirect_uri: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("sub", &self.sub)
+            .field("user", &self.user)
+            .field("email", &self.email)
+            .field("email_verified", &self.email_verified)
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .field("login_at", &self.login_at)
+            .field("checked_at", &self.checked_at)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LoginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginState")
+            .field("return_to", &self.return_to)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
 }
 
 const SESSION_V1: u8 = 1;

@@ -1,1 +1,1218 @@
+//! The engine, driven the way a host drives it: a fixed clock, a seeded RNG,
+//! in-memory shared state and a hand-built provider. No I/O.
+//!
+//! `request_table` is the scenario table (one row per request and what must
+//! come of it); the flows that need several steps (login, callback, token
+//! exchange, JWKS refetch, sign-out) have their own tests and tables below.
+
 use super::*;
+use crate::seal::Sealer;
+use crate::testing::*;
+use serde_json::{json, Value};
+
+const COOKIE: &str = "_oidc_edge";
+const AUTHORIZE: &str = "https://id.example.com/authorize";
+
+// ---------------------------------------------------------------------------
+// Fixtures.
+
+fn config_json() -> Value {
+    json!({
+        "provider": {
+            "issuer": ISSUER,
+            "client_id": CLIENT_ID,
+            "client_secret": {"env": "CLIENT_SECRET"},
+            "callouts": {"id.example.com": "idp"}
+        },
+        "session": {"secrets": [{"env": "COOKIE_SECRET"}]},
+        "allowed_redirect_hosts": ["*.example.com"],
+        "routes": [
+            {"host": "grafana.example.com", "groups": ["admins"]},
+            {"path": "/public/", "public": true},
+            {"path": "/admin/", "groups": ["admins"]},
+            {"path": "/mail/", "email_domains": ["example.com"]},
+            {"path": "/sonarr/", "inject_headers": {"x-api-key": {"env": "SONARR_KEY"}}},
+            {"path": "/api/", "api": true},
+            {"path": "/"}
+        ]
+    })
+}
+
+fn engine_from(config: &Value) -> Engine {
+    match Config::from_json(&config.to_string(), &EnvSecrets::standard()) {
+        Ok(c) => Engine::new(c),
+        Err(e) => panic!("test config must parse: {e}"),
+    }
+}
+
+/// Alice: admin, verified email, five groups.
+fn alice() -> Value {
+    json!({"sub": "3f2b8a8e-6d1c-4d1e-9a53-0c7c8a1f2b3c", "preferred_username": "alice",
+           "email": "alice@example.com", "email_verified": true, "name": "Alice Admin",
+           "groups": ["admins", "users", "media", "home", "family"], "amr": ["phr"]})
+}
+
+/// Bob: a user, with an email Pocket ID has not verified (its default).
+fn bob() -> Value {
+    json!({"sub": "b0b", "preferred_username": "bob", "email": "bob@example.com",
+           "email_verified": false, "name": "Bob", "groups": ["users"]})
+}
+
+/// Carol: no email, no name, no groups.
+fn carol() -> Value {
+    json!({"sub": "c4r0l", "preferred_username": "carol"})
+}
+
+const ALICE_HEADERS: &[(&str, &str)] = &[
+    ("Remote-User", "alice"),
+    ("Remote-Email", "alice@example.com"),
+    ("Remote-Groups", "admins,users,media,home,family"),
+    ("Remote-Name", "Alice Admin"),
+];
+const BOB_HEADERS: &[(&str, &str)] =
+    &[("Remote-User", "bob"), ("Remote-Email", "bob@example.com"), ("Remote-Groups", "users"), ("Remote-Name", "Bob")];
+
+/// ID-token claims for a login with `nonce` at `now`, for `user`.
+fn id_claims(nonce: &str, now: u64, user: &Value) -> Value {
+    let mut c = json!({"iss": ISSUER, "aud": [CLIENT_ID], "exp": now + 300, "iat": now - 5, "nonce": nonce});
+    for (k, v) in user.as_object().expect("user is an object") {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn token_response(id_token: &str) -> HttpResponse {
+    let body = json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600,
+                      "id_token": id_token, "refresh_token": "rt-".to_owned() + &"r".repeat(60)});
+    HttpResponse { status: 200, body: body.to_string().into_bytes() }
+}
+
+fn respond(step: Step) -> Response {
+    match step {
+        Step::Respond(r) => r,
+        other => panic!("expected a local response, got {other:?}"),
+    }
+}
+
+fn allowed(step: Step) -> Allow {
+    match step {
+        Step::Allow(a) => a,
+        Step::Respond(r) => panic!("expected Allow, got {} {:?}", r.status, r.headers),
+        other => panic!("expected Allow, got {other:?}"),
+    }
+}
+
+fn fetch(step: Step) -> (HttpCall, Pending) {
+    match step {
+        Step::Fetch { call, pending } => (call, pending),
+        Step::Respond(r) => panic!("expected Fetch, got {} {:?} {}", r.status, r.headers, String::from_utf8_lossy(&r.body)),
+        other => panic!("expected Fetch, got {other:?}"),
+    }
+}
+
+/// A login as the browser sees it after the 302 to the provider.
+#[derive(Debug, Clone)]
+struct Login {
+    /// The authorization request's query.
+    params: Vec<(String, String)>,
+    state: String,
+    /// The login (CSRF) cookie.
+    cookie: SetCookie,
+    /// What the login cookie holds, opened with the sealer.
+    sealed: LoginState,
+}
+
+/// The engine and one worker's host, driven like a proxy drives them.
+struct Gate {
+    engine: Engine,
+    host: Host,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate::with_config(&config_json())
+    }
+
+    fn with_config(config: &Value) -> Gate {
+        Gate { engine: engine_from(config), host: Host::new(7) }
+    }
+
+    fn send(&mut self, req: &Req) -> Step {
+        let engine = &self.engine;
+        self.host.with_env(|env| engine.on_request(&req.head(), env))
+    }
+
+    fn fetched(&mut self, pending: Pending, resp: HttpResponse) -> Step {
+        let engine = &self.engine;
+        self.host.with_env(|env| engine.on_fetched(pending, resp, env))
+    }
+
+    /// Opens a login cookie the way the callback does, or explains why not.
+    fn open_login(&self, cookie: &SetCookie) -> Result<LoginState, String> {
+        let (bytes, _) = self
+            .engine
+            .config()
+            .session
+            .sealer
+            .open(&cookie.name, &cookie.value, self.host.now)
+            .map_err(|r| format!("login cookie does not open: {r:?}"))?;
+        LoginState::decode(&bytes).ok_or_else(|| "login cookie holds no LoginState".to_owned())
+    }
+
+    /// Reads a 302 to the authorization endpoint; `Err` says what is wrong with it.
+    fn read_login(&self, resp: &Response) -> Result<Login, String> {
+        if resp.status != 302 {
+            return Err(format!("status {} instead of 302 to the provider", resp.status));
+        }
+        let location = resp.header("location").ok_or("302 without location")?;
+        let (base, params) = split_location(location);
+        if base != AUTHORIZE {
+            return Err(format!("redirect to {base} instead of {AUTHORIZE}"));
+        }
+        let state = params.iter().find(|(k, _)| k == "state").map(|(_, v)| v.clone()).ok_or("no state")?;
+        let name = format!("{COOKIE}_csrf_{}", state.get(..12).ok_or("state shorter than 12")?);
+        let cookie = set_cookie(resp, &name).ok_or_else(|| format!("no set-cookie {name}"))?;
+        let sealed = self.open_login(&cookie)?;
+        Ok(Login { params, state, cookie, sealed })
+    }
+
+    /// `GET path` without a session: must answer with a login redirect.
+    fn start(&mut self, path: &str) -> Login {
+        let resp = respond(self.send(&Req::get(path)));
+        self.read_login(&resp).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    fn callback(&mut self, query: &str, cookies: &[(&str, &str)]) -> Step {
+        let mut req = Req::get(&format!("/oauth2/callback?{query}"));
+        for (n, v) in cookies {
+            req = req.cookie(n, v);
+        }
+        self.send(&req)
+    }
+
+    /// The provider's redirect back with `code` for this login.
+    fn callback_for(&mut self, login: &Login, code: &str) -> Step {
+        let query = build_query(&[("code", code), ("state", &login.state), ("iss", ISSUER)]);
+        self.callback(&query, &[(&login.cookie.name, &login.cookie.value)])
+    }
+
+    /// Start, callback and token exchange; returns the final response.
+    fn complete(&mut self, path: &str, claims_for: impl FnOnce(&LoginState, u64) -> HttpResponse) -> Response {
+        let login = self.start(path);
+        let (_, pending) = fetch(self.callback_for(&login, "code-1"));
+        let resp = claims_for(&login.sealed, self.host.now);
+        respond(self.fetched(pending, resp))
+    }
+
+    /// Logs `user` in through the whole flow; returns the session and ID-token cookies.
+    fn login_as(&mut self, user: &Value) -> (String, String) {
+        let resp = self.complete("/app/", |login, now| token_response(&sign_ed(&ed_key(), Some("ed1"), &id_claims(&login.nonce, now, user))));
+        assert_eq!(resp.status, 302, "login of {user} failed: {}", String::from_utf8_lossy(&resp.body));
+        let session = set_cookie(&resp, COOKIE).expect("session cookie").value;
+        let idt = set_cookie(&resp, &format!("{COOKIE}_idt")).expect("id token cookie").value;
+        (session, idt)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The whole flow, step by step.
+
+#[test]
+fn login_flow_from_first_request_to_allowed() {
+    let mut g = Gate::new();
+
+    // 1. An unauthenticated browser GET on a protected route goes to the provider.
+    let resp = respond(g.send(&Req::get("/app/page?tab=2")));
+    assert_eq!(resp.status, 302);
+    assert_eq!(resp.header("cache-control"), Some("no-store"));
+    let login = g.read_login(&resp).unwrap();
+    let p = &login.params;
+    assert_eq!(param(p, "response_type"), "code");
+    assert_eq!(param(p, "client_id"), CLIENT_ID);
+    assert_eq!(param(p, "redirect_uri"), "https://app.example.com/oauth2/callback");
+    assert_eq!(param(p, "scope"), "openid email profile groups");
+    assert_eq!(param(p, "code_challenge_method"), "S256");
+    let (state, nonce) = (param(p, "state"), param(p, "nonce"));
+    assert!(state.len() >= 43 && nonce.len() >= 43, "256-bit state and nonce");
+    assert_ne!(state, nonce);
+    // PKCE: the challenge is b64url(sha256(verifier)), the verifier only in the sealed cookie.
+    let s = &login.sealed;
+    assert_eq!(s.state, state);
+    assert_eq!(s.nonce, nonce);
+    assert_eq!(param(p, "code_challenge"), crate::encoding::b64url(&sha256(s.verifier.as_bytes())));
+    assert!(s.verifier.len() >= 43 && s.verifier.len() <= 128, "RFC 7636 verifier length");
+    assert!(!resp.header("location").unwrap().contains(&s.verifier));
+    assert_eq!(s.return_to, "/app/page?tab=2");
+    assert_eq!(s.redirect_uri, "https://app.example.com/oauth2/callback");
+    // The login cookie: named after the state, scoped to the callback, Lax, short-lived.
+    let c = &login.cookie;
+    assert_eq!(c.name, format!("{COOKIE}_csrf_{}", &state[..12]));
+    assert_eq!(c.attr("Path"), Some("/oauth2/callback"));
+    assert_eq!(c.attr("SameSite"), Some("Lax"));
+    assert_eq!(c.attr("Max-Age"), Some("600"));
+    assert!(c.has("HttpOnly") && c.has("Secure"));
+    assert_eq!(g.host.take_events(), vec![Event::LoginStarted]);
+
+    // 2. The provider redirects back: the engine asks for the code exchange.
+    let (call, pending) = fetch(g.callback_for(&login, "the-code"));
+    assert_eq!(call.target, "idp");
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.authority, "id.example.com");
+    assert_eq!(call.path, "/api/oidc/token");
+    assert_eq!(call.timeout_ms, 5000);
+    let header = |n: &str| call.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+    assert_eq!(header("content-type"), Some("application/x-www-form-urlencoded"));
+    // RFC 6749 §2.3.1: both parts form-encoded, then base64.
+    let basic = header("authorization").expect("client_secret_basic");
+    let creds = crate::encoding::b64_any_decode(basic.strip_prefix("Basic ").unwrap()).unwrap();
+    assert_eq!(String::from_utf8(creds).unwrap(), "edge:top%20secret%2F%2B%3D");
+    let form = crate::encoding::parse_query(std::str::from_utf8(&call.body).unwrap());
+    assert_eq!(param(&form, "grant_type"), "authorization_code");
+    assert_eq!(param(&form, "code"), "the-code");
+    assert_eq!(param(&form, "redirect_uri"), "https://app.example.com/oauth2/callback");
+    assert_eq!(param(&form, "code_verifier"), s.verifier);
+    assert_eq!(param(&form, "client_id"), CLIENT_ID);
+    assert!(!form.iter().any(|(k, _)| k == "client_secret"), "Basic auth only");
+    assert!(g.host.take_events().is_empty());
+
+    // 3. The token response: a 302 back to where the user was, with the session.
+    let id_token = sign_ed(&ed_key(), Some("ed1"), &id_claims(&s.nonce, g.host.now, &alice()));
+    let resp = respond(g.fetched(pending, token_response(&id_token)));
+    assert_eq!(resp.status, 302);
+    assert_eq!(resp.header("location"), Some("/app/page?tab=2"));
+    let cookies = set_cookies(&resp);
+    let csrf = cookies.iter().find(|c| c.name == login.cookie.name).expect("login cookie cleared");
+    assert!(csrf.clears() && csrf.attr("Path") == Some("/oauth2/callback"));
+    let session = set_cookie(&resp, COOKIE).expect("session cookie");
+    assert_eq!(session.attr("Path"), Some("/"));
+    assert_eq!(session.attr("SameSite"), Some("Lax"));
+    assert_eq!(session.attr("Max-Age"), Some("604800"));
+    assert!(session.has("HttpOnly") && session.has("Secure"));
+    assert_eq!(session.attr("Domain"), None);
+    let idt = set_cookie(&resp, "_oidc_edge_idt").expect("id token cookie");
+    assert_eq!(idt.attr("Path"), Some("/oauth2/sign_out"));
+    assert!(idt.has("HttpOnly") && idt.has("Secure"));
+    // Sealed, not readable: neither the token nor the user shows through.
+    assert!(!session.value.contains("alice") && !idt.value.contains(&id_token[..20]));
+    assert_eq!(g.host.take_events(), vec![Event::LoginCompleted]);
+
+    // 4. The next request with the session is forwarded with the identity headers.
+    let req = Req::get("/app/page").cookie(COOKIE, &session.value).header("Remote-User", "root");
+    let allow = allowed(g.send(&req));
+    for (n, v) in ALICE_HEADERS {
+        assert!(allow.set.contains(&(n.to_string(), v.to_string())), "{n}: {:?}", allow.set);
+    }
+    assert!(allow.strip.contains(&"Remote-User".to_owned()), "spoofed header stripped");
+    assert!(allow.strip.contains(&"cookie".to_owned()), "session cookie hidden from the upstream");
+    assert_eq!(allow.set_path, None);
+    assert!(allow.set_cookies.is_empty());
+    assert_eq!(g.host.take_events(), vec![Event::Allowed]);
+    // Served from the per-worker cache the second time; same answer.
+    assert_eq!(g.host.sessions.len(), 1);
+    assert_eq!(allowed(g.send(&req)), allow);
+}
+
+#[test]
+fn api_401_names_the_login_url() {
+    let mut g = Gate::new();
+    let r = respond(g.send(&Req::get("/api/items?page=2").header("Sec-Fetch-Mode", "cors")));
+    assert_eq!(r.status, 401);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    assert_eq!(body["login"], "/oauth2/start?rd=%2Fapi%2Fitems%3Fpage%3D2");
+    assert!(set_cookies(&r).is_empty(), "no login cookie for an API client");
+    assert_eq!(g.host.take_events(), vec![Event::Unauthorized]);
+}
+
+#[test]
+fn es256_tokens_log_in_too() {
+    let mut g = Gate::new();
+    let resp = g.complete("/", |l, now| token_response(&sign_es256(&p256_key(), Some("ec1"), &id_claims(&l.nonce, now, &bob()))));
+    assert_eq!(resp.status, 302);
+    assert!(set_cookie(&resp, COOKIE).is_some());
+}
+
+// ---------------------------------------------------------------------------
+// The scenario table: one request each, with a logged-in user or none.
+
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    Anonymous,
+    Alice,
+    Bob,
+    Carol,
+}
+
+#[derive(Debug)]
+enum Expect {
+    /// Forwarded with exactly these headers set and these inbound names
+    /// stripped (order aside), and this rewritten path.
+    Allow { set: &'static [(&'static str, &'static str)], strip: &'static [&'static str], path: Option<&'static str> },
+    /// 302 to the provider; the login cookie will bring the user back here.
+    Login { return_to: &'static str },
+    /// An HTML page with this status.
+    Page(u16),
+    /// A JSON error with this status.
+    Json(u16),
+}
+
+struct Case {
+    name: &'static str,
+    who: Who,
+    method: &'static str,
+    host: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    expect: Expect,
+}
+
+const fn case(name: &'static str, who: Who, path: &'static str, expect: Expect) -> Case {
+    Case { name, who, method: "GET", host: APP_HOST, path, headers: &[], expect }
+}
+
+impl Case {
+    const fn headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Case {
+        self.headers = headers;
+        self
+    }
+    const fn method(mut self, method: &'static str) -> Case {
+        self.method = method;
+        self
+    }
+    const fn host(mut self, host: &'static str) -> Case {
+        self.host = host;
+        self
+    }
+}
+
+const fn allow(set: &'static [(&'static str, &'static str)], strip: &'static [&'static str]) -> Expect {
+    Expect::Allow { set, strip, path: None }
+}
+
+const JSON: &[(&str, &str)] = &[("accept", "application/json")];
+const COOKIE_ONLY: &[&str] = &["cookie"];
+
+const ALICE_SONARR: &[(&str, &str)] = &[
+    ("x-api-key", API_KEY),
+    ("Remote-User", "alice"),
+    ("Remote-Email", "alice@example.com"),
+    ("Remote-Groups", "admins,users,media,home,family"),
+    ("Remote-Name", "Alice Admin"),
+];
+const ALICE_WITH_THEME: &[(&str, &str)] = &[
+    ("Remote-User", "alice"),
+    ("Remote-Email", "alice@example.com"),
+    ("Remote-Groups", "admins,users,media,home,family"),
+    ("Remote-Name", "Alice Admin"),
+    ("cookie", "theme=dark; lang=en"),
+];
+const SPOOFS: &[(&str, &str)] = &[
+    ("Remote-User", "admin"),
+    ("remote_user", "admin"),
+    ("Remote.User", "admin"),
+    ("REMOTE-GROUPS", "admins"),
+    ("X-Forwarded-User", "admin"),
+    ("x-auth-request-email", "admin@example.com"),
+    ("X_Forwarded_Email", "admin@example.com"),
+];
+const SPOOF_NAMES: &[&str] =
+    &["Remote-User", "remote_user", "Remote.User", "REMOTE-GROUPS", "X-Forwarded-User", "x-auth-request-email", "X_Forwarded_Email"];
+
+fn request_table() -> Vec<Case> {
+    use Expect::*;
+    use Who::*;
+    vec![
+        // Who gets in.
+        case("anonymous browser is sent to log in", Anonymous, "/app/", Login { return_to: "/app/" }),
+        case("query survives the login", Anonymous, "/app/x?y=1&z=%2F", Login { return_to: "/app/x?y=1&z=%2F" }),
+        case("HEAD keeps its target", Anonymous, "/app/x", Login { return_to: "/app/x" }).method("HEAD"),
+        case("POST returns to / after login", Anonymous, "/app/form", Login { return_to: "/" }).method("POST"),
+        case("API by Accept gets 401", Anonymous, "/app/", Json(401)).headers(JSON),
+        case("API by Sec-Fetch-Mode gets 401", Anonymous, "/app/", Json(401)).headers(&[("Sec-Fetch-Mode", "cors")]),
+        case("XHR gets 401", Anonymous, "/app/", Json(401)).headers(&[("X-Requested-With", "XMLHttpRequest")]),
+        case("api route gets 401 even from a browser", Anonymous, "/api/v1/items", Json(401)),
+        case("html and json accepted: browser", Anonymous, "/app/", Login { return_to: "/app/" })
+            .headers(&[("accept", "text/html, application/json")]),
+        case("alice passes", Alice, "/app/", allow(ALICE_HEADERS, COOKIE_ONLY)),
+        case("carol passes with only a user header", Carol, "/app/", allow(&[("Remote-User", "carol")], COOKIE_ONLY)),
+        case("alice uses the api", Alice, "/api/v1/items", allow(ALICE_HEADERS, COOKIE_ONLY)).headers(JSON),
+        case("admins group admits alice", Alice, "/admin/", allow(ALICE_HEADERS, COOKIE_ONLY)),
+        case("bob lacks the group", Bob, "/admin/", Page(403)),
+        case("bob lacks the group, api style", Bob, "/admin/users", Json(403)).headers(JSON),
+        case("prefix is a whole segment", Bob, "/administrator", allow(BOB_HEADERS, COOKIE_ONLY)),
+        case("unverified email does not match an email rule", Bob, "/mail/", Page(403)),
+        case("verified email matches the domain rule", Alice, "/mail/inbox", allow(ALICE_HEADERS, COOKIE_ONLY)),
+        case("host route: bob refused", Bob, "/", Page(403)).host("grafana.example.com"),
+        case("host route: any case, any port", Bob, "/d/1", Page(403)).host("GRAFANA.Example.COM:443"),
+        case("host route: alice", Alice, "/d/1", allow(ALICE_HEADERS, COOKIE_ONLY)).host("grafana.example.com"),
+        // Path tricks are decided on the normalized path, or refused.
+        case("dot-dot out of public", Bob, "/public/../admin/", Page(403)),
+        case("dot-dot out of public, anonymous", Anonymous, "/public/../admin/", Login { return_to: "/admin/" }),
+        case("dot-dot out of public, alice: path rewritten", Alice, "/public/../admin/",
+             Allow { set: ALICE_HEADERS, strip: COOKIE_ONLY, path: Some("/admin/") }),
+        case("encoded dot-dot", Bob, "/%2e%2e/admin", Page(403)),
+        case("encoded dot-dot inside public", Bob, "/public/%2E%2e/admin/x", Page(403)),
+        case("upper-case admin", Bob, "/ADMIN/", Page(403)),
+        case("escaped letter", Bob, "/adm%69n/", Page(403)),
+        case("escaped upper-case letters", Bob, "/%41DMIN/x", Page(403)),
+        case("double slash", Bob, "//admin//x", Page(403)),
+        case("dot segments", Bob, "/./admin/./", Page(403)),
+        case("encoded slash refused", Anonymous, "/public%2Fx", Page(400)),
+        case("encoded slash after dot-dot refused", Bob, "/public/..%2Fadmin/", Page(400)),
+        case("backslash refused", Bob, "/public/..\\admin/", Page(400)),
+        case("servlet dot-dot-semicolon refused", Bob, "/public/..;/admin/", Page(400)),
+        case("NUL refused", Bob, "/admin%00/", Page(400)),
+        case("not origin-form refused", Bob, "https://app.example.com/admin/", Page(400)),
+        case("upper-case public is not public", Anonymous, "/PUBLIC/x", Login { return_to: "/PUBLIC/x" }),
+        // Public routes: no identity, but every spelling of an identity header removed.
+        case("public needs no login", Anonymous, "/public/x", allow(&[], &[])),
+        case("public strips spoofed identity", Anonymous, "/public/x", allow(&[], SPOOF_NAMES)).headers(SPOOFS),
+        case("public with a session: no identity headers, cookie hidden", Alice, "/public/x", allow(&[], COOKIE_ONLY)),
+        case("public dot segment rewritten", Anonymous, "/public/./x",
+             Allow { set: &[], strip: &[], path: Some("/public/x") }),
+        // Protected routes: spoofs stripped, real identity set.
+        case("spoofed identity replaced", Alice, "/app/",
+             allow(ALICE_HEADERS, &["Remote-User", "remote_user", "Remote.User", "REMOTE-GROUPS", "X-Forwarded-User",
+                                    "x-auth-request-email", "X_Forwarded_Email", "cookie"])).headers(SPOOFS),
+        case("injected key overwrites the client's", Alice, "/sonarr/api", allow(ALICE_SONARR, &["X-Api-Key", "x_api_key", "cookie"]))
+            .headers(&[("X-Api-Key", "mine"), ("x_api_key", "mine")]),
+        // Only our own cookies are hidden from the upstream.
+        case("other cookies reach the upstream", Alice, "/app/", allow(ALICE_WITH_THEME, &[]))
+            .headers(&[("cookie", "theme=dark; _oidc_edge_idt=x"), ("cookie", "lang=en")]),
+        // Explicit login start: only safe return targets.
+        case("start: rd kept", Anonymous, "/oauth2/start?rd=%2Fapp%2Fx%3Fa%3D1", Login { return_to: "/app/x?a=1" }),
+        case("start: no rd", Anonymous, "/oauth2/start", Login { return_to: "/" }),
+        case("start: protocol-relative rd", Anonymous, "/oauth2/start?rd=//evil.example", Login { return_to: "/" }),
+        case("start: encoded protocol-relative rd", Anonymous, "/oauth2/start?rd=%2F%2Fevil.example", Login { return_to: "/" }),
+        case("start: backslash rd", Anonymous, "/oauth2/start?rd=/%5Cevil.example", Login { return_to: "/" }),
+        case("start: absolute foreign rd", Anonymous, "/oauth2/start?rd=https://evil.example/", Login { return_to: "/" }),
+        case("start: scheme-only rd", Anonymous, "/oauth2/start?rd=https:evil.example", Login { return_to: "/" }),
+        case("start: CRLF rd", Anonymous, "/oauth2/start?rd=/%0d%0aSet-Cookie:x=y", Login { return_to: "/" }),
+        case("start: allow-listed host", Anonymous, "/oauth2/start?rd=https%3A%2F%2Fgrafana.example.com%2Fd%2F1",
+             Login { return_to: "https://grafana.example.com/d/1" }),
+        case("start: lookalike host", Anonymous, "/oauth2/start?rd=https%3A%2F%2Fexample.com.evil.example%2F", Login { return_to: "/" }),
+    ]
+}
+
+/// Runs cases against one gate with Alice, Bob and Carol logged in; reports
+/// every failing row at once.
+fn run_cases(cases: &[Case]) {
+    let mut g = Gate::new();
+    let alice = g.login_as(&alice()).0;
+    let bob = g.login_as(&bob()).0;
+    let carol = g.login_as(&carol()).0;
+    let mut failures = Vec::new();
+    for c in cases {
+        let mut req = Req::new(c.method, c.path).host(c.host);
+        for (n, v) in c.headers {
+            req = if n.eq_ignore_ascii_case("accept") { req.accept(v) } else { req.header(n, v) };
+        }
+        let session = match c.who {
+            Who::Anonymous => None,
+            Who::Alice => Some(&alice),
+            Who::Bob => Some(&bob),
+            Who::Carol => Some(&carol),
+        };
+        if let Some(s) = session {
+            req = req.cookie(COOKIE, s);
+        }
+        let step = g.send(&req);
+        g.host.take_events();
+        if let Err(why) = check(&g, c, step) {
+            failures.push(format!("  {} ({:?} {} {}): {why}", c.name, c.who, c.method, c.path));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+fn check(g: &Gate, c: &Case, step: Step) -> Result<(), String> {
+    match (&c.expect, step) {
+        (Expect::Allow { set, strip, path }, Step::Allow(a)) => {
+            let want_set: Vec<(String, String)> = set.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            if sorted(&a.set) != sorted(&want_set) {
+                return Err(format!("set {:?}, expected {want_set:?}", a.set));
+            }
+            let want_strip: Vec<String> = strip.iter().map(|s| s.to_string()).collect();
+            if sorted(&a.strip) != sorted(&want_strip) {
+                return Err(format!("strip {:?}, expected {want_strip:?}", a.strip));
+            }
+            if a.set_path.as_deref() != *path {
+                return Err(format!("set_path {:?}, expected {path:?}", a.set_path));
+            }
+            Ok(())
+        }
+        (Expect::Login { return_to }, Step::Respond(r)) => {
+            let login = g.read_login(&r)?;
+            if login.sealed.return_to != *return_to {
+                return Err(format!("return_to {:?}, expected {return_to:?}", login.sealed.return_to));
+            }
+            Ok(())
+        }
+        (Expect::Page(status), Step::Respond(r)) => {
+            if r.status != *status || !r.header("content-type").unwrap_or("").starts_with("text/html") {
+                return Err(format!("{} {:?}, expected an HTML {status}", r.status, r.header("content-type")));
+            }
+            Ok(())
+        }
+        (Expect::Json(status), Step::Respond(r)) => {
+            let body: Value = serde_json::from_slice(&r.body).map_err(|e| format!("{} with non-JSON body: {e}", r.status))?;
+            if r.status != *status || r.header("content-type") != Some("application/json") || !body["error"].is_string() {
+                return Err(format!("{} {body}, expected a JSON {status}", r.status));
+            }
+            Ok(())
+        }
+        (want, Step::Respond(r)) => Err(format!("got {} ({:?}), expected {want:?}", r.status, r.header("location"))),
+        (want, Step::Allow(a)) => Err(format!("got Allow {a:?}, expected {want:?}")),
+        (want, Step::Fetch { call, .. }) => Err(format!("got Fetch to {}, expected {want:?}", call.path)),
+    }
+}
+
+#[test]
+fn scenario_table() {
+    run_cases(&request_table());
+}
+
+/// Servlet containers (Tomcat, Jetty) drop `;params` from each path segment
+/// before routing: `/admin;x/` is their `/admin/`. The normalizer already
+/// refuses `..;` for that reason, but a `;` after an ordinary segment lets a
+/// user who lacks the group reach the protected prefix through the catch-all.
+#[test]
+fn semicolon_path_parameters_do_not_skip_a_protected_prefix() {
+    use Expect::*;
+    use Who::*;
+    run_cases(&[
+        // Refused outright: servlet containers and other servers read `;` differently.
+        case("matrix parameter on the protected segment", Bob, "/admin;x/", Page(400)),
+        case("empty matrix parameter", Bob, "/admin;/users", Page(400)),
+    ]);
+}
+
+/// `grafana.example.com.` is the same host as `grafana.example.com` (nginx
+/// strips the trailing dot before picking a server block, and so do most
+/// upstreams doing name-based virtual hosting); a host rule must not be
+/// skipped by writing it.
+#[test]
+fn trailing_dot_host_does_not_skip_a_host_rule() {
+    use Expect::*;
+    use Who::*;
+    run_cases(&[
+        case("fully qualified host", Bob, "/", Page(403)).host("grafana.example.com."),
+        case("fully qualified host with port", Bob, "/", Page(403)).host("grafana.example.com.:443"),
+    ]);
+}
+
+// ---------------------------------------------------------------------------
+// Session cookies that must not open.
+
+#[test]
+fn forged_session_cookies_are_no_session() {
+    let mut g = Gate::new();
+    let (good, idt) = g.login_as(&alice());
+    let login_cookie = g.start("/").cookie;
+    let sealer = &g.engine.config().session.sealer;
+    let mut rng = SeededRng::new(99);
+    let payload = {
+        let (bytes, _) = sealer.open(COOKIE, &good, NOW).unwrap();
+        bytes
+    };
+    let flip = |v: &str, at: usize| {
+        let mut b = v.as_bytes().to_vec();
+        b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).unwrap()
+    };
+    let other_key = Sealer::new(&[b"another-secret-0123456789abcdef!".to_vec()]);
+    let cases: Vec<(&str, String)> = vec![
+        ("tampered in the middle", flip(&good, good.len() / 2)),
+        ("tampered header", flip(&good, 1)),
+        ("truncated", good[..good.len() - 8].to_owned()),
+        ("extended", format!("{good}AAAA")),
+        ("empty", String::new()),
+        ("garbage", "not-a-cookie".to_owned()),
+        ("not base64", "%%%".to_owned()),
+        ("expired", sealer.seal(COOKIE, NOW - 1, &payload, &mut rng)),
+        ("wrong key", other_key.seal(COOKIE, NOW + 3600, &payload, &mut rng)),
+        ("sealed for the ID-token cookie", idt.clone()),
+        ("sealed for another cookie name", sealer.seal("other", NOW + 3600, &payload, &mut rng)),
+        ("a login cookie", login_cookie.value.clone()),
+        ("authentic but not a session", sealer.seal(COOKIE, NOW + 3600, b"\x01garbage", &mut rng)),
+        ("authentic, trailing bytes", sealer.seal(COOKIE, NOW + 3600, &[&payload[..], b"\0"].concat(), &mut rng)),
+    ];
+    g.host.take_events();
+    let mut failures = Vec::new();
+    for (name, value) in &cases {
+        for api in [false, true] {
+            let mut req = Req::get("/admin/").cookie(COOKIE, value);
+            if api {
+                req = req.header("Sec-Fetch-Mode", "cors");
+            }
+            let step = g.send(&req);
+            let events = g.host.take_events();
+            let resp = match step {
+                Step::Respond(r) => r,
+                other => {
+                    failures.push(format!("{name} (api {api}): {other:?}"));
+                    continue;
+                }
+            };
+            let ok_status = if api { resp.status == 401 } else { g.read_login(&resp).is_ok() };
+            let cleared = set_cookie(&resp, COOKIE).is_some_and(|c| c.clears() && c.attr("Path") == Some("/"));
+            let reported = events.iter().any(|e| matches!(e, Event::InvalidCookie(_)));
+            if !(ok_status && cleared && reported) {
+                failures.push(format!("{name} (api {api}): status {} cleared {cleared} events {events:?}", resp.status));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "forged cookies:\n{}", failures.join("\n"));
+    // The genuine cookie still works after all that.
+    assert!(matches!(g.send(&Req::get("/admin/").cookie(COOKIE, &good)), Step::Allow(_)));
+}
+
+#[test]
+fn session_expires_with_its_cookie_even_when_cached() {
+    let mut g = Gate::new();
+    let (good, _) = g.login_as(&alice());
+    assert!(matches!(g.send(&Req::get("/").cookie(COOKIE, &good)), Step::Allow(_)));
+    assert_eq!(g.host.sessions.len(), 1);
+    g.host.now = NOW + 7 * 86400;
+    g.host.take_events();
+    let resp = respond(g.send(&Req::get("/").cookie(COOKIE, &good)));
+    assert!(g.read_login(&resp).is_ok());
+    assert!(set_cookie(&resp, COOKIE).unwrap().clears());
+    assert!(g.host.take_events().contains(&Event::InvalidCookie("expired")));
+}
+
+#[test]
+fn session_keys_rotate_without_logging_anyone_out() {
+    let old = Gate::new();
+    let mut rng = SeededRng::new(5);
+    let payload = crate::session::Session { sub: "s".into(), user: "dave".into(), ..Default::default() }.encode();
+    let sealed_old = old.engine.config().session.sealer.seal(COOKIE, NOW + 3600, &payload, &mut rng);
+    let mut cfg = config_json();
+    cfg["session"]["secrets"] = json!(["bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ=", {"env": "COOKIE_SECRET"}]);
+    let mut both = Gate::with_config(&cfg);
+    let a = allowed(both.send(&Req::get("/").cookie(COOKIE, &sealed_old)));
+    assert!(a.set.contains(&("Remote-User".into(), "dave".into())));
+    cfg["session"]["secrets"] = json!(["bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ="]);
+    let mut only_new = Gate::with_config(&cfg);
+    assert!(respond(only_new.send(&Req::get("/").cookie(COOKIE, &sealed_old))).status == 302);
+}
+
+#[test]
+fn session_cookie_stays_small() {
+    let mut g = Gate::new();
+    let resp = g.complete("/", |l, now| token_response(&sign_ed(&ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &alice()))));
+    let header = resp.headers.iter().find(|(n, v)| n == "set-cookie" && v.starts_with("_oidc_edge=")).unwrap();
+    assert!(header.1.len() < 1000, "session set-cookie is {} bytes", header.1.len());
+    let idt = resp.headers.iter().find(|(n, v)| n == "set-cookie" && v.starts_with("_oidc_edge_idt=")).unwrap();
+    assert!(idt.1.len() < 2000, "id token cookie is {} bytes", idt.1.len());
+}
+
+#[test]
+fn too_many_groups_is_a_clear_page_not_a_loop() {
+    let mut g = Gate::new();
+    let mut user = alice();
+    user["groups"] = json!((0..200).map(|i| format!("group-with-a-long-name-{i:03}")).collect::<Vec<_>>());
+    let resp = g.complete("/", |l, now| token_response(&sign_ed(&ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &user))));
+    assert_eq!(resp.status, 400);
+    assert!(set_cookie(&resp, COOKIE).is_none());
+    assert!(String::from_utf8_lossy(&resp.body).contains("too much data"));
+}
+
+#[test]
+fn identity_header_values_carry_no_control_characters() {
+    let mut g = Gate::new();
+    let mut user = bob();
+    user["preferred_username"] = json!("bob\r\nX-Admin: 1");
+    user["name"] = json!("Bob\u{0}\u{7f}\tB");
+    user["groups"] = json!(["users\n", "x"]);
+    let (session, _) = g.login_as(&user);
+    let a = allowed(g.send(&Req::get("/").cookie(COOKIE, &session)));
+    for (n, v) in &a.set {
+        assert!(!v.chars().any(char::is_control), "{n}: {v:?}");
+    }
+    assert!(a.set.contains(&("Remote-User".into(), "bobX-Admin: 1".into())));
+}
+
+// ---------------------------------------------------------------------------
+// Callbacks that must fail with a clear 4xx page.
+
+struct Logins {
+    a: Login,
+    b: Login,
+}
+
+type CallbackCase = (&'static str, fn(&Logins) -> (String, Vec<(String, String)>), u16);
+
+fn cookie_of(l: &Login) -> Vec<(String, String)> {
+    vec![(l.cookie.name.clone(), l.cookie.value.clone())]
+}
+
+fn callback_failures() -> Vec<CallbackCase> {
+    vec![
+        ("missing state", |l| ("code=c".into(), cookie_of(&l.a)), 400),
+        ("empty state", |l| ("code=c&state=".into(), cookie_of(&l.a)), 400),
+        ("short state", |l| ("code=c&state=abc".into(), cookie_of(&l.a)), 400),
+        ("no login cookie", |l| (build_query(&[("code", "c"), ("state", &l.a.state)]), vec![]), 400),
+        ("unknown state", |l| {
+            let state = "Zm9yZWlnbi1zdGF0ZS1mb3JlaWduLXN0YXRlLWZvcmVpZ24";
+            (build_query(&[("code", "c"), ("state", state)]), cookie_of(&l.a))
+        }, 400),
+        ("foreign state: cookie of another login", |l| (build_query(&[("code", "c"), ("state", &l.b.state)]), cookie_of(&l.a)), 400),
+        ("same cookie name, different state", |l| {
+            let forged = format!("{}{}", &l.a.state[..12], "x".repeat(l.a.state.len() - 12));
+            (build_query(&[("code", "c"), ("state", &forged)]), cookie_of(&l.a))
+        }, 400),
+        ("login cookie moved under another state's name", |l| {
+            (build_query(&[("code", "c"), ("state", &l.b.state)]), vec![(l.b.cookie.name.clone(), l.a.cookie.value.clone())])
+        }, 400),
+        ("tampered login cookie", |l| {
+            let mut v = l.a.cookie.value.clone().into_bytes();
+            v[20] = if v[20] == b'A' { b'B' } else { b'A' };
+            (build_query(&[("code", "c"), ("state", &l.a.state)]), vec![(l.a.cookie.name.clone(), String::from_utf8(v).unwrap())])
+        }, 400),
+        ("iss mismatch", |l| (build_query(&[("code", "c"), ("state", &l.a.state), ("iss", "https://evil.example")]), cookie_of(&l.a)), 400),
+        ("iss with trailing slash", |l| (build_query(&[("code", "c"), ("state", &l.a.state), ("iss", "https://id.example.com/")]), cookie_of(&l.a)), 400),
+        ("missing code", |l| (build_query(&[("state", &l.a.state)]), cookie_of(&l.a)), 400),
+        ("empty code", |l| (build_query(&[("code", ""), ("state", &l.a.state)]), cookie_of(&l.a)), 400),
+        ("access denied", |l| (build_query(&[("error", "access_denied"), ("state", &l.a.state)]), cookie_of(&l.a)), 403),
+        ("provider error, markup in it", |l| {
+            (build_query(&[("error", "<script>alert(1)</script>"), ("error_description", "<b>x</b>"), ("state", &l.a.state)]), cookie_of(&l.a))
+        }, 400),
+        ("error without state", |_| ("error=server_error".into(), vec![]), 400),
+        ("nothing at all", |_| (String::new(), vec![]), 400),
+    ]
+}
+
+#[test]
+fn callback_failures_are_clear_pages() {
+    let mut failures = Vec::new();
+    for (name, build, status) in callback_failures() {
+        let mut g = Gate::new();
+        let logins = Logins { a: g.start("/app/"), b: g.start("/other/") };
+        g.host.take_events();
+        let (query, cookies) = build(&logins);
+        let cookies: Vec<(&str, &str)> = cookies.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let step = g.callback(&query, &cookies);
+        let events = g.host.take_events();
+        let Step::Respond(r) = step else {
+            failures.push(format!("{name}: {step:?}"));
+            continue;
+        };
+        let body = String::from_utf8_lossy(&r.body);
+        let problems = [
+            (r.status != status, format!("status {}", r.status)),
+            (r.header("location").is_some(), "has a location".to_owned()),
+            (!r.header("content-type").unwrap_or("").starts_with("text/html"), "not HTML".to_owned()),
+            (!body.contains("/oauth2/start?rd=%2F"), "no way to sign in again".to_owned()),
+            (body.contains("<script>") || body.contains("<b>"), "markup echoed".to_owned()),
+            (body.contains(&logins.a.state) || body.contains(&logins.a.cookie.value), "echoes state or cookie".to_owned()),
+            (set_cookie(&r, COOKIE).is_some(), "sets a session".to_owned()),
+            (!events.iter().any(|e| matches!(e, Event::LoginFailed(_))), format!("events {events:?}")),
+        ];
+        for (bad, what) in problems {
+            if bad {
+                failures.push(format!("{name}: {what}"));
+            }
+        }
+        // The login cookie named by the state is cleared.
+        if query.contains(&logins.a.state) && !set_cookie(&r, &logins.a.cookie.name).is_some_and(|c| c.clears()) {
+            failures.push(format!("{name}: login cookie not cleared"));
+        }
+    }
+    assert!(failures.is_empty(), "callback failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn expired_login_cookie_is_refused() {
+    let mut g = Gate::new();
+    let login = g.start("/");
+    g.host.now += 601;
+    let r = respond(g.callback_for(&login, "c"));
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn state_is_single_use() {
+    let mut g = Gate::new();
+    let login = g.start("/app/");
+    let (_, pending) = fetch(g.callback_for(&login, "c"));
+    // A second callback while the first is still exchanging (double click, replay): refused.
+    let r = respond(g.callback_for(&login, "c"));
+    assert_eq!(r.status, 400);
+    assert!(g.host.take_events().contains(&Event::LoginFailed("state replayed")));
+    // The first completes.
+    let id_token = sign_ed(&ed_key(), Some("ed1"), &id_claims(&login.sealed.nonce, g.host.now, &alice()));
+    assert_eq!(respond(g.fetched(pending, token_response(&id_token))).status, 302);
+    // Replaying the callback with the same cookie afterwards: refused, not a loop.
+    let r = respond(g.callback_for(&login, "c"));
+    assert_eq!(r.status, 400);
+    assert!(r.header("location").is_none());
+    // Still refused until the login could have expired anyway.
+    g.host.now += 599;
+    assert_eq!(respond(g.callback_for(&login, "c")).status, 400);
+}
+
+#[test]
+fn state_claim_fails_closed_without_shared_state() {
+    let g = Gate::new();
+    let mut host = Host::new(3);
+    let engine = &g.engine;
+    let resp = host.with_env(|env| engine.on_request(&Req::get("/").head(), env));
+    let login = g.read_login(&respond(resp)).unwrap();
+    let mut unavailable = UnavailableShared;
+    let mut sessions = crate::cache::SessionCache::new(4);
+    let snap = snapshot();
+    let mut rng = SeededRng::new(4);
+    let mut env = Env { now: NOW, rng: &mut rng, shared: &mut unavailable, provider: Some(&snap), sessions: &mut sessions, events: vec![], fetched_jwks: None };
+    let req = Req::get(&format!("/oauth2/callback?{}", build_query(&[("code", "c"), ("state", &login.state)])))
+        .cookie(&login.cookie.name, &login.cookie.value);
+    let r = respond(engine.on_request(&req.head(), &mut env));
+    assert_eq!(r.status, 400);
+}
+
+// ---------------------------------------------------------------------------
+// Token endpoint answers.
+
+type TokenCase = (&'static str, fn(&LoginState, u64) -> HttpResponse, u16);
+
+fn signed_with(patch: Value) -> impl Fn(&LoginState, u64) -> HttpResponse {
+    move |l, now| {
+        let mut c = id_claims(&l.nonce, now, &alice());
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        token_response(&sign_ed(&ed_key(), Some("ed1"), &c))
+    }
+}
+
+fn body(status: u16, text: &str) -> HttpResponse {
+    HttpResponse { status, body: text.as_bytes().to_vec() }
+}
+
+fn token_answers() -> Vec<TokenCase> {
+    vec![
+        ("unreachable", |_, _| body(0, ""), 503),
+        ("invalid_grant", |_, _| body(400, r#"{"error":"invalid_grant","error_description":"code expired"}"#), 400),
+        ("invalid_client", |_, _| body(401, r#"{"error":"invalid_client"}"#), 502),
+        ("server error page", |_, _| body(500, "<html>oops</html>"), 502),
+        ("non-JSON 200", |_, _| body(200, "<html>login</html>"), 502),
+        ("empty 200", |_, _| body(200, ""), 502),
+        ("JSON without id_token", |_, _| body(200, r#"{"access_token":"a","token_type":"Bearer"}"#), 502),
+        ("id_token not a string", |_, _| body(200, r#"{"id_token":42}"#), 502),
+        ("id_token garbage", |_, _| token_response("a.b.c"), 400),
+        ("id_token alg none", |l, now| {
+            let claims = id_claims(&l.nonce, now, &alice());
+            let t = format!("{}.{}.", crate::encoding::b64url(br#"{"alg":"none"}"#), crate::encoding::b64url(claims.to_string().as_bytes()));
+            token_response(&t)
+        }, 400),
+        ("bad signature", |l, now| {
+            let t = sign_ed(&rotated_ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &alice()));
+            token_response(&t)
+        }, 400),
+        ("tampered claims", |l, now| {
+            let t = sign_ed(&ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &bob()));
+            let forged = crate::encoding::b64url(id_claims(&l.nonce, now, &alice()).to_string().as_bytes());
+            let parts: Vec<&str> = t.split('.').collect();
+            token_response(&format!("{}.{forged}.{}", parts[0], parts[2]))
+        }, 400),
+    ]
+}
+
+#[test]
+fn token_endpoint_answers() {
+    type Answer = Box<dyn Fn(&LoginState, u64) -> HttpResponse>;
+    let mut cases: Vec<(&str, Answer, u16)> =
+        token_answers().into_iter().map(|(n, f, s)| (n, Box::new(f) as Answer, s)).collect();
+    for (name, patch) in [
+        ("wrong nonce", json!({"nonce": "another"})),
+        ("no nonce", json!({"nonce": null})),
+        ("wrong issuer", json!({"iss": "https://evil.example"})),
+        ("issuer with trailing slash", json!({"iss": "https://id.example.com/"})),
+        ("wrong audience", json!({"aud": ["other"]})),
+        ("azp of another client", json!({"azp": "other"})),
+        ("expired", json!({"exp": NOW - 120})),
+        ("issued in the future", json!({"iat": NOW + 600})),
+        ("no sub", json!({"sub": null})),
+    ] {
+        cases.push((name, Box::new(signed_with(patch)), 400));
+    }
+    let mut failures = Vec::new();
+    for (name, answer, status) in &cases {
+        let mut g = Gate::new();
+        let login = g.start("/app/");
+        let (_, pending) = fetch(g.callback_for(&login, "c"));
+        g.host.take_events();
+        let step = g.fetched(pending, answer(&login.sealed, g.host.now));
+        let events = g.host.take_events();
+        let Step::Respond(r) = step else {
+            failures.push(format!("{name}: {step:?}"));
+            continue;
+        };
+        if r.status != *status {
+            failures.push(format!("{name}: status {} expected {status}", r.status));
+        }
+        if r.status == 503 && r.header("retry-after").is_none() {
+            failures.push(format!("{name}: 503 without retry-after"));
+        }
+        if r.header("location").is_some() || set_cookie(&r, COOKIE).is_some() {
+            failures.push(format!("{name}: redirected or set a session"));
+        }
+        // (The 503 for an unreachable provider leaves the login cookie to expire
+        // by itself: its state is already claimed, so it can do nothing.)
+        if *status != 503 && !set_cookie(&r, &login.cookie.name).is_some_and(|c| c.clears()) {
+            failures.push(format!("{name}: login cookie not cleared"));
+        }
+        if *status == 400 && name != &"invalid_grant" && !events.iter().any(|e| matches!(e, Event::TokenRejected(_))) {
+            failures.push(format!("{name}: no TokenRejected in {events:?}"));
+        }
+        if events.contains(&Event::LoginCompleted) {
+            failures.push(format!("{name}: reported a completed login"));
+        }
+    }
+    assert!(failures.is_empty(), "token endpoint answers:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn client_secret_post_sends_the_secret_in_the_form() {
+    let mut cfg = config_json();
+    cfg["provider"]["client_auth"] = json!("client_secret_post");
+    let mut g = Gate::with_config(&cfg);
+    let login = g.start("/");
+    let (call, _) = fetch(g.callback_for(&login, "c"));
+    assert!(!call.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")));
+    let form = crate::encoding::parse_query(std::str::from_utf8(&call.body).unwrap());
+    assert_eq!(param(&form, "client_secret"), CLIENT_SECRET);
+    assert_eq!(param(&form, "client_id"), CLIENT_ID);
+}
+
+// ---------------------------------------------------------------------------
+// Key rotation at the provider: refetch the JWKS once, then cool down.
+
+#[test]
+fn unknown_kid_refetches_jwks_once_per_cooldown() {
+    let mut g = Gate::new();
+    let rotated = |l: &LoginState, now: u64| token_response(&sign_ed(&rotated_ed_key(), Some("ed2"), &id_claims(&l.nonce, now, &alice())));
+
+    // First login with the new key: the engine asks for the JWKS.
+    let login = g.start("/app/");
+    let (_, pending) = fetch(g.callback_for(&login, "c1"));
+    let (call, pending) = fetch(g.fetched(pending, rotated(&login.sealed, g.host.now)));
+    assert_eq!((call.method, call.target.as_str(), call.authority.as_str()), ("GET", "idp", "id.example.com"));
+    assert_eq!(call.path, "/.well-known/jwks.json");
+    let new_jwks = json!({"keys": [ed_jwk("ed2", &rotated_ed_key())]}).to_string();
+    let r = respond(g.fetched(pending, body(200, &new_jwks)));
+    assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("location"), Some("/app/"));
+    assert!(set_cookie(&r, COOKIE).is_some());
+    assert_eq!(g.host.fetched_jwks, vec![new_jwks.into_bytes()], "handed to the host to share");
+
+    // The host has not updated its snapshot; another login with the new key
+    // within the cooldown: no second fetch, a failure page.
+    let login = g.start("/app/");
+    let (_, pending) = fetch(g.callback_for(&login, "c2"));
+    let r = respond(g.fetched(pending, rotated(&login.sealed, g.host.now)));
+    assert_eq!(r.status, 502);
+    assert!(r.header("location").is_none());
+
+    // After the cooldown, one more fetch is allowed.
+    g.host.now += crate::provider::JWKS_REFETCH_COOLDOWN + 1;
+    let login = g.start("/app/");
+    let (_, pending) = fetch(g.callback_for(&login, "c3"));
+    let (_, pending) = fetch(g.fetched(pending, rotated(&login.sealed, g.host.now)));
+    // A refetched JWKS that still lacks the key: refused, no further fetch.
+    let r = respond(g.fetched(pending, body(200, &jwks_json().to_string())));
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn jwks_refetch_failures_are_pages() {
+    for (answer, status) in [(body(0, ""), 503), (body(500, "x"), 502), (body(200, "{}"), 502), (body(200, r#"{"keys":[]}"#), 502)] {
+        let mut g = Gate::new();
+        let login = g.start("/");
+        let (_, pending) = fetch(g.callback_for(&login, "c"));
+        let token = token_response(&sign_ed(&rotated_ed_key(), Some("ed2"), &id_claims(&login.sealed.nonce, g.host.now, &alice())));
+        let (_, pending) = fetch(g.fetched(pending, token));
+        let r = respond(g.fetched(pending, answer.clone()));
+        assert_eq!(r.status, status, "{answer:?}");
+        assert!(set_cookie(&r, COOKIE).is_none());
+        assert!(g.host.fetched_jwks.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The provider is down.
+
+#[test]
+fn provider_down_login_is_503_sessions_still_work() {
+    let mut g = Gate::new();
+    let (session, _) = g.login_as(&alice());
+    let login = g.start("/");
+    g.host.provider = None;
+    g.host.take_events();
+    for req in [Req::get("/app/"), Req::get("/oauth2/start?rd=/x")] {
+        let r = respond(g.send(&req));
+        assert_eq!(r.status, 503, "{}", req.path);
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert!(set_cookies(&r).is_empty());
+    }
+    assert!(g.host.take_events().iter().all(|e| *e == Event::ProviderUnavailable));
+    // A signed-in user is not affected: sessions need no provider.
+    assert!(matches!(g.send(&Req::get("/admin/").cookie(COOKIE, &session)), Step::Allow(_)));
+    // A callback while the provider is down: 503, no crash.
+    assert_eq!(respond(g.callback_for(&login, "c")).status, 503);
+    // API clients still get their 401.
+    assert_eq!(respond(g.send(&Req::get("/api/x"))).status, 401);
+}
+
+// ---------------------------------------------------------------------------
+// SameSite variants.
+
+#[test]
+fn strict_session_cookie_finishes_with_a_same_site_page() {
+    let mut cfg = config_json();
+    cfg["session"]["same_site"] = json!("Strict");
+    let mut g = Gate::with_config(&cfg);
+    let login = g.start("/app/");
+    // The login cookie must come back on the cross-site callback: Lax.
+    assert_eq!(login.cookie.attr("SameSite"), Some("Lax"));
+    let (_, pending) = fetch(g.callback_for(&login, "c"));
+    let id_token = sign_ed(&ed_key(), Some("ed1"), &id_claims(&login.sealed.nonce, g.host.now, &alice()));
+    let r = respond(g.fetched(pending, token_response(&id_token)));
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("url=/app/"));
+    assert_eq!(set_cookie(&r, COOKIE).unwrap().attr("SameSite"), Some("Strict"));
+}
+
+#[test]
+fn same_site_none_applies_to_the_login_cookie() {
+    let mut cfg = config_json();
+    cfg["session"]["same_site"] = json!("None");
+    let mut g = Gate::with_config(&cfg);
+    let login = g.start("/");
+    assert_eq!(login.cookie.attr("SameSite"), Some("None"));
+    assert!(login.cookie.has("Secure"));
+}
+
+// ---------------------------------------------------------------------------
+// Sign-out.
+
+#[test]
+fn sign_out_ends_the_provider_session() {
+    let mut g = Gate::new();
+    let (session, idt) = g.login_as(&alice());
+    let id_token = {
+        let (bytes, _) = g.engine.config().session.sealer.open("_oidc_edge_idt", &idt, NOW).unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    g.host.take_events();
+    let req = Req::get("/oauth2/sign_out").cookie(COOKIE, &session).cookie("_oidc_edge_idt", &idt);
+    let r = respond(g.send(&req));
+    assert_eq!(r.status, 302);
+    let (base, params) = split_location(r.header("location").unwrap());
+    assert_eq!(base, "https://id.example.com/api/oidc/end-session");
+    assert_eq!(param(&params, "id_token_hint"), id_token);
+    assert_eq!(param(&params, "client_id"), CLIENT_ID);
+    assert_eq!(param(&params, "post_logout_redirect_uri"), "https://app.example.com/");
+    let s = set_cookie(&r, COOKIE).unwrap();
+    assert!(s.clears() && s.attr("Path") == Some("/"));
+    let i = set_cookie(&r, "_oidc_edge_idt").unwrap();
+    assert!(i.clears() && i.attr("Path") == Some("/oauth2/sign_out"));
+    assert_eq!(g.host.take_events(), vec![Event::SignedOut]);
+    assert!(g.host.sessions.is_empty(), "dropped from the cache");
+}
+
+#[test]
+fn sign_out_without_id_token_or_provider() {
+    let mut g = Gate::new();
+    // No ID-token cookie (or a forged one): no hint, still a sign-out.
+    let r = respond(g.send(&Req::get("/oauth2/sign_out").cookie("_oidc_edge_idt", "forged")));
+    let (_, params) = split_location(r.header("location").unwrap());
+    assert!(!params.iter().any(|(k, _)| k == "id_token_hint"));
+    assert!(set_cookie(&r, COOKIE).unwrap().clears());
+    // Without an end-session endpoint (or provider), a local redirect, never to another site.
+    g.host.provider = None;
+    for (rd, to) in [("/bye", "/bye"), ("//evil.example", "/"), ("https://evil.example/", "/"), ("https://grafana.example.com/", "https://grafana.example.com/")] {
+        let r = respond(g.send(&Req::get(&format!("/oauth2/sign_out?{}", build_query(&[("rd", rd)])))));
+        assert_eq!((r.status, r.header("location")), (302, Some(to)), "rd={rd}");
+    }
+}
+
+#[test]
+fn configured_post_logout_url_is_used() {
+    let mut cfg = config_json();
+    cfg["post_logout_redirect_url"] = json!("https://home.example.com/signed-out");
+    let mut g = Gate::with_config(&cfg);
+    let r = respond(g.send(&Req::get("/oauth2/sign_out")));
+    let (_, params) = split_location(r.header("location").unwrap());
+    assert_eq!(param(&params, "post_logout_redirect_uri"), "https://home.example.com/signed-out");
+}
+
+// ---------------------------------------------------------------------------
+// Odds and ends.
+
+#[test]
+fn no_matching_route_is_denied() {
+    let mut cfg = config_json();
+    cfg["routes"] = json!([{"host": "only.example.com"}]);
+    let mut g = Gate::with_config(&cfg);
+    let r = respond(g.send(&Req::get("/")));
+    assert_eq!(r.status, 403);
+    assert_eq!(g.host.take_events(), vec![Event::Denied("no route matches")]);
+}
+
+#[test]
+fn redirect_uri_can_be_fixed_by_config() {
+    let mut cfg = config_json();
+    cfg["redirect_url"] = json!("https://auth.example.com/oauth2/callback");
+    let mut g = Gate::with_config(&cfg);
+    let login = g.start("/");
+    assert_eq!(param(&login.params, "redirect_uri"), "https://auth.example.com/oauth2/callback");
+    assert_eq!(login.sealed.redirect_uri, "https://auth.example.com/oauth2/callback");
+}
+
+#[test]
+fn pages_and_events_never_carry_secrets() {
+    let mut g = Gate::new();
+    let (session, _) = g.login_as(&bob());
+    let mut seen = Vec::new();
+    let reqs = [
+        Req::get("/admin/").cookie(COOKIE, "x"),
+        Req::get("/admin/").cookie(COOKIE, &session),
+        Req::get("/admin/").cookie(COOKIE, &session).accept("application/json"),
+        Req::get("/oauth2/callback?error=x"),
+        Req::get("/public%2f"),
+    ];
+    for req in &reqs {
+        let r = respond(g.send(req));
+        seen.push(format!("{:?} {}", r.headers, String::from_utf8_lossy(&r.body)));
+    }
+    let login = g.start("/");
+    let (_, pending) = fetch(g.callback_for(&login, "c"));
+    let r = respond(g.fetched(pending, body(401, r#"{"error":"invalid_client"}"#)));
+    seen.push(String::from_utf8_lossy(&r.body).into_owned());
+    for e in g.host.take_events() {
+        seen.push(format!("{e:?} {:?}", e.log_line()));
+    }
+    let all = seen.join("\n");
+    for secret in [CLIENT_SECRET, "top%20secret", API_KEY, &cookie_secret(), &session] {
+        assert!(!all.contains(secret), "{secret:?} leaked");
+    }
+}
+
+#[test]
+fn cookie_header_parsing_is_strict_about_names() {
+    let headers = vec![
+        ("Cookie".to_owned(), "a=1; _oidc_edge_x=2".to_owned()),
+        ("cookie".to_owned(), " _oidc_edge=\"v\" ;b=3".to_owned()),
+    ];
+    let head = RequestHead { method: "GET", scheme: "https", authority: APP_HOST, path: "/", headers: &headers };
+    assert_eq!(head.cookie("_oidc_edge"), Some("v"));
+    assert_eq!(head.cookie("b"), Some("3"));
+    assert_eq!(head.cookie("_oidc"), None);
+}

@@ -11,7 +11,7 @@ use crate::cache::{OpenedSession, SessionCache};
 use crate::config::{ClientAuth, Config, HeaderNames, SameSite};
 use crate::encoding::{b64std, b64url, build_query, parse_query, percent_encode};
 use crate::events::Event;
-use crate::jose::{verify_id_token, Expected, IdClaims, Jwks, TokenError};
+use crate::jose::{profile_claims, verify_id_token, Expected, IdClaims, Jwks, TokenError};
 use crate::pages::{self, Response};
 use crate::path::{normalize, PathError};
 use crate::policy::{Denial, Route, Rule};
@@ -23,6 +23,9 @@ use crate::{SecureRandom, SharedState};
 
 /// Largest cookie we ever write; browsers drop cookies above ~4096 bytes.
 pub const MAX_COOKIE_BYTES: usize = 4000;
+
+/// Seconds before a refresh that could not reach the IdP is tried again.
+const REFRESH_RETRY: u64 = 10;
 
 /// The parts of a request the engine reads.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +127,8 @@ impl std::fmt::Debug for Pending {
 
 enum PendingKind {
     CodeExchange { login: LoginState, csrf_cookie: String },
+    Refresh(Refresh),
+    Userinfo { refresh: Refresh, refresh_token: Option<String> },
     JwksForLogin { login: LoginState, csrf_cookie: String, tokens: TokenResponse },
 }
 
@@ -131,6 +136,22 @@ enum PendingKind {
 struct TokenResponse {
     id_token: Option<String>,
     refresh_token: Option<String>,
+    access_token: Option<String>,
+}
+
+/// A request waiting on a session refresh, with everything needed to finish
+/// it: the prepared upstream changes, the old session, and where to send the
+/// user if the IdP has ended the session.
+struct Refresh {
+    route: usize,
+    allow: Allow,
+    /// Identifies the session generation (derived from its refresh token).
+    generation: [u8; 16],
+    old: Arc<OpenedSession>,
+    api: bool,
+    scheme: String,
+    authority: String,
+    return_to: String,
 }
 
 #[derive(Deserialize)]
@@ -190,13 +211,13 @@ impl Engine {
             let return_to = rd
                 .and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts))
                 .unwrap_or_else(|| "/".to_owned());
-            return self.start_login(head, return_to, Vec::new(), env);
+            return self.start_login(head.scheme, head.authority, return_to, Vec::new(), env);
         }
 
         let host = authority_host(head.authority);
         let Some(route) = self.config.routes.find(host, &path) else {
             env.events.push(Event::Denied("no route matches"));
-            return Step::Respond(self.deny_response(head, "No service is configured at this address."));
+            return Step::Respond(self.deny_response(head.looks_like_api(), "No service is configured at this address."));
         };
         let mut allow = Allow {
             strip: head
@@ -212,14 +233,11 @@ impl Engine {
             }),
             set_cookies: Vec::new(),
         };
-        let requirement = match &route.rule {
-            Rule::Public => {
-                self.hide_own_cookies(head, &mut allow);
-                env.events.push(Event::Allowed);
-                return Step::Allow(allow);
-            }
-            Rule::Protected(r) => r,
-        };
+        if route.rule == Rule::Public {
+            self.hide_own_cookies(head, &mut allow);
+            env.events.push(Event::Allowed);
+            return Step::Allow(allow);
+        }
         let name = &self.config.session.cookie_name;
         let mut clear_cookie = None;
         let opened = match head.cookie(name) {
@@ -233,17 +251,43 @@ impl Engine {
                 }
             },
         };
+        let return_to = || match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone().into_owned(),
+        };
         let Some(opened) = opened else {
-            let return_to = match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path.into_owned(),
-            };
-            return self.login_or_401(head, route, return_to, clear_cookie.into_iter().collect(), env);
+            return self.login_or_401(head, route, return_to(), clear_cookie.into_iter().collect(), env);
+        };
+        self.hide_own_cookies(head, &mut allow);
+        let api = route.api || head.looks_like_api();
+        let s = &opened.session;
+        if let Some(token) = s.refresh_token.as_deref() {
+            if env.now >= s.checked_at.saturating_add(self.config.session.refresh_interval) {
+                let refresh = Refresh {
+                    route: route.index,
+                    allow,
+                    generation: shared_key(b"generation", token.as_bytes()),
+                    old: Arc::clone(&opened),
+                    api,
+                    scheme: head.scheme.to_owned(),
+                    authority: head.authority.to_owned(),
+                    return_to: return_to(),
+                };
+                return self.refresh(refresh, env);
+            }
+        }
+        self.decide(route, allow, api, &opened, env)
+    }
+
+    /// Applies the route's rule to an authenticated user.
+    fn decide(&self, route: &Route, mut allow: Allow, api: bool, opened: &OpenedSession, env: &mut Env<'_>) -> Step {
+        let Rule::Protected(requirement) = &route.rule else {
+            env.events.push(Event::Allowed);
+            return Step::Allow(allow);
         };
         match requirement.check(&opened.session, self.config.provider.trust_unverified_email) {
             Ok(()) => {
-                identity_headers(&route.headers, &opened, &mut allow.set);
-                self.hide_own_cookies(head, &mut allow);
+                identity_headers(&route.headers, opened, &mut allow.set);
                 env.events.push(Event::Allowed);
                 Step::Allow(allow)
             }
@@ -256,7 +300,8 @@ impl Engine {
                     }
                 };
                 env.events.push(Event::Denied(why));
-                Step::Respond(self.deny_response(head, "Your account is not allowed to use this service."))
+                let resp = self.deny_response(api, "Your account is not allowed to use this service.");
+                Step::Respond(resp.with_cookies(allow.set_cookies))
             }
         }
     }
@@ -280,8 +325,8 @@ impl Engine {
         }
     }
 
-    fn deny_response(&self, head: &RequestHead<'_>, message: &str) -> Response {
-        if head.looks_like_api() {
+    fn deny_response(&self, api: bool, message: &str) -> Response {
+        if api {
             pages::json(403, "forbidden", message, &[])
         } else {
             pages::page(403, "Access denied", message, Some((&self.config.paths.sign_out, "Sign in as someone else")))
@@ -308,16 +353,29 @@ impl Engine {
         cookies: Vec<String>,
         env: &mut Env<'_>,
     ) -> Step {
-        if route.api || head.looks_like_api() {
+        let return_to = if matches!(head.method, "GET" | "HEAD") { return_to } else { "/".to_owned() };
+        self.login_again(route.api || head.looks_like_api(), head.scheme, head.authority, return_to, cookies, env)
+    }
+
+    /// 401 JSON for API clients, else the redirect to the IdP.
+    fn login_again(
+        &self,
+        api: bool,
+        scheme: &str,
+        authority: &str,
+        return_to: String,
+        cookies: Vec<String>,
+        env: &mut Env<'_>,
+    ) -> Step {
+        let return_to = safe_redirect(&return_to, &[]).unwrap_or_else(|| "/".to_owned());
+        if api {
             env.events.push(Event::Unauthorized);
             let login = format!("{}?{}", self.config.paths.start, build_query(&[("rd", &return_to)]));
             return Step::Respond(
                 pages::json(401, "unauthorized", "Sign in first.", &[("login", &login)]).with_cookies(cookies),
             );
         }
-        let return_to = if matches!(head.method, "GET" | "HEAD") { return_to } else { "/".to_owned() };
-        let return_to = safe_redirect(&return_to, &[]).unwrap_or_else(|| "/".to_owned());
-        self.start_login(head, return_to, cookies, env)
+        self.start_login(scheme, authority, return_to, cookies, env)
     }
 
     /// The 503 page. `cookies` lets a failed callback clear its login cookie,
@@ -366,14 +424,14 @@ impl Engine {
         format!("{}_idt", self.config.session.cookie_name)
     }
 
-    fn redirect_uri(&self, head: &RequestHead<'_>) -> String {
+    fn redirect_uri(&self, scheme: &str, authority: &str) -> String {
         match &self.config.redirect_url {
             Some(u) => u.clone(),
-            None => format!("{}://{}{}", head.scheme, head.authority, self.config.paths.callback),
+            None => format!("{scheme}://{authority}{}", self.config.paths.callback),
         }
     }
 
-    fn start_login(&self, head: &RequestHead<'_>, return_to: String, mut cookies: Vec<String>, env: &mut Env<'_>) -> Step {
+    fn start_login(&self, scheme: &str, authority: &str, return_to: String, mut cookies: Vec<String>, env: &mut Env<'_>) -> Step {
         let Some(provider) = env.provider else {
             return self.unavailable(env, cookies);
         };
@@ -382,7 +440,7 @@ impl Engine {
             nonce: random_token(env.rng),
             verifier: random_token(env.rng),
             return_to,
-            redirect_uri: self.redirect_uri(head),
+            redirect_uri: self.redirect_uri(scheme, authority),
         };
         let challenge = b64url(&sha256(login.verifier.as_bytes()));
         let p = &self.config.provider;
@@ -522,6 +580,8 @@ impl Engine {
     pub fn on_fetched(&self, pending: Pending, response: HttpResponse, env: &mut Env<'_>) -> Step {
         match *pending.0 {
             PendingKind::CodeExchange { login, csrf_cookie } => self.on_token_response(login, csrf_cookie, response, env),
+            PendingKind::Refresh(refresh) => self.on_refresh_response(refresh, response, env),
+            PendingKind::Userinfo { refresh, refresh_token } => self.on_userinfo_response(refresh, refresh_token, response, env),
             PendingKind::JwksForLogin { login, csrf_cookie, tokens } => {
                 let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
                 match jwks_from_response(&response) {
@@ -642,6 +702,175 @@ impl Engine {
         }
     }
 
+    /// A session past its refresh interval: take over a refresh another
+    /// worker finished, start one if nobody holds the lock, else serve the
+    /// request on the still-valid session while the other refresh runs.
+    fn refresh(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
+        let successor_key = [b"successor:".as_slice(), &refresh.generation].concat();
+        if let Some(record) = env.shared.get(&successor_key, env.now) {
+            env.events.push(Event::RefreshCoalesced);
+            return match record.strip_prefix(b"ok:").and_then(|v| std::str::from_utf8(v).ok()) {
+                Some(cookie) => match self.open_session(cookie, env) {
+                    Ok(new) => self.serve_refreshed(refresh, new, cookie, env),
+                    Err(_) => self.serve_old(refresh, env),
+                },
+                None => self.session_ended(refresh, env),
+            };
+        }
+        let timeout = u64::from(self.config.provider.timeout_ms).div_ceil(1000);
+        let lock_key = [b"refresh-lock:".as_slice(), &refresh.generation].concat();
+        // The lock also spaces out retries while the IdP is unreachable.
+        if !env.shared.claim(&lock_key, env.now + timeout + REFRESH_RETRY, env.now) {
+            env.events.push(Event::RefreshCoalesced);
+            return self.serve_old(refresh, env);
+        }
+        let call = match (env.provider, refresh.old.session.refresh_token.as_deref()) {
+            (Some(p), Some(token)) => self.token_call(p, &[("grant_type", "refresh_token"), ("refresh_token", token)]),
+            _ => None,
+        };
+        match call {
+            Some(call) => {
+                env.events.push(Event::RefreshStarted);
+                Step::Fetch { call, pending: Pending(Box::new(PendingKind::Refresh(refresh))) }
+            }
+            None => {
+                env.events.push(Event::RefreshFailed("provider metadata not loaded; session kept"));
+                self.serve_old(refresh, env)
+            }
+        }
+    }
+
+    fn serve_old(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
+        match self.config.routes.get(refresh.route) {
+            Some(route) => self.decide(route, refresh.allow, refresh.api, &refresh.old, env),
+            None => Step::Respond(self.deny_response(refresh.api, "No service is configured at this address.")),
+        }
+    }
+
+    fn serve_refreshed(&self, mut refresh: Refresh, new: Arc<OpenedSession>, cookie: &str, env: &mut Env<'_>) -> Step {
+        let s = &self.config.session;
+        let max_age = new.expires_at.saturating_sub(env.now);
+        refresh.allow.set_cookies.push(format!("{}={cookie}{}", s.cookie_name, self.cookie_attrs("/", max_age, s.same_site)));
+        match self.config.routes.get(refresh.route) {
+            Some(route) => self.decide(route, refresh.allow, refresh.api, &new, env),
+            None => Step::Respond(self.deny_response(refresh.api, "No service is configured at this address.")),
+        }
+    }
+
+    /// The IdP has ended the session (revoked grant, disabled user): every
+    /// request still carrying it goes back to login.
+    fn session_ended(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
+        let clear = vec![self.clear_cookie(&self.config.session.cookie_name, "/")];
+        self.login_again(refresh.api, &refresh.scheme, &refresh.authority, refresh.return_to, clear, env)
+    }
+
+    fn successor_grace(&self) -> u64 {
+        self.config.session.refresh_interval.clamp(60, 3600)
+    }
+
+    fn end_refreshed_session(&self, refresh: Refresh, why: &'static str, env: &mut Env<'_>) -> Step {
+        let key = [b"successor:".as_slice(), &refresh.generation].concat();
+        env.shared.put(&key, b"dead", env.now + self.successor_grace(), env.now);
+        env.events.push(Event::RefreshFailed(why));
+        self.session_ended(refresh, env)
+    }
+
+    fn on_refresh_response(&self, refresh: Refresh, resp: HttpResponse, env: &mut Env<'_>) -> Step {
+        if resp.status == 0 || resp.status >= 500 {
+            env.events.push(Event::RefreshFailed("provider unreachable; session kept, retrying later"));
+            return self.serve_old(refresh, env);
+        }
+        if resp.status != 200 {
+            let code = serde_json::from_slice::<TokenError_>(&resp.body).ok().and_then(|e| e.error).unwrap_or_default();
+            if code == "invalid_grant" {
+                return self.end_refreshed_session(refresh, "refresh refused (invalid_grant): session ended", env);
+            }
+            env.events.push(Event::RefreshFailed("refresh refused (check the client configuration); session kept"));
+            return self.serve_old(refresh, env);
+        }
+        let Ok(tokens) = serde_json::from_slice::<TokenResponse>(&resp.body) else {
+            env.events.push(Event::RefreshFailed("refresh response malformed; session kept"));
+            return self.serve_old(refresh, env);
+        };
+        let p = &self.config.provider;
+        let verified = match (tokens.id_token.as_deref(), env.provider) {
+            (Some(token), Some(provider)) => {
+                let expected = Expected { issuer: &p.issuer, client_id: &p.client_id, nonce: None, now: env.now, leeway: p.clock_skew };
+                Some(verify_id_token(token, &provider.jwks, &expected))
+            }
+            _ => None,
+        };
+        match verified {
+            Some(Ok(claims)) => self.finish_refresh(refresh, &claims, tokens.refresh_token, env),
+            Some(Err(TokenError::UnknownKey)) | None => {
+                // No ID token (Pocket ID's refresh may omit it) or one signed
+                // with a key we do not have yet: ask userinfo instead.
+                let call = match (env.provider.and_then(|pr| pr.discovery.userinfo_endpoint.as_deref()), tokens.access_token.as_deref()) {
+                    (Some(url), Some(access)) => p.callout_target(url).map(|(target, authority, path)| HttpCall {
+                        target: target.to_owned(),
+                        method: "GET",
+                        authority,
+                        path,
+                        headers: vec![("accept".into(), "application/json".into()), ("authorization".into(), format!("Bearer {access}"))],
+                        body: Vec::new(),
+                        timeout_ms: p.timeout_ms,
+                    }),
+                    _ => None,
+                };
+                match call {
+                    Some(call) => Step::Fetch {
+                        call,
+                        pending: Pending(Box::new(PendingKind::Userinfo { refresh, refresh_token: tokens.refresh_token })),
+                    },
+                    None => {
+                        // The IdP accepted the refresh: keep the claims we have, with the new token.
+                        let claims = claims_of(&refresh.old.session);
+                        self.finish_refresh(refresh, &claims, tokens.refresh_token, env)
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                env.events.push(Event::TokenRejected(e.reason()));
+                self.end_refreshed_session(refresh, "refreshed ID token rejected: session ended", env)
+            }
+        }
+    }
+
+    fn on_userinfo_response(&self, refresh: Refresh, refresh_token: Option<String>, resp: HttpResponse, env: &mut Env<'_>) -> Step {
+        let claims = match resp.status {
+            200 => serde_json::from_slice::<serde_json::Value>(&resp.body).ok().and_then(|v| profile_claims(&v)),
+            401 | 403 => return self.end_refreshed_session(refresh, "userinfo refused the new access token: session ended", env),
+            // Unreachable: the refresh itself succeeded, so keep the claims we
+            // have and, above all, the rotated refresh token.
+            _ => Some(claims_of(&refresh.old.session)),
+        };
+        match claims {
+            Some(c) => self.finish_refresh(refresh, &c, refresh_token, env),
+            None => self.end_refreshed_session(refresh, "userinfo response malformed: session ended", env),
+        }
+    }
+
+    fn finish_refresh(&self, refresh: Refresh, claims: &IdClaims, refresh_token: Option<String>, env: &mut Env<'_>) -> Step {
+        let old = &refresh.old.session;
+        if claims.sub != old.sub {
+            return self.end_refreshed_session(refresh, "refresh returned another subject: session ended", env);
+        }
+        let mut session = self.session_from_claims(claims, refresh_token.or_else(|| old.refresh_token.clone()), env.now);
+        session.login_at = old.login_at;
+        let s = &self.config.session;
+        // The absolute lifetime set at login still caps the refreshed session.
+        let sealed = s.sealer.seal(&s.cookie_name, refresh.old.expires_at, &session.encode(), env.rng);
+        let key = [b"successor:".as_slice(), &refresh.generation].concat();
+        let mut record = b"ok:".to_vec();
+        record.extend_from_slice(sealed.as_bytes());
+        env.shared.put(&key, &record, env.now + self.successor_grace(), env.now);
+        env.events.push(Event::RefreshSucceeded);
+        match self.open_session(&sealed, env) {
+            Ok(new) => self.serve_refreshed(refresh, new, &sealed, env),
+            Err(_) => self.serve_old(refresh, env),
+        }
+    }
+
     fn sign_out(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
         let s = &self.config.session;
         let idt_name = self.id_token_cookie_name();
@@ -674,6 +903,20 @@ impl Engine {
             None => local,
         };
         Step::Respond(pages::redirect(&location).with_cookies(cookies))
+    }
+}
+
+/// A session's claims, for a refresh that brought no new ones.
+fn claims_of(s: &Session) -> IdClaims {
+    IdClaims {
+        sub: s.sub.clone(),
+        preferred_username: Some(s.user.clone()),
+        email: s.email.clone(),
+        email_verified: s.email_verified,
+        name: s.name.clone(),
+        groups: s.groups.clone(),
+        exp: 0,
+        iat: 0,
     }
 }
 

@@ -24,6 +24,14 @@ pub enum Event {
     ProviderUnavailable,
     /// Sign-out.
     SignedOut,
+    /// A refresh call to the IdP started.
+    RefreshStarted,
+    /// A refresh produced a new session cookie.
+    RefreshSucceeded,
+    /// A refresh failed (the reason says whether the session was kept).
+    RefreshFailed(&'static str),
+    /// A request joined a refresh made by another request or worker.
+    RefreshCoalesced,
 }
 
 /// Every counter name, for hosts that define metrics up front.
@@ -38,6 +46,10 @@ pub const COUNTERS: &[&str] = &[
     "oidc_edge_invalid_cookies",
     "oidc_edge_provider_unavailable",
     "oidc_edge_sign_outs",
+    "oidc_edge_refreshes_started",
+    "oidc_edge_refreshes_succeeded",
+    "oidc_edge_refreshes_failed",
+    "oidc_edge_refreshes_coalesced",
 ];
 
 impl Event {
@@ -55,6 +67,10 @@ impl Event {
             Event::InvalidCookie(_) => &[7],
             Event::ProviderUnavailable => &[8],
             Event::SignedOut => &[9],
+            Event::RefreshStarted => &[10],
+            Event::RefreshSucceeded => &[11],
+            Event::RefreshFailed(_) => &[12],
+            Event::RefreshCoalesced => &[13],
         }
     }
 
@@ -66,6 +82,7 @@ impl Event {
             Event::Denied(why) => Some(format!("request denied: {why}")),
             Event::InvalidCookie(why) => Some(format!("session cookie refused: {why}")),
             Event::ProviderUnavailable => Some("identity provider unavailable: answered 503".into()),
+            Event::RefreshFailed(why) => Some(format!("session refresh failed: {why}")),
             _ => None,
         }
     }

@@ -333,8 +333,16 @@ fn check_claims(claims: &Value, exp: &Expected<'_>) -> Result<IdClaims, TokenErr
             _ => return Err(TokenError::WrongNonce),
         }
     }
+    let mut profile = profile_claims(claims).ok_or(TokenError::MissingClaim("sub"))?;
+    profile.exp = expiry;
+    profile.iat = iat;
+    Ok(profile)
+}
+
+/// The identity claims of an ID token or a userinfo response: `sub` (required),
+/// `preferred_username`, `email`, `email_verified`, `name`, `groups`.
+pub fn profile_claims(claims: &Value) -> Option<IdClaims> {
     let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    let sub = text("sub").ok_or(TokenError::MissingClaim("sub"))?;
     let email_verified = match claims.get("email_verified") {
         Some(Value::Bool(b)) => *b,
         // Some providers send the string form.
@@ -346,15 +354,15 @@ fn check_claims(claims: &Value, exp: &Expected<'_>) -> Result<IdClaims, TokenErr
         Some(Value::String(one)) => vec![one.clone()],
         _ => Vec::new(),
     };
-    Ok(IdClaims {
-        sub,
+    Some(IdClaims {
+        sub: text("sub")?,
         preferred_username: text("preferred_username"),
         email: text("email"),
         email_verified,
         name: text("name"),
         groups,
-        exp: expiry,
-        iat,
+        exp: 0,
+        iat: 0,
     })
 }
 

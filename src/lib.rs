@@ -42,11 +42,16 @@ pub trait SecureRandom {
     fn fill(&mut self, buf: &mut [u8]);
 }
 
-/// Claims on short-lived keys, shared by every worker of the host: single-use
-/// `state` values and rate limits such as the JWKS refetch cooldown.
+/// Short-lived records shared by every worker of the host: claims (single-use
+/// `state` values, the JWKS refetch cooldown, the refresh lock) and small
+/// values (the successor of a refreshed session).
 pub trait SharedState {
     /// Claims `key` until `until` (unix seconds). Returns `true` if nobody
     /// holds an unexpired claim on it, `false` otherwise. Hosts that cannot
     /// record the claim must return `false` (fail closed).
     fn claim(&mut self, key: &[u8], until: u64, now: u64) -> bool;
+    /// The unexpired value stored under `key`.
+    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>>;
+    /// Stores `value` under `key` until `until`; `false` if it could not.
+    fn put(&mut self, key: &[u8], value: &[u8], until: u64, now: u64) -> bool;
 }

@@ -34,17 +34,26 @@ impl SecureRandom for SeededRng {
 
 /// Claims in a map, as one process would hold them.
 #[derive(Default)]
-pub struct MemoryShared(pub HashMap<Vec<u8>, u64>);
+pub struct MemoryShared(pub HashMap<Vec<u8>, (u64, Vec<u8>)>);
 
 impl SharedState for MemoryShared {
     fn claim(&mut self, key: &[u8], until: u64, now: u64) -> bool {
         match self.0.get(key) {
-            Some(&held) if held > now => false,
+            Some((held, _)) if *held > now => false,
             _ => {
-                self.0.insert(key.to_vec(), until);
+                self.0.insert(key.to_vec(), (until, Vec::new()));
                 true
             }
         }
+    }
+
+    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
+        self.0.get(key).filter(|(until, _)| *until > now).map(|(_, v)| v.clone())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], until: u64, _now: u64) -> bool {
+        self.0.insert(key.to_vec(), (until, value.to_vec()));
+        true
     }
 }
 
@@ -53,6 +62,14 @@ pub struct UnavailableShared;
 
 impl SharedState for UnavailableShared {
     fn claim(&mut self, _key: &[u8], _until: u64, _now: u64) -> bool {
+        false
+    }
+
+    fn get(&mut self, _key: &[u8], _now: u64) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn put(&mut self, _key: &[u8], _value: &[u8], _until: u64, _now: u64) -> bool {
         false
     }
 }

@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import (COOKIE_SECRET, ENVOY, Browser, Envoy, Idp, Proc, free_port,  # noqa: E402
                      idp_client, login)
 
-FATAL = ("panicked", "unreachable", "[critical]", "wasm trap", "Uncaught")
+# How a trapped or panicking wasm VM shows in Envoy's log.
+FATAL = ("panicked", "RuntimeError", "[critical]", "wasm trap", "Uncaught")
 
 
 class Stack:
@@ -31,9 +32,11 @@ class Stack:
 
     def envoy(self, name, port, client_id="oidc-edge", template="e2e.yaml", idp_port=None, **values):
         env_vars = values.pop("env", None)
-        v = {"PROXY_PORT": port, "IDP_PORT": idp_port or self.idp.port, "UPSTREAM_PORT": self.upstream_port,
+        idp_port = idp_port or self.idp.port
+        v = {"PROXY_PORT": port, "IDP_PORT": idp_port, "IDP_CLUSTER_PORT": values.pop("IDP_CLUSTER_PORT", idp_port),
+             "UPSTREAM_PORT": self.upstream_port,
              "CLIENT_ID": client_id, "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]',
-             "SESSION_LIFETIME": "1h", **values}
+             "SESSION_LIFETIME": "1h", "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000, **values}
         e = Envoy(template, v, name=name, env=env_vars)
         self.envoys.append(e)
         return e.start(port)

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,110 @@ def login(browser: Browser, url: str, user: str) -> Resp:
     page = browser.follow(url)
     assert page.status == 200 and b"choose a user" in page.body, f"expected the IdP login page, got {page.status} {page.url}\n{page.body[:300]!r}"
     return idp_pick_user(browser, page, user)
+
+
+class TcpGate:
+    """A TCP forwarder in front of the IdP that the proxy's callouts go
+    through, to make the IdP unreachable without losing its state:
+    "open" forwards, "refuse" closes the listener (connection refused),
+    "blackhole" accepts and never answers (callouts time out)."""
+
+    def __init__(self, target_port: int):
+        self.port = free_port()
+        self.target_port = target_port
+        self.mode = "open"
+        self.server = None
+        self.conns = set()
+        self.open()
+
+    def _listen(self):
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(64)
+        self.server = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def _accept(self, srv):
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            self.conns.add(conn)
+            if self.mode == "blackhole":
+                threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            self.conns.add(up)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _swallow(conn):
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _drop_connections(self):
+        # Pooled connections from the proxy would otherwise bypass the outage.
+        for c in list(self.conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+        self.conns.clear()
+
+    def open(self):
+        self.mode = "open"
+        self._drop_connections()
+        if self.server is None:
+            self._listen()
+
+    def blackhole(self):
+        self.mode = "blackhole"
+        self._drop_connections()
+        if self.server is None:
+            self._listen()
+
+    def refuse(self):
+        self.mode = "refuse"
+        self._drop_connections()
+        if self.server is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not.
+            try:
+                self.server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.server.close()
+            self.server = None
+
+    def close(self):
+        self.refuse()
 
 
 class Idp:

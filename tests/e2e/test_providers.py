@@ -67,9 +67,11 @@ def test_idp_down_at_start_then_back_without_restart(stack, alice):
 
 def test_bad_config_is_refused_with_every_error_named(stack):
     port = free_port()
-    envoy = Envoy("e2e.yaml", {"PROXY_PORT": port, "IDP_PORT": stack.idp.port, "UPSTREAM_PORT": stack.upstream_port,
+    envoy = Envoy("e2e.yaml", {"PROXY_PORT": port, "IDP_PORT": stack.idp.port, "IDP_CLUSTER_PORT": stack.idp.port,
+                               "UPSTREAM_PORT": stack.upstream_port,
                                "CLIENT_ID": "", "COOKIE_SECRETS": '["too-short", {"env": "NOT_SET_ANYWHERE"}]',
-                               "SESSION_LIFETIME": "forever"}, name="envoy-badconfig")
+                               "SESSION_LIFETIME": "forever", "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000},
+                    name="envoy-badconfig")
     stack.envoys.append(envoy)
     envoy.proc = None
     try:
@@ -111,5 +113,6 @@ def test_every_shipped_envoy_config_validates(config):
     values = {n: 10000 + i for i, n in enumerate(sorted(names))}
     values.update({k: v for k, v in {
         "WASM": WASM, "TRIVIAL_WASM": WASM.parent / "oidc_edge_trivial_filter.wasm", "CLIENT_ID": "oidc-edge",
-        "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h"}.items() if k in names})
+        "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h",
+        "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000}.items() if k in names})
     _validate(render(ROOT / "envoy" / config, values), config)

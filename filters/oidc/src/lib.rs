@@ -192,6 +192,7 @@ impl RootContext for Root {
             metrics,
             keys,
         };
+        HostShared::create_shards(self, &worker.keys.claims);
         let worker = Rc::new(RefCell::new(worker));
         worker.borrow_mut().load_provider(self);
         self.worker = Some(worker);
@@ -221,14 +222,17 @@ struct Request {
 
 impl Request {
     /// Runs the engine with this worker's environment and performs the step.
-    fn run(&mut self, resumed: bool, decide: impl FnOnce(&Engine, &mut oidc_edge::Env<'_>) -> Step) -> Action {
+    /// `fresh_provider`: re-read the shared provider metadata first (cheap
+    /// when unchanged), for requests that verify tokens: another worker may
+    /// have just fetched keys this one has not seen on its tick yet.
+    fn run(&mut self, resumed: bool, fresh_provider: bool, decide: impl FnOnce(&Engine, &mut oidc_edge::Env<'_>) -> Step) -> Action {
         let Some(worker) = self.worker.clone() else {
             self.respond_error(500, "The sign-in gate is not configured.");
             return Action::Pause;
         };
         let mut guard = worker.borrow_mut();
         let w = &mut *guard;
-        if w.provider.is_none() {
+        if fresh_provider || w.provider.is_none() {
             w.load_provider(self);
         }
         let now = unix_now(self);
@@ -289,7 +293,7 @@ impl Request {
                 Err(why) => {
                     log::warn!("oidc-edge: callout to {} failed to start: {why}", call.target);
                     let engine_resp = HttpResponse { status: 0, body: Vec::new() };
-                    self.run(resumed, |engine, env| engine.on_fetched(pending, engine_resp, env))
+                    self.run(resumed, true, |engine, env| engine.on_fetched(pending, engine_resp, env))
                 }
             },
         }
@@ -310,7 +314,7 @@ impl Context for Request {
             return;
         }
         let resp = host::call_response(self, body_size);
-        let _ = self.run(true, |engine, env| engine.on_fetched(pending, resp, env));
+        let _ = self.run(true, true, |engine, env| engine.on_fetched(pending, resp, env));
     }
 }
 
@@ -327,7 +331,11 @@ impl HttpContext for Request {
         };
         let scheme = if scheme.is_empty() { "http".to_owned() } else { scheme };
         let head = oidc_edge::RequestHead { method: &method, scheme: &scheme, authority: &authority, path: &path, headers: &headers };
-        self.run(false, |engine, env| engine.on_request(&head, env))
+        let callback = self.worker.as_ref().is_some_and(|w| {
+            let path_only = path.split('?').next().unwrap_or("");
+            path_only == w.borrow().engine.config().paths.callback
+        });
+        self.run(false, callback, |engine, env| engine.on_request(&head, env))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

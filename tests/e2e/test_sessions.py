@@ -1,0 +1,284 @@
+"""Sessions through real life: refresh after the interval (group changes
+reach the upstream), single-flight refresh across Envoy workers against an IdP
+with strict refresh-token rotation, revoked grants, a hung IdP, IdP key
+rotation, cookie-secret rotation and a listener reload."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+
+from harness import (RUN, WASM, Browser, Envoy, Idp, TcpGate, free_port, idp_client, login, render, to_callback)
+
+REFRESH = 2  # seconds: the refresh interval of the Envoys in this file
+
+
+def _refreshing_envoy(stack, name, **values):
+    port = free_port()
+    values.setdefault("REFRESH_INTERVAL", f"{REFRESH}s")
+    envoy = stack.envoy(name, port, **values)
+    envoy.wait_provider_loaded(port)
+    return envoy, port
+
+
+def _new_user(stack, name, groups):
+    stack.idp.put_user(name, {"groups": groups, "email": f"{name}@example.com", "email_verified": True,
+                              "name": name.title(), "disabled": False})
+
+
+def _session_cookie(resp):
+    for c in resp.all("set-cookie"):
+        if c.startswith("_oidc_edge="):
+            return c.split(";")[0].split("=", 1)[1]
+    return None
+
+
+def _refreshes(stack):
+    return stack.idp.stats()["token"]["refresh_token"]
+
+
+def test_refresh_brings_group_changes_to_the_upstream(stack):
+    envoy, port = _refreshing_envoy(stack, "envoy-refresh-groups")
+    _new_user(stack, "erin", ["users"])
+    b = Browser()
+    # Log in through the main listener (its callback is registered), then use
+    # the same cookie on the refreshing Envoy: same secrets, same client.
+    assert login(b, stack.url("/users/"), "erin").status == 200
+    cookie = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    assert Browser().get(stack.url("/admin/", port), headers=cookie).status == 403
+    stack.idp.put_user("erin", {"groups": ["admins"]})
+    before = _refreshes(stack)
+    time.sleep(REFRESH + 0.5)
+    r = Browser().get(stack.url("/admin/", port), headers=cookie)
+    assert r.status == 200, r.body[:300]
+    assert r.upstream_header("Remote-Groups") == "admins"
+    assert _session_cookie(r), "the refreshed session must be sent back"
+    assert _refreshes(stack) == before + 1
+    # Removed from a group: loses the route after the next refresh.
+    new_cookie = {"Cookie": f"_oidc_edge={_session_cookie(r)}"}
+    stack.idp.put_user("erin", {"groups": ["users"]})
+    time.sleep(REFRESH + 0.5)
+    r = Browser().get(stack.url("/admin/", port), headers=new_cookie)
+    assert r.status == 403
+    assert envoy.counter("oidc_edge_refreshes_succeeded") == 2
+    envoy.stop()
+
+
+def test_twenty_concurrent_requests_cause_one_refresh(stack):
+    envoy, port = _refreshing_envoy(stack, "envoy-refresh-burst")
+    _new_user(stack, "frank", ["users"])
+    b = Browser()
+    assert login(b, stack.url("/users/"), "frank").status == 200
+    old = b.cookie("_oidc_edge")
+    time.sleep(REFRESH + 0.5)
+    before = _refreshes(stack)
+    results = []
+    barrier = threading.Barrier(20)
+
+    def hit():
+        barrier.wait()
+        r = Browser().get(stack.url("/users/x", port), headers={"Cookie": f"_oidc_edge={old}"})
+        results.append(r)
+
+    threads = [threading.Thread(target=hit) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == [200] * 20, [r.status for r in results]
+    assert all(r.upstream_header("Remote-User") == "frank" for r in results)
+    refreshed = _refreshes(stack) - before
+    assert refreshed == 1, f"{refreshed} refresh calls reached the IdP for one session"
+    new = next(c for c in map(_session_cookie, results) if c)
+    # A request replaying the pre-refresh cookie later neither fails nor refreshes again.
+    r = Browser().get(stack.url("/users/", port), headers={"Cookie": f"_oidc_edge={old}"})
+    assert r.status == 200 and _session_cookie(r) == new
+    assert _refreshes(stack) - before == 1
+    assert stack.idp.stats()["token"]["refresh_failed"] == 0
+    # The session is still refreshable afterwards (the rotated token was kept).
+    time.sleep(REFRESH + 0.5)
+    r = Browser().get(stack.url("/users/", port), headers={"Cookie": f"_oidc_edge={new}"})
+    assert r.status == 200 and _session_cookie(r) not in (None, new)
+    assert _refreshes(stack) - before == 2
+    stats = envoy.stats()
+    print("refresh counters:", {k: v for k, v in stats.items() if "refresh" in k})
+    envoy.stop()
+
+
+def test_revoked_session_goes_back_to_login(stack):
+    envoy, port = _refreshing_envoy(stack, "envoy-refresh-revoked")
+    _new_user(stack, "gina", ["users"])
+    b = Browser()
+    assert login(b, stack.url("/users/"), "gina").status == 200
+    cookie = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    stack.idp.put_user("gina", {"disabled": True})
+    time.sleep(REFRESH + 0.5)
+    r = Browser().get(stack.url("/users/", port), headers=cookie)
+    assert r.status == 302 and r.location.startswith(stack.idp.issuer)
+    assert any(c.startswith("_oidc_edge=;") for c in r.all("set-cookie"))
+    # Later requests with that cookie do not call the IdP again: the session is known dead.
+    before = _refreshes(stack)
+    api = Browser().get(stack.url("/users/", port), headers={**cookie, "Accept": "application/json"})
+    assert api.status == 401
+    assert _refreshes(stack) == before
+    assert envoy.counter("oidc_edge_refreshes_failed") >= 1
+    stack.idp.put_user("gina", {"disabled": False})
+    envoy.stop()
+
+
+@pytest.mark.parametrize("outage", ["refuse", "blackhole"])
+def test_idp_outage_during_refresh_keeps_the_session_and_retries(stack, outage):
+    # The callouts go through a gate we can close (connection refused) or turn
+    # into a black hole (the callout times out), without losing the IdP's state.
+    gate = TcpGate(stack.idp.port)
+    envoy, port = _refreshing_envoy(stack, f"envoy-outage-{outage}", IDP_CLUSTER_PORT=gate.port, TIMEOUT_MS=1000)
+    try:
+        user = f"ivan{outage}"
+        _new_user(stack, user, ["users"])
+        b = Browser()
+        assert login(b, stack.url("/users/"), user).status == 200
+        cookie = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+        time.sleep(REFRESH + 0.5)
+        getattr(gate, outage)()
+        t0 = time.time()
+        r = Browser().get(stack.url("/users/", port), headers=cookie)
+        elapsed = time.time() - t0
+        assert r.status == 200 and r.upstream_header("Remote-User") == user
+        assert _session_cookie(r) is None
+        assert elapsed < 3, f"the request waited {elapsed:.1f}s on an unreachable IdP"
+        assert envoy.counter("oidc_edge_refreshes_failed") == 1
+        # Still served from the cookie while the IdP stays away.
+        assert Browser().get(stack.url("/users/", port), headers=cookie).status == 200
+        gate.open()
+        deadline = time.time() + 25
+        while time.time() < deadline:
+            r = Browser().get(stack.url("/users/", port), headers=cookie)
+            assert r.status == 200
+            if _session_cookie(r):
+                break
+            time.sleep(1)
+        assert _session_cookie(r), "the refresh was never retried"
+        assert r.upstream_header("Remote-User") == user
+    finally:
+        envoy.stop()
+        gate.close()
+
+
+def test_idp_key_rotation(stack):
+    proxy_port = free_port()
+    idp_port = free_port()
+    clients = [idp_client("oidc-edge", [proxy_port])]
+    idp = Idp(clients, port=idp_port, name="idp-rotate").start()
+    envoy = stack.envoy("envoy-rotate", proxy_port, idp_port=idp_port)
+    try:
+        envoy.wait_provider_loaded(proxy_port)
+        assert login(Browser(), stack.url("/app/", proxy_port), "alice").status == 200
+        # Restart the IdP: new signing keys, the old ones gone from its JWKS
+        # (Pocket ID keeps exactly one key).
+        idp.stop()
+        idp = Idp(clients, port=idp_port, name="idp-rotate-2").start()
+        # A burst of logins completing at once, all with tokens signed by the
+        # unknown key: at most one JWKS fetch reaches the IdP.
+        browsers = [Browser() for _ in range(8)]
+        callbacks = [to_callback(bb, stack.url("/app/", proxy_port), "alice") for bb in browsers]
+        results = []
+        threads = [threading.Thread(target=lambda u=u, bb=bb: results.append(bb.get(u)))
+                   for u, bb in zip(callbacks, browsers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = [r.status for r in results]
+        assert idp.stats()["jwks"] == 1, "exactly one JWKS refetch for the unknown kid"
+        assert statuses.count(302) >= 1 and all(r.location == "/app/" for r in results if r.status == 302)
+        # Logins that raced the refetch get a clear page with a way to sign in again.
+        assert all(s == 302 or s == 502 for s in statuses), statuses
+        # Every login after that works on the refetched keys, with no further fetch.
+        for _ in range(3):
+            r = login(Browser(), stack.url("/app/", proxy_port), "alice")
+            assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
+        assert idp.stats()["jwks"] == 1
+    finally:
+        envoy.stop()
+        idp.stop()
+
+
+def test_cookie_secret_rotation(stack):
+    new_secret = "bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ="  # base64 of 32 bytes
+    both, both_port = _refreshing_envoy(
+        stack, "envoy-secrets-both", COOKIE_SECRETS='[{"env": "OIDC_EDGE_NEW_COOKIE_SECRET"}, {"env": "OIDC_EDGE_COOKIE_SECRET"}]',
+        env={"OIDC_EDGE_NEW_COOKIE_SECRET": new_secret})
+    only_new_port = free_port()
+    only_new = stack.envoy("envoy-secrets-new", only_new_port, COOKIE_SECRETS='[{"env": "OIDC_EDGE_NEW_COOKIE_SECRET"}]',
+                           env={"OIDC_EDGE_NEW_COOKIE_SECRET": new_secret})
+    only_new.wait_provider_loaded(only_new_port)
+    _new_user(stack, "hank", ["users"])
+    b = Browser()
+    assert login(b, stack.url("/users/"), "hank").status == 200  # sealed with the old secret
+    old = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    r = Browser().get(stack.url("/users/", both_port), headers=old)
+    assert r.status == 200 and _session_cookie(r) is None  # old cookies still open
+    assert Browser().get(stack.url("/users/", only_new_port), headers=old).status == 302
+    time.sleep(REFRESH + 0.5)
+    r = Browser().get(stack.url("/users/", both_port), headers=old)
+    resealed = _session_cookie(r)
+    assert r.status == 200 and resealed, "the next refresh re-seals with the new secret"
+    r = Browser().get(stack.url("/users/", only_new_port), headers={"Cookie": f"_oidc_edge={resealed}"})
+    assert r.status == 200 and r.upstream_header("Remote-User") == "hank"
+    both.stop()
+    only_new.stop()
+
+
+def test_listener_reload_keeps_sessions(stack, alice):
+    """Envoy reloads the listener (and the filter's configuration) from a
+    watched LDS file; sessions survive when the cookie secrets are unchanged."""
+    port = free_port()
+    values = {"ADMIN_PORT": free_port(), "WASM": str(WASM),
+              "PROXY_PORT": port, "IDP_PORT": stack.idp.port, "IDP_CLUSTER_PORT": stack.idp.port,
+              "UPSTREAM_PORT": stack.upstream_port, "CLIENT_ID": "oidc-edge", "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]',
+              "SESSION_LIFETIME": "1h", "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000}
+    from harness import ROOT
+    boot = yaml.safe_load(render(ROOT / "envoy/e2e.yaml", values))
+    listener = boot["static_resources"].pop("listeners")[0]
+    lds = RUN / "reload-lds.yaml"
+
+    def write_listener(extra_route):
+        listener["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
+        http = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        wasm = http["http_filters"][0]["typed_config"]["config"]["configuration"]
+        cfg = json.loads(wasm["value"])
+        cfg["routes"] = [r for r in cfg["routes"] if r.get("path") != "/reloaded/"]
+        if extra_route:
+            cfg["routes"].insert(0, {"path": "/reloaded/", "public": True})
+        wasm["value"] = json.dumps(cfg)
+        tmp = RUN / "reload-lds.tmp"
+        tmp.write_text(yaml.safe_dump({"resources": [listener]}))
+        os.replace(tmp, lds)
+
+    write_listener(False)
+    boot["node"] = {"id": "e2e-reload", "cluster": "e2e"}
+    boot["dynamic_resources"] = {"lds_config": {"path_config_source": {"path": str(lds)}, "resource_api_version": "V3"}}
+    envoy = Envoy("e2e.yaml", values, name="envoy-reload")
+    boot["admin"]["address"]["socket_address"]["port_value"] = envoy.admin_port
+    envoy.config_path = RUN / "envoy-reload-boot.yaml"
+    envoy.config_path.write_text(yaml.safe_dump(boot))
+    stack.envoys.append(envoy)
+    envoy.start(port)
+    envoy.wait_provider_loaded(port)
+    try:
+        assert alice.get(stack.url("/admin/", port)).status == 200
+        assert Browser().get(stack.url("/reloaded/", port)).status == 403
+        write_listener(True)
+        deadline = time.time() + 20
+        while time.time() < deadline and Browser().get(stack.url("/reloaded/", port)).status != 200:
+            time.sleep(0.2)
+        assert Browser().get(stack.url("/reloaded/", port)).status == 200, "the new filter config never took effect"
+        r = alice.get(stack.url("/admin/", port))
+        assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
+        envoy.wait_provider_loaded(port)
+    finally:
+        envoy.stop()

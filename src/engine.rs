@@ -645,7 +645,7 @@ impl Engine {
                 let allowed = env.shared.claim(b"jwks-refetch", env.now + JWKS_REFETCH_COOLDOWN, env.now);
                 return match call {
                     Some(call) if allowed => {
-                        let csrf_cookie = login.state.get(..12).map(|s| format!("{}_csrf_{s}", self.config.session.cookie_name)).unwrap_or_default();
+                        let csrf_cookie = self.csrf_cookie_name(&login.state).unwrap_or_default();
                         Step::Fetch { call, pending: Pending(Box::new(PendingKind::JwksForLogin { login, csrf_cookie, tokens })) }
                     }
                     _ => self.login_failed(env, 502, "ID token signed with unknown key (refetch cooling down)", "The identity provider signed in with a key that is not yet known. Try again in a minute.", cookies),
@@ -740,21 +740,24 @@ impl Engine {
         }
     }
 
-    fn serve_old(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
+    /// Finishes the waiting request with `session` (the old one or its successor).
+    fn serve(&self, refresh: Refresh, session: &OpenedSession, env: &mut Env<'_>) -> Step {
         match self.config.routes.get(refresh.route) {
-            Some(route) => self.decide(route, refresh.allow, refresh.api, &refresh.old, env),
+            Some(route) => self.decide(route, refresh.allow, refresh.api, session, env),
             None => Step::Respond(self.deny_response(refresh.api, "No service is configured at this address.")),
         }
+    }
+
+    fn serve_old(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
+        let old = Arc::clone(&refresh.old);
+        self.serve(refresh, &old, env)
     }
 
     fn serve_refreshed(&self, mut refresh: Refresh, new: Arc<OpenedSession>, cookie: &str, env: &mut Env<'_>) -> Step {
         let s = &self.config.session;
         let max_age = new.expires_at.saturating_sub(env.now);
         refresh.allow.set_cookies.push(format!("{}={cookie}{}", s.cookie_name, self.cookie_attrs("/", max_age, s.same_site)));
-        match self.config.routes.get(refresh.route) {
-            Some(route) => self.decide(route, refresh.allow, refresh.api, &new, env),
-            None => Step::Respond(self.deny_response(refresh.api, "No service is configured at this address.")),
-        }
+        self.serve(refresh, &new, env)
     }
 
     /// The IdP has ended the session (revoked grant, disabled user): every

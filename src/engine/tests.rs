@@ -1216,3 +1216,143 @@ fn cookie_header_parsing_is_strict_about_names() {
     assert_eq!(head.cookie("b"), Some("3"));
     assert_eq!(head.cookie("_oidc"), None);
 }
+
+// ---------------------------------------------------------------------------
+// Session refresh: single flight, successor record, outcomes.
+
+const REFRESH_INTERVAL: u64 = 3600;
+
+fn header_of<'a>(allow: &'a Allow, name: &str) -> Option<&'a str> {
+    allow.set.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+fn form_param(call: &HttpCall, name: &str) -> Option<String> {
+    parse_query(std::str::from_utf8(&call.body).ok()?).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// A refresh answer with a new ID token (no nonce) for `user`, and a new refresh token.
+fn refreshed(now: u64, user: &Value, refresh_token: &str) -> HttpResponse {
+    let mut claims = id_claims("", now, user);
+    claims.as_object_mut().map(|o| o.remove("nonce"));
+    let body = json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 3600,
+                      "id_token": sign_ed(&ed_key(), Some("ed1"), &claims), "refresh_token": refresh_token});
+    HttpResponse { status: 200, body: body.to_string().into_bytes() }
+}
+
+/// Bob logged in, then the refresh interval passed.
+fn stale_bob() -> (Gate, String) {
+    let mut g = Gate::new();
+    let (session, _) = g.login_as(&bob());
+    g.host.take_events();
+    g.host.now += REFRESH_INTERVAL;
+    (g, session)
+}
+
+#[test]
+fn refresh_is_single_flight_and_later_requests_use_the_successor() {
+    let (mut g, old) = stale_bob();
+    // The first request takes the lock and refreshes.
+    let (call, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    assert_eq!(call.method, "POST");
+    assert_eq!(form_param(&call, "grant_type").as_deref(), Some("refresh_token"));
+    assert!(form_param(&call, "refresh_token").is_some_and(|t| t.starts_with("rt-")));
+    assert!(g.host.take_events().contains(&Event::RefreshStarted));
+    // Concurrent requests with the same cookie do not refresh again: they are
+    // served on the still-valid session.
+    for _ in 0..5 {
+        let a = allowed(g.send(&Req::get("/").cookie(COOKIE, &old)));
+        assert_eq!(header_of(&a, "Remote-User"), Some("bob"));
+        assert!(a.set_cookies.is_empty());
+    }
+    assert_eq!(g.host.take_events().iter().filter(|e| **e == Event::RefreshCoalesced).count(), 5);
+    // The IdP answers: bob is now an admin, with a rotated refresh token.
+    let mut promoted = bob();
+    promoted["groups"] = json!(["users", "admins"]);
+    let now = g.host.now;
+    let a = allowed(g.fetched(pending, refreshed(now, &promoted, "rt-rotated")));
+    assert_eq!(header_of(&a, "Remote-Groups"), Some("users,admins"));
+    let new = SetCookie::parse(a.set_cookies.first().expect("the refreshed cookie is sent back"));
+    assert_eq!(new.name, COOKIE);
+    assert!(new.has("HttpOnly") && new.has("Secure"));
+    assert!(g.host.take_events().contains(&Event::RefreshSucceeded));
+    // The old cookie, later: no new refresh, the successor instead.
+    let a = allowed(g.send(&Req::get("/admin/").cookie(COOKIE, &old)));
+    assert_eq!(header_of(&a, "Remote-Groups"), Some("users,admins"));
+    assert_eq!(SetCookie::parse(&a.set_cookies[0]).value, new.value);
+    // The new cookie is fresh and carries the rotated token for next time.
+    let a = allowed(g.send(&Req::get("/admin/").cookie(COOKIE, &new.value)));
+    assert!(a.set_cookies.is_empty());
+    g.host.now += REFRESH_INTERVAL;
+    let (call, _) = fetch(g.send(&Req::get("/").cookie(COOKIE, &new.value)));
+    assert_eq!(form_param(&call, "refresh_token").as_deref(), Some("rt-rotated"));
+}
+
+#[test]
+fn refreshed_session_keeps_the_absolute_lifetime() {
+    let (mut g, old) = stale_bob();
+    let sealer = &g.engine.config().session.sealer;
+    let (_, old_expiry) = sealer.open(COOKIE, &old, g.host.now).expect("old cookie opens");
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let now = g.host.now;
+    let a = allowed(g.fetched(pending, refreshed(now, &bob(), "rt-2")));
+    let new = SetCookie::parse(&a.set_cookies[0]);
+    let (_, new_expiry) = g.engine.config().session.sealer.open(COOKIE, &new.value, now).expect("opens");
+    assert_eq!(new_expiry, old_expiry);
+    assert_eq!(new.attr("Max-Age"), Some((old_expiry - now).to_string().as_str()));
+}
+
+#[test]
+fn invalid_grant_ends_the_session_for_every_copy_of_the_cookie() {
+    let (mut g, old) = stale_bob();
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let refused = HttpResponse { status: 400, body: br#"{"error":"invalid_grant"}"#.to_vec() };
+    let resp = respond(g.fetched(pending, refused));
+    assert!(g.read_login(&resp).is_ok(), "back to login");
+    assert!(set_cookie(&resp, COOKIE).is_some_and(|c| c.clears()));
+    assert!(g.host.take_events().iter().any(|e| matches!(e, Event::RefreshFailed(_))));
+    // Another request with the same cookie: straight to login, no second refresh.
+    let resp = respond(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    assert!(g.read_login(&resp).is_ok());
+    let api = respond(g.send(&Req::get("/").cookie(COOKIE, &old).accept("application/json")));
+    assert_eq!(api.status, 401);
+}
+
+#[test]
+fn unreachable_idp_keeps_the_session_and_retries_later() {
+    let (mut g, old) = stale_bob();
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let a = allowed(g.fetched(pending, HttpResponse { status: 0, body: Vec::new() }));
+    assert_eq!(header_of(&a, "Remote-User"), Some("bob"));
+    assert!(a.set_cookies.is_empty());
+    // Right after: no new attempt (the lock spaces retries out).
+    let _ = allowed(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    // Later: tried again, and a 5xx also keeps the session.
+    g.host.now += 60;
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let a = allowed(g.fetched(pending, HttpResponse { status: 503, body: b"down".to_vec() }));
+    assert_eq!(header_of(&a, "Remote-User"), Some("bob"));
+}
+
+#[test]
+fn refresh_without_id_token_asks_userinfo() {
+    let (mut g, old) = stale_bob();
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let body = json!({"access_token": "at-9", "token_type": "Bearer", "refresh_token": "rt-9"});
+    let (call, pending) = fetch(g.fetched(pending, HttpResponse { status: 200, body: body.to_string().into_bytes() }));
+    assert_eq!(call.method, "GET");
+    assert!(call.headers.iter().any(|(n, v)| n == "authorization" && v == "Bearer at-9"));
+    let info = json!({"sub": "b0b", "preferred_username": "bob", "email": "bob@example.com", "groups": ["media"]});
+    let a = allowed(g.fetched(pending, HttpResponse { status: 200, body: info.to_string().into_bytes() }));
+    assert_eq!(header_of(&a, "Remote-Groups"), Some("media"));
+    assert!(!a.set_cookies.is_empty());
+}
+
+#[test]
+fn refresh_for_another_subject_ends_the_session() {
+    let (mut g, old) = stale_bob();
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let now = g.host.now;
+    let resp = respond(g.fetched(pending, refreshed(now, &alice(), "rt-x")));
+    assert!(g.read_login(&resp).is_ok());
+    assert!(set_cookie(&resp, COOKIE).is_some_and(|c| c.clears()));
+}

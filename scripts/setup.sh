@@ -51,7 +51,7 @@ if [ ! -d tests/idp/node_modules ] || [ tests/idp/package-lock.json -nt tests/id
 fi
 
 if [ "${1:-}" = "--bench" ]; then
-  apt_install wrk nginx
+  apt_install wrk nginx openssl
 fi
 
 log "build the filter (.wasm)"

@@ -1,0 +1,599 @@
+#!/usr/bin/env python3
+"""`make bench`: throughput and latency of an authenticated request through
+Envoy with no filter, the trivial one-header Rust wasm filter, oidc-edge, and
+Envoy's built-in OAuth2 filter, side by side with wrk on loopback.
+
+    .venv/bin/python tests/bench/bench.py [--duration S] [--rounds N] [--warmup S]
+                                          [--connections C] [--retries N] [--wasm PATH] [--strict]
+
+How it measures (the machines' speed drifts by 15-20 % within seconds):
+- Four Envoys run at once, one per config, each with one worker
+  (--concurrency 1) and all pinned to CPU 0; only one is loaded at a time, the
+  idle ones cost nothing measurable, and nothing restarts between rounds.
+- wrk (-t1) and the upstream are pinned to CPU 1. The upstream is nginx with a
+  one-process config answering `return 200`: a few µs of C per request, so the
+  proxy on CPU 0 stays the bottleneck (the Python echo server would be that
+  bottleneck itself, and a second Envoy with direct_response would cost more
+  than nginx on the CPU it shares with wrk). The bench reports Envoy's CPU use
+  and CPU 1's during each run to show which side was saturated.
+- Envoy, the bottleneck, uses 98-100 % of CPU 0 in a clean run. Other load on
+  these machines comes in bursts of a few seconds; a run in which Envoy got
+  less than 96 % of its CPU measured that load, not Envoy: it is discarded
+  and repeated after a pause (at most --retries times, then kept and flagged).
+- Rounds are interleaved ABBA-style (forward, then reverse order, ...) so a
+  linear drift hits every config alike; each run follows an unmeasured warm-up.
+- Pooled over rounds: req/s = sum of requests / sum of wrk's durations;
+  p50 and p99 = median over the rounds of wrk's per-run percentiles.
+- Before measuring, every config must answer the exact wrk request with 200
+  from the upstream (not a redirect), and the filters must redirect the same
+  request without cookies; after each run Envoy's own counters must show only
+  2xx responses. Any failure aborts the bench.
+
+The request: GET / on 127.0.0.1. oidc-edge gets a real session cookie (alice,
+logged in once at the test IdP), its route requires the group "admins" and
+injects Remote-User, Remote-Email, Remote-Groups, Remote-Name and x-api-key.
+No-filter and trivial get the same request, cookie included. The OAuth2 filter
+gets cookies minted the way Envoy 1.40 mints them: BearerToken, IdToken and
+RefreshToken each base64url-no-pad(IV(16) || AES-256-CBC-PKCS7(key =
+SHA-256(hmac_secret), IV, token)), OauthExpires, and OauthHMAC = base64(
+HMAC-SHA256(hmac_secret, host \\n expires \\n access \\n id_token \\n refresh))
+over the plaintext tokens. The tokens are shaped like Pocket ID's (RS256 JWT
+access and ID tokens, opaque refresh token); the filter treats them as
+opaque. AES runs through the `openssl` command line tool.
+
+Writes the table to .run/bench.txt too. Exits non-zero when a check fails
+(and, with --strict, when a target is missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from harness import (API_KEY, CLIENT_SECRET, ENVOY, ROOT, RUN, WASM, Browser, Envoy, Idp, Proc,  # noqa: E402
+                     free_port, idp_client, login, wait_port)
+
+TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
+ENVOY_CPU, LOAD_CPU = 0, 1
+CLIENT_ID = "oidc-edge"
+COOKIE = "_oidc_edge"
+FATAL = ("panicked", "unreachable", "[critical]", "wasm trap", "Uncaught")
+# Identity headers oidc-edge injects on this route, as the upstream sees them.
+INJECTED = ("remote-user", "remote-email", "remote-groups", "remote-name", "x-api-key")
+# Targets from the issue.
+TARGET_RATIO = 0.85
+TARGET_LEAD = 0.10  # "well ahead of the built-in filter" (0.85 vs its 0.65 in the issue)
+TARGET_P99_DELTA_MS = 0.5
+TARGET_WASM_BYTES = 1_000_000
+RETRY_PAUSE = 5  # seconds: bursts of other load on these machines last a few seconds
+
+
+class BenchError(Exception):
+    pass
+
+
+def check(cond: bool, message: str) -> None:
+    if not cond:
+        raise BenchError(message)
+
+
+# --- processes ---------------------------------------------------------------
+
+class PinnedEnvoy(Envoy):
+    """The harness's Envoy with one worker, started under `taskset` (which
+    execs Envoy, so the PID is still Envoy's)."""
+
+    def __init__(self, template: str, values: dict, name: str, cpu: int | None, env: dict | None = None):
+        super().__init__(template, values, name=name, concurrency=1, env=env)
+        self.cpu = cpu
+        self.port = values["PROXY_PORT"]
+
+    def start(self, wait_port_of: int | None = None) -> "PinnedEnvoy":
+        argv = [str(ENVOY), "-c", str(self.config_path), "--concurrency", "1",
+                "--log-level", "warn", "--component-log-level", "wasm:info", "--base-id", str(free_port())]
+        if self.cpu is not None:
+            argv = ["taskset", "-c", str(self.cpu)] + argv
+        self.proc = Proc(self.name, argv, env=self.env)
+        wait_port(self.admin_port, proc=self.proc)
+        wait_port(wait_port_of or self.port, proc=self.proc)
+        return self
+
+    def admin_stats(self, pattern: str) -> dict:
+        r = Browser().get(f"http://127.0.0.1:{self.admin_port}/stats?filter={pattern}")
+        out = {}
+        for line in r.body.decode().splitlines():
+            k, _, v = line.partition(": ")
+            if v.strip().isdigit():
+                out[k] = int(v)
+        return out
+
+    def responses(self) -> dict:
+        """Downstream responses by class: {'2xx': n, '3xx': n, ...}."""
+        stats = self.admin_stats(r"^http\.main\.downstream_rq_[1-5]xx$")
+        return {k.rsplit("_", 1)[1]: v for k, v in stats.items()}
+
+
+def nginx_conf(port: int, workdir: Path) -> str:
+    tmp = workdir / "tmp"
+    return f"""# Generated by tests/bench/bench.py: the benchmark's upstream.
+daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 600s;
+  default_type text/plain;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    # Used once before measuring: the identity headers the upstream received.
+    location = /__bench/headers {{
+      return 200 "remote-user=$http_remote_user\\nremote-email=$http_remote_email\\nremote-groups=$http_remote_groups\\nremote-name=$http_remote_name\\nx-api-key=$http_x_api_key\\nauthorization=$http_authorization\\ncookie=$http_cookie\\nx-trivial-filter=$http_x_trivial_filter\\n";
+    }}
+    location / {{
+      return 200 "ok\\n";
+    }}
+  }}
+}}
+"""
+
+
+def start_nginx(port: int) -> Proc:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    check(nginx is not None, "nginx is missing: run `./scripts/setup.sh --bench` (apt-get install nginx)")
+    workdir = RUN / "bench-nginx"
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_conf(port, workdir))
+    proc = Proc("bench-nginx", ["taskset", "-c", str(LOAD_CPU), nginx, "-p", str(workdir), "-e",
+                                str(workdir / "error.log"), "-c", str(conf)])
+    wait_port(port, proc=proc)
+    return proc
+
+
+# --- OAuth2 filter cookies -----------------------------------------------------
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def aes256cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
+    """AES-256-CBC with PKCS#7 padding (openssl's default for `enc`)."""
+    check(shutil.which("openssl") is not None, "the `openssl` command is missing (apt-get install openssl)")
+    r = subprocess.run(["openssl", "enc", "-aes-256-cbc", "-K", key.hex(), "-iv", iv.hex()],
+                       input=plaintext, capture_output=True, check=False)
+    check(r.returncode == 0 and len(r.stdout) == (len(plaintext) // 16 + 1) * 16,
+          f"openssl enc failed: {r.stderr.decode(errors='replace')}")
+    return r.stdout
+
+
+def oauth2_encrypt(hmac_secret: str, token: str) -> str:
+    """Envoy 1.40's oauth2 token cookie: base64url-no-pad(IV || AES-256-CBC)."""
+    key = hashlib.sha256(hmac_secret.encode()).digest()
+    iv = secrets.token_bytes(16)
+    return b64url(iv + aes256cbc_encrypt(key, iv, token.encode()))
+
+
+def fake_jwt(claims: dict, sig_bytes: int = 256) -> str:
+    """JWT-shaped (RS256-sized) token: the OAuth2 filter treats tokens as opaque."""
+    header = {"alg": "RS256", "typ": "JWT", "kid": "bench"}
+    return ".".join([b64url(json.dumps(header, separators=(",", ":")).encode()),
+                     b64url(json.dumps(claims, separators=(",", ":")).encode()),
+                     b64url(secrets.token_bytes(sig_bytes))])
+
+
+def oauth2_cookies(host: str, hmac_secret: str, issuer: str) -> str:
+    """A Cookie header the OAuth2 filter accepts as a valid session, with
+    tokens shaped like Pocket ID's: RS256 JWT access and ID tokens, an opaque
+    refresh token."""
+    now = int(time.time())
+    expires = str(now + 6 * 3600)
+    sub = "4f1c2a9e-7d3b-4c55-9a0e-3b8f6d2e1a77"
+    access = fake_jwt({"iss": issuer, "sub": sub, "aud": [CLIENT_ID], "exp": now + 3600, "iat": now,
+                       "nbf": now, "jti": b64url(secrets.token_bytes(16)), "scope": "openid profile email groups"})
+    refresh = b64url(secrets.token_bytes(32))
+    id_token = fake_jwt({"iss": issuer, "sub": sub, "aud": [CLIENT_ID], "exp": now + 3600, "iat": now,
+                         "auth_time": now, "nonce": b64url(secrets.token_bytes(16)), "amr": ["phr"],
+                         "email": "alice@example.com", "email_verified": True, "name": "Alice Admin",
+                         "given_name": "Alice", "family_name": "Admin", "preferred_username": "alice",
+                         "groups": ["admins", "users"]})
+    payload = "\n".join([host, expires, access, id_token, refresh]).encode()
+    mac = base64.b64encode(hmac.new(hmac_secret.encode(), payload, hashlib.sha256).digest()).decode()
+    return "; ".join([f"OauthHMAC={mac}", f"OauthExpires={expires}",
+                      f"BearerToken={oauth2_encrypt(hmac_secret, access)}",
+                      f"IdToken={oauth2_encrypt(hmac_secret, id_token)}",
+                      f"RefreshToken={oauth2_encrypt(hmac_secret, refresh)}"])
+
+
+# --- wrk ---------------------------------------------------------------------
+
+@dataclass
+class Run:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    envoy_cpu: float  # share of one CPU used by Envoy during the run
+    load_cpu: float   # share of CPU 1 (wrk + nginx) busy during the run
+    steal: float      # share of CPU 0 the hypervisor took during the run
+    errors: str = ""
+
+
+@dataclass
+class Config:
+    key: str
+    label: str
+    template: str
+    envoy: PinnedEnvoy | None = None
+    cookie: str = ""
+    runs: list = field(default_factory=list)
+    rss_kib: int = 0
+    discarded: int = 0
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    check(m is not None, f"cannot parse wrk time {text!r}")
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[unit]
+
+
+def parse_wrk(out: str) -> dict:
+    m = re.search(r"(\d+) requests in ([\d.]+(?:us|ms|s|m))", out)
+    p50 = re.search(r"^\s*50(?:\.0+)?%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s*99(?:\.0+)?%\s+(\S+)", out, re.M)
+    check(bool(m and p50 and p99), f"cannot parse wrk output:\n{out}")
+    errors = []
+    for pat in (r"Socket errors:[^\n]*", r"Non-2xx or 3xx responses: \d+"):
+        e = re.search(pat, out)
+        if e:
+            errors.append(e.group(0))
+    return {"requests": int(m.group(1)), "seconds": to_ms(m.group(2)) / 1e3, "p50": to_ms(p50.group(1)),
+            "p99": to_ms(p99.group(1)), "errors": "; ".join(errors)}
+
+
+def wrk(url: str, cookie: str, duration: float, connections: int, pin: bool) -> str:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
+    if cookie:
+        argv += ["-H", f"Cookie: {cookie}"]
+    argv.append(url)
+    if pin:
+        argv = ["taskset", "-c", str(LOAD_CPU)] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, check=False)
+    check(r.returncode == 0, f"wrk failed ({r.returncode}): {r.stderr}{r.stdout}")
+    return r.stdout
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, all threads
+
+
+def cpu_times(cpu: int) -> tuple:
+    """(total, idle, steal) jiffies of one CPU, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        parts = line.split()
+        if parts[0] == f"cpu{cpu}":
+            vals = [int(x) for x in parts[1:9]] + [0] * 8
+            return sum(vals[:8]), vals[3] + vals[4], vals[7]
+    return 0, 0, 0
+
+
+def vm_rss_kib(pid: int) -> int:
+    m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+def measure_once(cfg: Config, args, pin: bool) -> Run:
+    e = cfg.envoy
+    url = f"http://127.0.0.1:{e.port}/"
+    if args.warmup > 0:
+        wrk(url, cfg.cookie, args.warmup, args.connections, pin)
+    before = e.responses()
+    ticks0, load0, cpu0, t0 = proc_cpu_ticks(e.proc.pid), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
+    out = wrk(url, cfg.cookie, args.duration, args.connections, pin)
+    ticks1, load1, cpu1, t1 = proc_cpu_ticks(e.proc.pid), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
+    after = e.responses()
+    w = parse_wrk(out)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    bad = {k: v for k, v in delta.items() if k != "2xx" and v}
+    check(not bad, f"{cfg.label}: Envoy answered non-2xx during the run: {bad}\n{out}")
+    check(delta.get("2xx", 0) >= w["requests"], f"{cfg.label}: Envoy counted {delta.get('2xx', 0)} 2xx for "
+                                                f"{w['requests']} wrk requests\n{out}")
+    hz = os.sysconf("SC_CLK_TCK")
+    envoy_cpu = (ticks1 - ticks0) / hz / (t1 - t0)
+    load_cpu = 1 - (load1[1] - load0[1]) / (load1[0] - load0[0]) if load1[0] > load0[0] else 0.0
+    steal = (cpu1[2] - cpu0[2]) / (cpu1[0] - cpu0[0]) if cpu1[0] > cpu0[0] else 0.0
+    cfg.rss_kib = vm_rss_kib(e.proc.pid)
+    return Run(w["requests"], w["seconds"], w["requests"] / w["seconds"], w["p50"], w["p99"], envoy_cpu, load_cpu,
+               steal, w["errors"])
+
+
+def measure(cfg: Config, args, pin: bool, log) -> Run:
+    """A run in which Envoy had its CPU to itself. Envoy is the bottleneck by
+    design and uses 98-100 % of CPU 0 under load; when it gets less, something
+    else (another process, the hypervisor) took the CPU and the run measures
+    that instead: it is discarded and repeated, at most --retries times."""
+    for attempt in range(args.retries + 1):
+        run = measure_once(cfg, args, pin)
+        if not pin or run.envoy_cpu >= args.min_envoy_cpu or attempt == args.retries:
+            return run
+        cfg.discarded += 1
+        log(f"  discarded a disturbed {cfg.label} run: {run.rps:,.0f} req/s, p99 {run.p99_ms:.3f} ms, "
+            f"Envoy got {run.envoy_cpu:.0%} of CPU {ENVOY_CPU} (steal {run.steal:.0%}); repeating in {RETRY_PAUSE} s")
+        time.sleep(RETRY_PAUSE)
+    return run
+
+
+# --- checks before measuring ---------------------------------------------------
+
+def get(port: int, path: str, cookie: str = "") -> "Resp":  # noqa: F821
+    return Browser().get(f"http://127.0.0.1:{port}{path}", headers={"Cookie": cookie} if cookie else None)
+
+
+def verify(configs: dict) -> list:
+    notes = []
+    for cfg in configs.values():
+        r = get(cfg.envoy.port, "/", cfg.cookie)
+        check(r.status == 200 and r.body == b"ok\n",
+              f"{cfg.label}: the benchmark request got {r.status} {r.header('location') or ''} "
+              f"{r.body[:200]!r}, not 200 from the upstream")
+    # Filters must really be guarding "/": the same request without cookies is sent to sign in.
+    for key in ("filter", "oauth2"):
+        r = get(configs[key].envoy.port, "/")
+        check(r.status == 302, f"{configs[key].label}: a request without cookies got {r.status}, expected a "
+                               "redirect to sign in (is the filter in the chain?)")
+    # oidc-edge: the upstream receives the identity headers and API key, and no session cookie.
+    r = get(configs["filter"].envoy.port, "/__bench/headers", configs["filter"].cookie)
+    check(r.status == 200, f"oidc-edge: header check got {r.status}")
+    seen = dict(line.split("=", 1) for line in r.body.decode().splitlines())
+    missing = [h for h in INJECTED if not seen.get(h)]
+    check(not missing, f"oidc-edge: the upstream did not get {missing}: {seen}")
+    check(seen["x-api-key"] == API_KEY and "admins" in seen["remote-groups"],
+          f"oidc-edge: unexpected injected values: {seen}")
+    check(COOKIE not in seen["cookie"], "oidc-edge: its session cookie reached the upstream")
+    notes.append("oidc-edge: upstream got " + ", ".join(f"{h}={seen[h]!r}" for h in INJECTED[:4]) + ", x-api-key")
+    # trivial: its header is there.
+    r = get(configs["trivial"].envoy.port, "/__bench/headers", configs["trivial"].cookie)
+    check(r.status == 200 and b"x-trivial-filter=1" in r.body, f"trivial: filter header missing: {r.body!r}")
+    # oauth2: cookies accepted by the HMAC check (not a refresh), and the bearer token forwarded.
+    o = configs["oauth2"].envoy
+    before = o.admin_stats("oauth_")
+    r = get(o.port, "/__bench/headers", configs["oauth2"].cookie)
+    after = o.admin_stats("oauth_")
+    success = sum(v for k, v in after.items() if k.endswith("oauth_success")) - \
+        sum(v for k, v in before.items() if k.endswith("oauth_success"))
+    check(r.status == 200 and success == 1, f"oauth2: minted cookies not accepted ({r.status}, "
+                                            f"oauth_success +{success}): {r.body[:300]!r}")
+    check(b"authorization=Bearer " in r.body, f"oauth2: no bearer token forwarded: {r.body!r}")
+    notes.append("oauth2: minted cookies pass its HMAC check (oauth_success counted), bearer token forwarded")
+    return notes
+
+
+# --- report --------------------------------------------------------------------
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def report(configs: dict, args, notes: list, order_log: list, env_info: str) -> tuple:
+    base = configs["baseline"]
+
+    def pooled(cfg):
+        reqs = sum(r.requests for r in cfg.runs)
+        secs = sum(r.seconds for r in cfg.runs)
+        return reqs / secs if secs else 0.0
+
+    base_rps = pooled(base)
+    base_p99 = median([r.p99_ms for r in base.runs])
+    lines = [
+        f"oidc-edge bench  {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        env_info,
+        f"{args.rounds} rounds x {args.duration:g} s per config, interleaved {' / '.join(order_log)}; "
+        f"{args.warmup:g} s unmeasured warm-up before each run",
+        "req/s pooled = sum(requests) / sum(time) over rounds; p50, p99 = median over rounds of wrk's percentiles",
+        "",
+        f"{'config':<22}{'req/s':>9}{'ratio':>8}{'p50':>9}{'p99':>9}{'p99 - none':>12}{'envoy cpu':>11}"
+        f"{'cpu1 busy':>11}{'RSS after':>11}",
+    ]
+    results = {}
+    for cfg in configs.values():
+        rps = pooled(cfg)
+        p50 = median([r.p50_ms for r in cfg.runs])
+        p99 = median([r.p99_ms for r in cfg.runs])
+        ratio = rps / base_rps if base_rps else float("nan")
+        results[cfg.key] = (rps, ratio, p50, p99)
+        lines.append(f"{cfg.label:<22}{rps:>9,.0f}{ratio:>8.3f}{p50:>7.3f}ms{p99:>7.3f}ms{p99 - base_p99:>+10.3f}ms"
+                     f"{median([r.envoy_cpu for r in cfg.runs]):>10.0%} {median([r.load_cpu for r in cfg.runs]):>10.0%}"
+                     f"{cfg.rss_kib / 1024:>7.1f} MiB")
+    lines += ["", "per round (req/s, p50, p99):"]
+    for cfg in configs.values():
+        cells = [f"{r.rps:>8,.0f} {r.p50_ms:.3f}/{r.p99_ms:.3f}ms" for r in cfg.runs]
+        lines.append(f"  {cfg.label:<20}" + "   ".join(cells))
+    disturbed = [f"{c.label} {c.discarded}" for c in configs.values() if c.discarded]
+    if disturbed:
+        lines.append(f"  disturbed runs discarded and repeated (Envoy got < {args.min_envoy_cpu:.0%} of its CPU): "
+                     + ", ".join(disturbed))
+    low = [f"{c.label} round {i + 1} ({r.envoy_cpu:.0%})" for c in configs.values() for i, r in enumerate(c.runs)
+           if r.envoy_cpu < args.min_envoy_cpu]
+    if low:
+        lines.append("  warning: still disturbed after retries, kept: " + ", ".join(low))
+    errs = [f"{cfg.label}: {r.errors}" for cfg in configs.values() for r in cfg.runs if r.errors]
+    if errs:
+        lines += ["", "wrk reported:"] + [f"  {e}" for e in errs]
+    fsize, tsize = args.wasm.stat().st_size, TRIVIAL_WASM.stat().st_size
+    lines += [
+        "",
+        f"wasm: {args.wasm.relative_to(ROOT) if args.wasm.is_relative_to(ROOT) else args.wasm} {fsize:,} bytes ({fsize / 2**20:.2f} MiB); {TRIVIAL_WASM.name} {tsize:,} bytes",
+        f"Envoy RSS after its last run: oidc-edge {configs['filter'].rss_kib / 1024:.1f} MiB, "
+        f"trivial {configs['trivial'].rss_kib / 1024:.1f} MiB, no filter {base.rss_kib / 1024:.1f} MiB, "
+        f"oauth2 {configs['oauth2'].rss_kib / 1024:.1f} MiB",
+        "Cookie header bytes: " + ", ".join(f"{c.label} {len(c.cookie)}" for c in configs.values()),
+        "",
+    ]
+    lines += [f"checked: {n}" for n in notes]
+    f_rps, f_ratio, _, f_p99 = results["filter"]
+    o_ratio = results["oauth2"][1]
+    targets = [
+        (f_ratio >= TARGET_RATIO, f"oidc-edge throughput {f_ratio:.3f} of no-filter (target >= {TARGET_RATIO})"),
+        (f_ratio >= o_ratio + TARGET_LEAD, f"oidc-edge {f_ratio:.3f} vs built-in OAuth2 {o_ratio:.3f} "
+                                           f"(target: well ahead, taken as >= +{TARGET_LEAD})"),
+        (f_p99 - base_p99 <= TARGET_P99_DELTA_MS,
+         f"oidc-edge p99 {f_p99 - base_p99:+.3f} ms vs no-filter (target <= +{TARGET_P99_DELTA_MS} ms)"),
+        (fsize < TARGET_WASM_BYTES, f"oidc-edge .wasm {fsize:,} bytes (target < 1 MB)"),
+    ]
+    lines.append("")
+    lines += [f"target {'met   ' if ok else 'MISSED'}  {text}" for ok, text in targets]
+    saturated = [c.label for c in configs.values() if median([r.load_cpu for r in c.runs]) > 0.95]
+    if saturated:
+        lines.append(f"warning: CPU {LOAD_CPU} (wrk + nginx) was saturated for {', '.join(saturated)}: "
+                     "the load side, not Envoy, may have limited those runs")
+    return "\n".join(lines), all(ok for ok, _ in targets)
+
+
+# --- main ----------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=10, help="seconds per measured run (default 10)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds, at least 2 (default 2)")
+    ap.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each run (default 2)")
+    ap.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    ap.add_argument("--wasm", type=Path, default=WASM, help=f"oidc-edge filter to measure (default {WASM.relative_to(ROOT)})")
+    ap.add_argument("--retries", type=int, default=3,
+                    help="repeat a disturbed run (Envoy got < 96%% of its CPU) at most this often (default 3)")
+    ap.add_argument("--min-envoy-cpu", type=float, default=0.96, help=argparse.SUPPRESS)
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args()
+    check(args.rounds >= 2, "--rounds must be at least 2 (the issue asks for interleaved rounds)")
+    for tool in ("wrk", "taskset"):
+        check(shutil.which(tool) is not None, f"`{tool}` is missing: run `./scripts/setup.sh --bench`")
+    check(ENVOY.exists(), "Envoy is missing: run `make setup`")
+    args.wasm = args.wasm.resolve()
+    for w in (args.wasm, TRIVIAL_WASM):
+        check(w.exists(), f"{w} missing: build it with `make wasm`")
+
+    ncpu = len(os.sched_getaffinity(0))
+    pin = ncpu >= 2 and {ENVOY_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
+    if pin:
+        # This process, the IdP and nginx stay off Envoy's CPU.
+        os.sched_setaffinity(0, {LOAD_CPU})
+    else:
+        print(f"warning: {ncpu} CPU(s) available: not pinning, numbers will be noisy", file=sys.stderr)
+    envoy_cpu = ENVOY_CPU if pin else None
+
+    stop_list = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        upstream_port = free_port()
+        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "oauth2")}
+        idp = Idp([idp_client(CLIENT_ID, [ports["filter"]])], name="bench-idp")
+        stop_list.append(idp)
+        idp.start()
+        nginx = start_nginx(upstream_port)
+        stop_list.append(nginx)
+
+        hmac_secret = b64url(secrets.token_bytes(32))
+        configs = {
+            "baseline": Config("baseline", "no filter", "bench-baseline.yaml"),
+            "trivial": Config("trivial", "trivial wasm filter", "bench-trivial.yaml"),
+            "filter": Config("filter", "oidc-edge", "bench-filter.yaml"),
+            "oauth2": Config("oauth2", "envoy oauth2 filter", "bench-oauth2.yaml"),
+        }
+        for key, cfg in configs.items():
+            values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
+                      "CLIENT_ID": CLIENT_ID, "OAUTH2_TOKEN_SECRET": CLIENT_SECRET, "OAUTH2_HMAC_SECRET": hmac_secret}
+            values["TRIVIAL_WASM"] = TRIVIAL_WASM
+            if key == "filter":
+                values["WASM"] = args.wasm
+            cfg.envoy = PinnedEnvoy(cfg.template, values, name=f"bench-{key}", cpu=envoy_cpu)
+            stop_list.append(cfg.envoy)
+            cfg.envoy.start()
+
+        # One real login as alice through oidc-edge; its session cookie is the benchmark's.
+        fe = configs["filter"].envoy
+        fe.wait_provider_loaded(fe.port)
+        browser = Browser()
+        r = login(browser, f"http://127.0.0.1:{fe.port}/", "alice")
+        check(r.status == 200 and r.body == b"ok\n", f"login through oidc-edge ended with {r.status} {r.body[:200]!r}")
+        session = browser.cookie(COOKIE)
+        check(bool(session), "no session cookie after login")
+        for key in ("baseline", "trivial", "filter"):
+            configs[key].cookie = f"{COOKIE}={session}"
+        configs["oauth2"].cookie = oauth2_cookies(f"127.0.0.1:{ports['oauth2']}", hmac_secret, idp.issuer)
+
+        notes = verify(configs)
+        for n in notes:
+            print(f"checked: {n}", flush=True)
+
+        keys = list(configs)
+        order_log = []
+        for rnd in range(args.rounds):
+            order = keys if rnd % 2 == 0 else keys[::-1]
+            order_log.append(",".join({"baseline": "none", "trivial": "trivial", "filter": "oidc-edge",
+                                       "oauth2": "oauth2"}[k] for k in order))
+            for key in order:
+                cfg = configs[key]
+                run = measure(cfg, args, pin, lambda m: print(m, flush=True))
+                cfg.runs.append(run)
+                print(f"round {rnd + 1}/{args.rounds}  {cfg.label:<20} {run.rps:>9,.0f} req/s  p50 {run.p50_ms:.3f} ms"
+                      f"  p99 {run.p99_ms:.3f} ms  envoy cpu {run.envoy_cpu:.0%}  cpu{LOAD_CPU} busy {run.load_cpu:.0%}"
+                      f"  steal {run.steal:.0%}",
+                      flush=True)
+
+        for cfg in configs.values():
+            log = cfg.envoy.proc.log_text()
+            bad = [line for line in log.splitlines() if any(f in line for f in FATAL)]
+            check(not bad, f"{cfg.label}: Envoy log shows a fatal error:\n" + "\n".join(bad[:10]))
+
+        version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"/(\d+\.\d+\.\d+)/", version)
+        env_info = (f"Envoy {m.group(1) if m else '?'}, --concurrency 1, "
+                    + (f"pinned to CPU {ENVOY_CPU}; wrk -t1 -c{args.connections} and nginx upstream pinned to CPU {LOAD_CPU}"
+                       if pin else f"NOT pinned ({ncpu} CPU); wrk -t1 -c{args.connections}, nginx upstream")
+                    + "; GET / on 127.0.0.1 over HTTP/1.1 keep-alive")
+        table, met = report(configs, args, notes, order_log, env_info)
+        print()
+        print(table)
+        RUN.mkdir(parents=True, exist_ok=True)
+        (RUN / "bench.txt").write_text(table + "\n")
+        print(f"\n(saved to {RUN / 'bench.txt'})")
+        return 1 if args.strict and not met else 0
+    except BenchError as e:
+        print(f"bench FAILED: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for p in reversed(stop_list):
+            try:
+                p.stop()
+            except Exception as e:  # keep stopping the rest
+                print(f"warning: stopping {getattr(p, 'name', p)}: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -12,18 +13,23 @@ use crate::headers::{StripSet, FOREIGN_IDENTITY_HEADERS};
 use crate::policy::{HostPattern, Requirement, Route, RouteTable, Rule};
 use crate::seal::Sealer;
 
-/// A secret value. `Debug` and `Display` never show it.
+/// A secret value. `Debug` and `Display` never show it. Shared (`Arc`) so
+/// that injecting it into a request costs no copy.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct SecretString(String);
+pub struct SecretString(Arc<str>);
 
 impl SecretString {
     /// Wraps a secret.
     pub fn new(value: String) -> SecretString {
-        SecretString(value)
+        SecretString(value.into())
     }
     /// The secret itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+    /// The secret as a shared string, for header values.
+    pub fn expose_shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
     }
 }
 
@@ -45,13 +51,13 @@ pub trait SecretSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderNames {
     /// User name (from `provider.user_claim`, falling back to `sub`).
-    pub user: Option<String>,
+    pub user: Option<Arc<str>>,
     /// Email address.
-    pub email: Option<String>,
+    pub email: Option<Arc<str>>,
     /// Comma-joined groups.
-    pub groups: Option<String>,
+    pub groups: Option<Arc<str>>,
     /// Display name.
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
 }
 
 impl Default for HeaderNames {
@@ -67,7 +73,7 @@ impl Default for HeaderNames {
 
 impl HeaderNames {
     fn all(&self) -> impl Iterator<Item = &str> {
-        [&self.user, &self.email, &self.groups, &self.name].into_iter().flatten().map(String::as_str)
+        [&self.user, &self.email, &self.groups, &self.name].into_iter().flatten().map(|n| &**n)
     }
 }
 
@@ -412,12 +418,12 @@ impl Checker<'_> {
     }
 
     fn header_names(&mut self, field: &str, raw: &RawHeaderNames, base: &HeaderNames) -> HeaderNames {
-        let mut pick = |sub: &str, v: &Option<String>, b: &Option<String>| match v {
+        let mut pick = |sub: &str, v: &Option<String>, b: &Option<Arc<str>>| match v {
             None => b.clone(),
             Some(s) if s.is_empty() => None,
             Some(s) => {
                 self.header_name(&format!("{field}.{sub}"), s);
-                Some(s.clone())
+                Some(Arc::from(s.as_str()))
             }
         };
         HeaderNames {
@@ -649,7 +655,7 @@ impl Config {
                     if v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
                         c.err(&f, "value contains control characters");
                     }
-                    inject.push((name.clone(), SecretString::new(v)));
+                    inject.push((Arc::from(name.as_str()), SecretString::new(v)));
                 }
                 strip_names.push(name.clone());
             }

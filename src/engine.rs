@@ -90,8 +90,9 @@ pub struct Env<'a> {
 pub struct Allow {
     /// Inbound header names (as received) to remove.
     pub strip: Vec<String>,
-    /// Headers to set (overwriting) toward the upstream.
-    pub set: Vec<(String, String)>,
+    /// Headers to set (overwriting) toward the upstream. Shared strings:
+    /// names come from the config, values from the cached session.
+    pub set: Vec<(Arc<str>, Arc<str>)>,
     /// A normalized `:path` to forward instead of the received one.
     pub set_path: Option<String>,
     /// `set-cookie` values to add to the upstream's response.
@@ -226,7 +227,7 @@ impl Engine {
                 .filter(|(n, _)| self.config.strip.contains(n))
                 .map(|(n, _)| n.clone())
                 .collect(),
-            set: route.inject.iter().map(|(n, v)| (n.clone(), v.expose().to_owned())).collect(),
+            set: route.inject.iter().map(|(n, v)| (Arc::clone(n), v.expose_shared())).collect(),
             set_path: (path.as_ref() != raw_path).then(|| match query {
                 Some(q) => format!("{path}?{q}"),
                 None => path.clone().into_owned(),
@@ -321,7 +322,7 @@ impl Engine {
         if rest.is_empty() {
             allow.strip.push("cookie".to_owned());
         } else {
-            allow.set.push(("cookie".to_owned(), rest.join("; ")));
+            allow.set.push(("cookie".into(), rest.join("; ").into()));
         }
     }
 
@@ -340,7 +341,7 @@ impl Engine {
         let name = &self.config.session.cookie_name;
         let (bytes, expires_at) = self.config.session.sealer.open(name, value, env.now)?;
         let session = Session::decode(&bytes).ok_or(Reject::Malformed)?;
-        let opened = Arc::new(OpenedSession { groups_joined: session.groups.join(","), session, expires_at });
+        let opened = Arc::new(OpenedSession::new(session, expires_at));
         env.sessions.insert(value, Arc::clone(&opened), env.now);
         Ok(opened)
     }
@@ -923,17 +924,16 @@ fn claims_of(s: &Session) -> IdClaims {
     }
 }
 
-fn identity_headers(names: &HeaderNames, opened: &OpenedSession, set: &mut Vec<(String, String)>) {
-    let s = &opened.session;
-    let mut put = |name: &Option<String>, value: Option<&str>| {
+fn identity_headers(names: &HeaderNames, opened: &OpenedSession, set: &mut Vec<(Arc<str>, Arc<str>)>) {
+    let mut put = |name: &Option<Arc<str>>, value: &Option<Arc<str>>| {
         if let (Some(n), Some(v)) = (name, value) {
-            set.push((n.clone(), v.to_owned()));
+            set.push((Arc::clone(n), Arc::clone(v)));
         }
     };
-    put(&names.user, Some(&s.user));
-    put(&names.email, s.email.as_deref());
-    put(&names.groups, (!s.groups.is_empty()).then_some(opened.groups_joined.as_str()));
-    put(&names.name, s.name.as_deref());
+    put(&names.user, &Some(Arc::clone(&opened.user)));
+    put(&names.email, &opened.email);
+    put(&names.groups, &opened.groups);
+    put(&names.name, &opened.name);
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {

@@ -1,6 +1,8 @@
 //! Per-route policy: which routes exist, who may use them, and what is
 //! injected toward their upstream. Compiled once from the config.
 
+use std::sync::Arc;
+
 use crate::config::{HeaderNames, SecretString};
 use crate::session::Session;
 
@@ -113,7 +115,7 @@ pub struct Route {
     /// Always answer 401 instead of redirecting to login.
     pub api: bool,
     /// Headers set toward the upstream, overwriting client values.
-    pub inject: Vec<(String, SecretString)>,
+    pub inject: Vec<(Arc<str>, SecretString)>,
     /// Identity header names for this route.
     pub headers: HeaderNames,
 }

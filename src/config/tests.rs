@@ -322,7 +322,7 @@ fn a_full_config_parses() {
         email_domains: vec!["example.org".into()],
     }));
     let sonarr = c.routes.find("app.test", "/sonarr/").unwrap();
-    assert_eq!(sonarr.inject[0].0, "X-Api-Key");
+    assert_eq!(&*sonarr.inject[0].0, "X-Api-Key");
     assert_eq!(sonarr.inject[0].1.expose(), API_KEY);
     // Every name we set is stripped, in every spelling; so are the extra ones.
     for h in ["x_user", "X-WebAuth-User", "x.api.key", "X-Real-Admin", "remote-email"] {

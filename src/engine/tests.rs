@@ -300,7 +300,7 @@ fn login_flow_from_first_request_to_allowed() {
     let req = Req::get("/app/page").cookie(COOKIE, &session.value).header("Remote-User", "root");
     let allow = allowed(g.send(&req));
     for (n, v) in ALICE_HEADERS {
-        assert!(allow.set.contains(&(n.to_string(), v.to_string())), "{n}: {:?}", allow.set);
+        assert!(allow.set.contains(&(Arc::from(*n), Arc::from(*v))), "{n}: {:?}", allow.set);
     }
     assert!(allow.strip.contains(&"Remote-User".to_owned()), "spoofed header stripped");
     assert!(allow.strip.contains(&"cookie".to_owned()), "session cookie hidden from the upstream");
@@ -534,7 +534,7 @@ fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
 fn check(g: &Gate, c: &Case, step: Step) -> Result<(), String> {
     match (&c.expect, step) {
         (Expect::Allow { set, strip, path }, Step::Allow(a)) => {
-            let want_set: Vec<(String, String)> = set.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            let want_set: Vec<(Arc<str>, Arc<str>)> = set.iter().map(|(n, v)| (Arc::from(*n), Arc::from(*v))).collect();
             if sorted(&a.set) != sorted(&want_set) {
                 return Err(format!("set {:?}, expected {want_set:?}", a.set));
             }
@@ -1223,7 +1223,7 @@ fn cookie_header_parsing_is_strict_about_names() {
 const REFRESH_INTERVAL: u64 = 3600;
 
 fn header_of<'a>(allow: &'a Allow, name: &str) -> Option<&'a str> {
-    allow.set.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    allow.set.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &**v)
 }
 
 fn form_param(call: &HttpCall, name: &str) -> Option<String> {

@@ -73,7 +73,7 @@ TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
 ENVOY_CPU, LOAD_CPU = 0, 1
 CLIENT_ID = "oidc-edge"
 COOKIE = "_oidc_edge"
-FATAL = ("panicked", "unreachable", "[critical]", "wasm trap", "Uncaught")
+FATAL = ("panicked", "RuntimeError", "[critical]", "wasm trap", "Uncaught")
 # Identity headers oidc-edge injects on this route, as the upstream sees them.
 INJECTED = ("remote-user", "remote-email", "remote-groups", "remote-name", "x-api-key")
 # Targets from the issue.

@@ -438,8 +438,20 @@ class Envoy:
             out[k] = int(v) if v.isdigit() else v
         return out
 
-    def counter(self, name: str) -> int:
-        return sum(v for k, v in self.stats().items() if k.endswith(name) and isinstance(v, int))
+    def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
+        """A filter counter. Workers flush their counts to Envoy once a second,
+        so this polls until the value reaches `at_least` (or time runs out)."""
+        deadline = time.time() + timeout
+        while True:
+            value = sum(v for k, v in self.stats().items() if k.endswith(name) and isinstance(v, int))
+            if value >= at_least or time.time() > deadline:
+                return value
+            time.sleep(0.1)
+
+    def settled_counter(self, name: str) -> int:
+        """A counter after every worker has flushed what it has counted so far."""
+        time.sleep(1.3)
+        return self.counter(name)
 
     def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
         """Waits until a login can start (discovery and JWKS fetched)."""

@@ -26,7 +26,7 @@ def test_es256_and_eddsa_id_tokens(stack, client_id, port_attr, alg):
     assert r.status == 302, r.body
     r = b.get(stack.url("/admin/", port))
     assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
-    assert envoy.counter("oidc_edge_logins_completed") == 1
+    assert envoy.counter("oidc_edge_logins_completed", 1) == 1
     envoy.stop()
 
 
@@ -45,7 +45,7 @@ def test_idp_down_at_start_then_back_without_restart(stack, alice):
     assert b"identity provider cannot be reached" in r.body
     api = Browser().get(stack.url("/app/", proxy_port), headers={"Accept": "application/json"})
     assert api.status == 401
-    assert envoy.counter("oidc_edge_provider_unavailable") >= 1
+    assert envoy.counter("oidc_edge_provider_unavailable", 1) >= 1
     # The IdP comes up: logins work without restarting Envoy.
     idp = Idp([idp_client("oidc-edge", [proxy_port])], port=idp_port, name="idp-late").start()
     try:

@@ -13,41 +13,35 @@ pub fn unix_now(ctx: &dyn Context) -> u64 {
     ctx.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub fn unix_nanos(ctx: &dyn Context) -> u128 {
-    ctx.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-}
-
 /// The filter's random source: a DRBG keyed from the cookie secret and
-/// reseeded from the host's `random_get` and the clock before each request.
-/// On Envoy `random_get` is already a CSPRNG; on ngx_wasm_module it is libc
-/// `random()`, which the secret key makes harmless.
+/// reseeded from the host's `random_get` and the clock each time randomness
+/// is needed (logins only, never the hot path). On Envoy `random_get` is
+/// already a CSPRNG; on ngx_wasm_module it is libc `random()`, which the
+/// secret key makes harmless.
 pub struct FilterRng {
     drbg: KeyedDrbg,
     uses: u64,
 }
 
-impl FilterRng {
-    pub fn new(key: &[u8; 32], now: u64) -> FilterRng {
-        let mut seed = [0u8; 32];
-        let _ = getrandom::getrandom(&mut seed);
-        let mut init = seed.to_vec();
-        init.extend_from_slice(&now.to_be_bytes());
-        FilterRng { drbg: KeyedDrbg::new(key, &init), uses: 0 }
-    }
+fn host_entropy(uses: u64) -> Vec<u8> {
+    let mut input = vec![0u8; 32];
+    let _ = getrandom::getrandom(&mut input);
+    let nanos = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    input.extend_from_slice(&nanos.to_be_bytes());
+    input.extend_from_slice(&uses.to_be_bytes());
+    input
+}
 
-    pub fn reseed(&mut self, nanos: u128) {
-        self.uses += 1;
-        let mut fresh = [0u8; 32];
-        let _ = getrandom::getrandom(&mut fresh);
-        let mut input = fresh.to_vec();
-        input.extend_from_slice(&nanos.to_be_bytes());
-        input.extend_from_slice(&self.uses.to_be_bytes());
-        self.drbg.reseed(&input);
+impl FilterRng {
+    pub fn new(key: &[u8; 32]) -> FilterRng {
+        FilterRng { drbg: KeyedDrbg::new(key, &host_entropy(0)), uses: 0 }
     }
 }
 
 impl SecureRandom for FilterRng {
     fn fill(&mut self, buf: &mut [u8]) {
+        self.uses += 1;
+        self.drbg.reseed(&host_entropy(self.uses));
         self.drbg.fill(buf);
     }
 }
@@ -64,23 +58,40 @@ impl SecretSource for HostSecrets {
     }
 }
 
-/// Counter ids, defined once per VM.
+/// Counters, defined once per VM. Increments are kept in the worker and
+/// flushed to the host on each tick: one host call per counter per second
+/// instead of one per request.
 #[derive(Clone)]
-pub struct Metrics(Vec<Option<u32>>);
+pub struct Metrics {
+    ids: Vec<Option<u32>>,
+    pending: Vec<u64>,
+}
 
 impl Metrics {
     pub fn define() -> Metrics {
-        Metrics(COUNTERS.iter().map(|name| hostcalls::define_metric(MetricType::Counter, name).ok()).collect())
+        Metrics {
+            ids: COUNTERS.iter().map(|name| hostcalls::define_metric(MetricType::Counter, name).ok()).collect(),
+            pending: vec![0; COUNTERS.len()],
+        }
     }
 
-    pub fn record(&self, event: &Event) {
+    pub fn record(&mut self, event: &Event) {
         for &i in event.counters() {
-            if let Some(Some(id)) = self.0.get(i) {
-                let _ = hostcalls::increment_metric(*id, 1);
+            if let Some(n) = self.pending.get_mut(i) {
+                *n += 1;
             }
         }
         if let Some(line) = event.log_line() {
             log::warn!("oidc-edge: {line}");
+        }
+    }
+
+    pub fn flush(&mut self) {
+        for (id, n) in self.ids.iter().zip(self.pending.iter_mut()) {
+            if let (Some(id), true) = (id, *n > 0) {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+                *n = 0;
+            }
         }
     }
 }

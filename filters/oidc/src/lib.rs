@@ -39,6 +39,8 @@ struct Worker {
     rng: FilterRng,
     metrics: Metrics,
     keys: shared::Keys,
+    /// Reused for each request's events.
+    events: Vec<oidc_edge::Event>,
 }
 
 impl Worker {
@@ -85,6 +87,7 @@ impl Root {
     fn tick(&mut self) {
         let Some(worker) = self.worker.clone() else { return };
         let mut w = worker.borrow_mut();
+        w.metrics.flush();
         w.load_provider(self);
         if self.inflight.is_some() {
             return;
@@ -178,9 +181,13 @@ impl RootContext for Root {
             }
         };
         let keys = shared::Keys::for_issuer(&config.provider.issuer);
-        let rng = FilterRng::new(&config.session.rng_key, unix_now(self));
+        let rng = FilterRng::new(&config.session.rng_key);
         let metrics = match &self.worker {
-            Some(w) => w.borrow().metrics.clone(),
+            Some(w) => {
+                let mut old = w.borrow_mut();
+                old.metrics.flush();
+                old.metrics.clone()
+            }
             None => Metrics::define(),
         };
         let worker = Worker {
@@ -191,6 +198,7 @@ impl RootContext for Root {
             rng,
             metrics,
             keys,
+            events: Vec::with_capacity(4),
         };
         HostShared::create_shards(self, &worker.keys.claims);
         let worker = Rc::new(RefCell::new(worker));
@@ -236,7 +244,6 @@ impl Request {
             w.load_provider(self);
         }
         let now = unix_now(self);
-        w.rng.reseed(host::unix_nanos(self));
         let engine = Rc::clone(&w.engine);
         let provider = w.provider.clone();
         let mut shared = HostShared { ctx: self, prefix: &w.keys.claims };
@@ -246,15 +253,17 @@ impl Request {
             shared: &mut shared,
             provider: provider.as_deref(),
             sessions: &mut w.sessions,
-            events: Vec::new(),
+            events: std::mem::take(&mut w.events),
             fetched_jwks: None,
         };
         let step = decide(&engine, &mut env);
-        let events = std::mem::take(&mut env.events);
+        let mut events = std::mem::take(&mut env.events);
         let fetched = env.fetched_jwks.take();
-        for event in &events {
-            w.metrics.record(event);
+        for event in events.drain(..) {
+            w.metrics.record(&event);
         }
+        // Keep the vector's capacity for the next request.
+        w.events = events;
         if let Some(jwks) = fetched {
             w.publish_jwks(self, jwks, now);
         }
@@ -269,7 +278,7 @@ impl Request {
                     self.set_http_request_header(name, None);
                 }
                 for (name, value) in &allow.set {
-                    self.set_http_request_header(name, Some(value));
+                    self.set_http_request_header(name, Some(&**value));
                 }
                 if let Some(path) = &allow.set_path {
                     self.set_http_request_header(":path", Some(path));
@@ -320,20 +329,18 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // One host call for the whole map; pseudo-headers are borrowed from it
+        // and left in the list (no strip rule can match a name starting with ':').
         let all = self.get_http_request_headers();
-        let pseudo = |name: &str| all.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v.as_str()).to_owned();
-        let (method, scheme, authority, path) = (pseudo(":method"), pseudo(":scheme"), pseudo(":authority"), pseudo(":path"));
-        let headers: Vec<(String, String)> = all.into_iter().filter(|(n, _)| !n.starts_with(':')).collect();
-        let authority = if authority.is_empty() {
-            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or(String::new(), |(_, v)| v.clone())
-        } else {
-            authority
-        };
-        let scheme = if scheme.is_empty() { "http".to_owned() } else { scheme };
-        let head = oidc_edge::RequestHead { method: &method, scheme: &scheme, authority: &authority, path: &path, headers: &headers };
+        let find = |name: &str| all.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let method = find(":method").unwrap_or("GET");
+        let scheme = find(":scheme").filter(|s| !s.is_empty()).unwrap_or("http");
+        let authority = find(":authority").filter(|a| !a.is_empty()).or_else(|| find("host")).unwrap_or("");
+        let path = find(":path").unwrap_or("");
+        let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all };
         let callback = self.worker.as_ref().is_some_and(|w| {
             let path_only = path.split('?').next().unwrap_or("");
-            path_only == w.borrow().engine.config().paths.callback
+            path_only == w.borrow().engine.config().paths.callback.as_str()
         });
         self.run(false, callback, |engine, env| engine.on_request(&head, env))
     }

@@ -278,7 +278,14 @@ impl Request {
                     self.set_http_request_header(name, None);
                 }
                 for (name, value) in &allow.set {
-                    self.set_http_request_header(name, Some(&**value));
+                    // Every inbound spelling of these names was stripped just
+                    // above, so appending is overwriting; the cookie header is
+                    // the one value that replaces a header kept in place.
+                    if name.eq_ignore_ascii_case("cookie") {
+                        self.set_http_request_header(name, Some(&**value));
+                    } else {
+                        self.add_http_request_header(name, value);
+                    }
                 }
                 if let Some(path) = &allow.set_path {
                     self.set_http_request_header(":path", Some(path));

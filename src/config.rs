@@ -399,7 +399,8 @@ impl Checker<'_> {
 
     fn path(&mut self, field: &str, raw: Option<&String>, default: &str) -> String {
         let p = raw.map_or(default, String::as_str);
-        if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#', '\\']) || p.contains("/.") {
+        let bad_char = p.bytes().any(|b| b.is_ascii_control() || matches!(b, b'?' | b'#' | b'\\' | b';' | b' ' | b','));
+        if !p.starts_with('/') || p.starts_with("//") || bad_char || p.contains("/.") {
             self.err(field, format!("{p:?} must be an absolute path like {default}"));
         }
         p.to_owned()
@@ -565,7 +566,13 @@ impl Config {
             }
         }
         let lifetime = c.duration("session.lifetime", s.lifetime.as_ref(), 7 * 86400, 60);
+        if lifetime > 400 * 86400 {
+            c.err("session.lifetime", "is longer than 400 days, which browsers cap cookies at; use at most 400d");
+        }
         let login_timeout = c.duration("session.login_timeout", s.login_timeout.as_ref(), 600, 30);
+        if login_timeout > 86400 {
+            c.err("session.login_timeout", "is longer than a day; a login takes minutes (default 10m)");
+        }
         let refresh_interval = c.duration("session.refresh_interval", s.refresh_interval.as_ref(), 3600, 1);
         let same_site = match s.same_site.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("lax") => SameSite::Lax,
@@ -584,7 +591,7 @@ impl Config {
             c.err("session.secure", "must be true for a __Host- or __Secure- cookie name");
         }
         if let Some(d) = &s.domain {
-            if d.is_empty() || d.contains(['/', ':', ';', ' ']) {
+            if d.is_empty() || d.contains(['/', ':', ';', ' ', ',']) || d.bytes().any(|b| b.is_ascii_control()) {
                 c.err("session.domain", format!("{d:?} is not a domain; write e.g. example.com"));
             }
         }

@@ -134,9 +134,12 @@ pub fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     if scheme != "http" && scheme != "https" {
         return None;
     }
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
-    if authority.is_empty() || authority.contains('@') {
+    // Only what a host and port can contain: anything else (`@`, `\`, `%`,
+    // spaces) is how "evil.com%23.example.com" would pass a suffix check.
+    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_');
+    if authority.is_empty() || !authority.bytes().all(valid) {
         return None;
     }
     Some((scheme, authority, if path.is_empty() { "/" } else { path }))
@@ -179,6 +182,8 @@ mod tests {
         assert_eq!(split_url("http://127.0.0.1:9000"), Some(("http", "127.0.0.1:9000", "/")));
         assert_eq!(split_url("ftp://x/"), None);
         assert_eq!(split_url("https://user@evil/"), None);
+        assert_eq!(split_url("https://evil.com#.example.com/"), Some(("https", "evil.com", "#.example.com/")));
+        assert_eq!(split_url("https://evil.com%23.example.com/"), None);
     }
 
     #[test]

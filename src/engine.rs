@@ -47,13 +47,19 @@ impl RequestHead<'_> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    /// The value of cookie `name`, across all `cookie` headers.
-    pub fn cookie(&self, name: &str) -> Option<&str> {
+    /// The value of cookie `name`, across all `cookie` headers (the first one).
+    pub fn cookie<'s>(&'s self, name: &'s str) -> Option<&'s str> {
+        self.cookies(name).next()
+    }
+
+    /// Every value of cookie `name`: a browser sends several when cookies of
+    /// the same name exist for different paths or domains.
+    pub fn cookies<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
         self.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
             .flat_map(|(_, v)| v.split(';'))
-            .find_map(|pair| {
+            .filter_map(move |pair| {
                 let (k, v) = pair.trim().split_once('=')?;
                 (k == name).then_some(v.trim_matches('"'))
             })
@@ -85,8 +91,9 @@ pub struct Env<'a> {
     pub fetched_jwks: Option<Vec<u8>>,
 }
 
-/// Continue upstream with these changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Continue upstream with these changes. `Debug` names the headers set but
+/// not their values (they include injected API keys).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Allow {
     /// Inbound header names (as received) to remove.
     pub strip: Vec<String>,
@@ -97,6 +104,17 @@ pub struct Allow {
     pub set_path: Option<String>,
     /// `set-cookie` values to add to the upstream's response.
     pub set_cookies: Vec<String>,
+}
+
+impl std::fmt::Debug for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allow")
+            .field("strip", &self.strip)
+            .field("set", &self.set.iter().map(|(n, _)| &**n).collect::<Vec<_>>())
+            .field("set_path", &self.set_path)
+            .field("set_cookies", &self.set_cookies.len())
+            .finish()
+    }
 }
 
 /// What the host must do next.
@@ -241,17 +259,27 @@ impl Engine {
         }
         let name = &self.config.session.cookie_name;
         let mut clear_cookie = None;
-        let opened = match head.cookie(name) {
-            None => None,
-            Some(value) => match self.open_session(value, env) {
-                Ok(o) => Some(o),
-                Err(reject) => {
-                    env.events.push(Event::InvalidCookie(reject.reason()));
-                    clear_cookie = Some(self.clear_cookie(name, "/"));
-                    None
+        // With several values of our cookie (a stale one on another path or
+        // domain, or one planted from a sibling subdomain), the first that
+        // opens wins; a bad one must not shadow a good one and loop the login.
+        let mut opened = None;
+        let mut first_error = None;
+        for value in head.cookies(name) {
+            match self.open_session(value, env) {
+                Ok(o) => {
+                    opened = Some((o, value));
+                    break;
                 }
-            },
-        };
+                Err(reject) => {
+                    first_error.get_or_insert(reject);
+                }
+            }
+        }
+        if let (None, Some(reject)) = (&opened, first_error) {
+            env.events.push(Event::InvalidCookie(reject.reason()));
+            clear_cookie = Some(self.clear_cookie(name, "/"));
+        }
+        let opened = opened.map(|(o, _)| o);
         let return_to = || match query {
             Some(q) => format!("{path}?{q}"),
             None => path.clone().into_owned(),
@@ -720,8 +748,9 @@ impl Engine {
         }
         let timeout = u64::from(self.config.provider.timeout_ms).div_ceil(1000);
         let lock_key = [b"refresh-lock:".as_slice(), &refresh.generation].concat();
-        // The lock also spaces out retries while the IdP is unreachable.
-        if !env.shared.claim(&lock_key, env.now + timeout + REFRESH_RETRY, env.now) {
+        // Held across the refresh and a possible userinfo call (two callouts),
+        // and it spaces out retries while the IdP is unreachable.
+        if !env.shared.claim(&lock_key, env.now + 2 * timeout + REFRESH_RETRY, env.now) {
             env.events.push(Event::RefreshCoalesced);
             return self.serve_old(refresh, env);
         }
@@ -780,17 +809,22 @@ impl Engine {
     }
 
     fn on_refresh_response(&self, refresh: Refresh, resp: HttpResponse, env: &mut Env<'_>) -> Step {
-        if resp.status == 0 || resp.status >= 500 {
+        // Only "could not ask" keeps the session: no answer, 5xx, or 429.
+        // Any other refusal ends it, whatever its error code: Pocket ID
+        // answers a revoked token or a disabled user with its own codes, not
+        // always `invalid_grant`.
+        if resp.status == 0 || resp.status >= 500 || resp.status == 429 {
             env.events.push(Event::RefreshFailed("provider unreachable; session kept, retrying later"));
             return self.serve_old(refresh, env);
         }
         if resp.status != 200 {
             let code = serde_json::from_slice::<TokenError_>(&resp.body).ok().and_then(|e| e.error).unwrap_or_default();
-            if code == "invalid_grant" {
-                return self.end_refreshed_session(refresh, "refresh refused (invalid_grant): session ended", env);
-            }
-            env.events.push(Event::RefreshFailed("refresh refused (check the client configuration); session kept"));
-            return self.serve_old(refresh, env);
+            let why = if code == "invalid_grant" {
+                "refresh refused (invalid_grant): session ended"
+            } else {
+                "refresh refused by the provider: session ended"
+            };
+            return self.end_refreshed_session(refresh, why, env);
         }
         let Ok(tokens) = serde_json::from_slice::<TokenResponse>(&resp.body) else {
             env.events.push(Event::RefreshFailed("refresh response malformed; session kept"));

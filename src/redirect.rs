@@ -82,6 +82,9 @@ mod tests {
             "javascript:alert(1)",
             "https://example.com.evil.example/",
             "https://app.test@evil.example/",
+            "https://evil.example%23.example.com/",
+            "https://evil.example#.example.com/",
+            "https://evil.example%2F.example.com/",
             "evil.example",
             "",
         ] {

@@ -1356,3 +1356,23 @@ fn refresh_for_another_subject_ends_the_session() {
     assert!(g.read_login(&resp).is_ok());
     assert!(set_cookie(&resp, COOKIE).is_some_and(|c| c.clears()));
 }
+
+#[test]
+fn any_refusal_other_than_unavailable_ends_the_session() {
+    // Pocket ID answers revoked tokens and disabled users with its own codes.
+    for (status, body) in [
+        (400, r#"{"error":"Refresh token is invalid or expired"}"#),
+        (403, r#"{"error":"user_disabled"}"#),
+        (401, r#"{"error":"invalid_client"}"#),
+    ] {
+        let (mut g, old) = stale_bob();
+        let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+        let resp = respond(g.fetched(pending, HttpResponse { status, body: body.as_bytes().to_vec() }));
+        assert!(g.read_login(&resp).is_ok(), "{status} {body}: back to login");
+        assert!(set_cookie(&resp, COOKIE).is_some_and(|c| c.clears()));
+    }
+    // Rate limited: asked too often, not refused; the session stays.
+    let (mut g, old) = stale_bob();
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let _ = allowed(g.fetched(pending, HttpResponse { status: 429, body: Vec::new() }));
+}

@@ -216,3 +216,28 @@ def test_malformed_requests_get_clear_answers(stack):
     assert r.status == 302
     r = b.get(stack.url("/oauth2/callback?state=%ZZ&code=%"))
     assert 400 <= r.status < 500
+
+
+def test_non_utf8_header_values_do_not_crash_the_filter(stack, alice):
+    # Envoy accepts bytes 0x80-0xFF in header values; the filter must too.
+    for path in ("/public/", "/app/"):
+        r = alice.request("GET", stack.url(path), raw_headers=[("X-Binary", b"caf\xe9 \xff"), ("Remote-User", b"\xff")])
+        assert r.status == 200, path
+        assert r.upstream_header("Remote-User") in (None, "alice")
+    # The worker is still alive afterwards.
+    assert alice.get(stack.url("/app/")).status == 200
+
+
+def test_a_stale_cookie_of_the_same_name_does_not_shadow_the_session(stack, alice):
+    good = alice.cookie("_oidc_edge")
+    stale = "AQ" + good[2:-8] + "AAAAAAAA"
+    r = Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={stale}; _oidc_edge={good}"},
+                      send_cookies=False)
+    assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
+
+
+def test_host_with_trailing_dot_gets_the_same_rule(stack):
+    # public.test is public; "public.test." is the same host, and Envoy is
+    # configured to route it so (strip_trailing_host_dot): same answer.
+    r = Browser().get(stack.url("/anything"), headers={"Host": "public.test."})
+    assert r.status == 200

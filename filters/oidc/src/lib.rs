@@ -338,7 +338,13 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // One host call for the whole map; pseudo-headers are borrowed from it
         // and left in the list (no strip rule can match a name starting with ':').
-        let all = self.get_http_request_headers();
+        // Values are read as bytes: the SDK's string reader panics on a header
+        // value that is not UTF-8, which Envoy accepts.
+        let all: Vec<(String, String)> = self
+            .get_http_request_headers_bytes()
+            .into_iter()
+            .map(|(n, v)| (n, String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
+            .collect();
         let find = |name: &str| all.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         let method = find(":method").unwrap_or("GET");
         let scheme = find(":scheme").filter(|s| !s.is_empty()).unwrap_or("http");

@@ -197,9 +197,9 @@ impl SharedProvider {
 /// When metadata is refetched even if nothing failed (picks up key rotation).
 pub const METADATA_MAX_AGE: u64 = 3600;
 
-/// Seconds to wait after `failures` consecutive failed fetches: 1, 2, 4 … 30.
+/// Seconds to wait after `failures` consecutive failed fetches: 2, 4, 8, 10, 10 …
 pub fn retry_delay(failures: u32) -> u64 {
-    1u64.checked_shl(failures.min(5)).unwrap_or(32).min(30)
+    1u64.checked_shl(failures.min(5)).unwrap_or(32).min(10)
 }
 
 /// Minimum time between JWKS refetches triggered by an unknown `kid`.

@@ -29,6 +29,10 @@ proxy_wasm::main! {{
 /// Sessions cached per worker; enough for a household or a small team many times over.
 const SESSION_CACHE_CAPACITY: usize = 4096;
 
+/// How often each worker polls shared provider metadata, schedules fetches
+/// and flushes its counters.
+const TICK_MS: u64 = 500;
+
 /// What a worker's root context shares with its HTTP contexts.
 struct Worker {
     engine: Rc<Engine>,
@@ -69,103 +73,90 @@ impl Worker {
             self.load_provider(ctx);
         }
     }
+
+    /// Starts loading discovery and JWKS if they are missing or stale and
+    /// nobody else (no other request, no other worker) is loading them.
+    /// Returns the callout in flight.
+    ///
+    /// Loading is driven by requests rather than `on_tick`: ngx_wasm_module
+    /// 0.6.0 crashes reading the answer of a call dispatched from the root
+    /// context, and a request that needs the metadata would wait for it anyway.
+    fn start_provider_load(&mut self, ctx: &dyn Context, now: u64) -> Option<(u32, Fetching)> {
+        let fresh = self.provider.as_ref().is_some_and(|p| now < p.fetched_at + METADATA_MAX_AGE);
+        if fresh {
+            return None;
+        }
+        let (record, version) = SyncRecord::load(ctx, &self.keys.sync);
+        if now < record.next_attempt {
+            return None;
+        }
+        let config = self.engine.config();
+        // Claim the load; a CAS conflict means another request or worker has it.
+        let lease = SyncRecord { next_attempt: now + 2 * u64::from(config.provider.timeout_ms).div_ceil(1000) + 2, ..record };
+        if !lease.store(ctx, &self.keys.sync, version) {
+            return None;
+        }
+        let started = discovery_call(&config.provider).map_err(|e| e.0).and_then(|call| host::dispatch(ctx, &call));
+        match started {
+            Ok(token) => Some((token, Fetching::Discovery)),
+            Err(why) => {
+                self.provider_load_failed(ctx, &why, now);
+                None
+            }
+        }
+    }
+
+    /// Continues a load with the answer to `stage`; returns the next callout.
+    fn on_provider_response(&mut self, ctx: &dyn Context, stage: Fetching, resp: HttpResponse, now: u64) -> Option<(u32, Fetching)> {
+        let config = self.engine.config().provider.clone();
+        match stage {
+            Fetching::Discovery => match Discovery::from_response(&resp, &config) {
+                Ok(discovery) => match jwks_call(&config, &discovery).map_err(|e| e.0).and_then(|c| host::dispatch(ctx, &c)) {
+                    Ok(token) => return Some((token, Fetching::Jwks { discovery: resp.body })),
+                    Err(why) => self.provider_load_failed(ctx, &why, now),
+                },
+                Err(e) => self.provider_load_failed(ctx, &e.0, now),
+            },
+            Fetching::Jwks { discovery } => match jwks_from_response(&resp) {
+                Ok(_) => {
+                    let blob = SharedProvider { fetched_at: now, discovery, jwks: resp.body };
+                    let _ = ctx.set_shared_data(&self.keys.provider, Some(&blob.encode()), None);
+                    let _ = SyncRecord { next_attempt: now + METADATA_MAX_AGE, failures: 0 }.store(ctx, &self.keys.sync, None);
+                    let first = self.provider.is_none();
+                    self.provider_version = None;
+                    self.load_provider(ctx);
+                    if first {
+                        log::info!("oidc-edge: provider metadata loaded for {}", config.issuer);
+                    }
+                }
+                Err(e) => self.provider_load_failed(ctx, &e.0, now),
+            },
+        }
+        None
+    }
+
+    fn provider_load_failed(&mut self, ctx: &dyn Context, why: &str, now: u64) {
+        let (record, version) = SyncRecord::load(ctx, &self.keys.sync);
+        let failures = record.failures.saturating_add(1);
+        let delay = retry_delay(failures);
+        log::warn!("oidc-edge: provider metadata not loaded ({why}); next attempt in {delay}s");
+        let _ = SyncRecord { next_attempt: now + delay, failures }.store(ctx, &self.keys.sync, version);
+    }
 }
 
-#[derive(Default)]
-struct Root {
-    worker: Option<Rc<RefCell<Worker>>>,
-    /// In-flight metadata fetch: the call token and what it fetches.
-    inflight: Option<(u32, Fetching)>,
-}
-
+/// Which document a provider-metadata callout fetches.
 enum Fetching {
     Discovery,
     Jwks { discovery: Vec<u8> },
 }
 
-impl Root {
-    fn tick(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
-        let mut w = worker.borrow_mut();
-        w.metrics.flush();
-        w.load_provider(self);
-        if self.inflight.is_some() {
-            return;
-        }
-        let now = unix_now(self);
-        // Poll fast until the first load, then settle to once a second.
-        self.set_tick_period(Duration::from_millis(if w.provider.is_some() { 1000 } else { 200 }));
-        let fresh = w.provider.as_ref().is_some_and(|p| now < p.fetched_at + METADATA_MAX_AGE);
-        if fresh {
-            return;
-        }
-        let (record, version) = SyncRecord::load(self, &w.keys.sync);
-        if now < record.next_attempt {
-            return;
-        }
-        let config = w.engine.config();
-        // Claim the fetch for this worker; a CAS conflict means another worker has it.
-        let lease = SyncRecord { next_attempt: now + u64::from(config.provider.timeout_ms / 1000) + 5, ..record };
-        if !lease.store(self, &w.keys.sync, version) {
-            return;
-        }
-        match discovery_call(&config.provider) {
-            Ok(call) => match host::dispatch(self, &call) {
-                Ok(token) => self.inflight = Some((token, Fetching::Discovery)),
-                Err(why) => log::warn!("oidc-edge: cannot fetch discovery: {why}"),
-            },
-            Err(e) => log::warn!("oidc-edge: {}", e.0),
-        }
-    }
-
-    fn fetch_failed(&mut self, why: &str) {
-        let Some(worker) = self.worker.clone() else { return };
-        let w = worker.borrow();
-        let (record, version) = SyncRecord::load(self, &w.keys.sync);
-        let failures = record.failures.saturating_add(1);
-        let delay = retry_delay(failures);
-        log::warn!("oidc-edge: provider metadata not loaded ({why}); retrying in {delay}s");
-        let next = SyncRecord { next_attempt: unix_now(self) + delay, failures };
-        let _ = next.store(self, &w.keys.sync, version);
-    }
+#[derive(Default)]
+struct Root {
+    worker: Option<Rc<RefCell<Worker>>>,
+    ticking: bool,
 }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some((expected, fetching)) = self.inflight.take() else { return };
-        if expected != token {
-            return;
-        }
-        let Some(worker) = self.worker.clone() else { return };
-        let resp = host::call_response(self, body_size);
-        let config_provider = worker.borrow().engine.config().provider.clone();
-        match fetching {
-            Fetching::Discovery => match Discovery::from_response(&resp, &config_provider) {
-                Ok(discovery) => match jwks_call(&config_provider, &discovery).map_err(|e| e.0).and_then(|c| host::dispatch(self, &c)) {
-                    Ok(t) => self.inflight = Some((t, Fetching::Jwks { discovery: resp.body })),
-                    Err(why) => self.fetch_failed(&why),
-                },
-                Err(e) => self.fetch_failed(&e.0),
-            },
-            Fetching::Jwks { discovery } => match jwks_from_response(&resp) {
-                Ok(_) => {
-                    let now = unix_now(self);
-                    let blob = SharedProvider { fetched_at: now, discovery, jwks: resp.body };
-                    let mut w = worker.borrow_mut();
-                    let _ = self.set_shared_data(&w.keys.provider, Some(&blob.encode()), None);
-                    let _ = SyncRecord { next_attempt: now + METADATA_MAX_AGE, failures: 0 }.store(self, &w.keys.sync, None);
-                    let first = w.provider.is_none();
-                    w.provider_version = None;
-                    w.load_provider(self);
-                    if first {
-                        log::info!("oidc-edge: provider metadata loaded for {}", config_provider.issuer);
-                    }
-                }
-                Err(e) => self.fetch_failed(&e.0),
-            },
-        }
-    }
-}
+impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -204,12 +195,20 @@ impl RootContext for Root {
         let worker = Rc::new(RefCell::new(worker));
         worker.borrow_mut().load_provider(self);
         self.worker = Some(worker);
-        self.set_tick_period(Duration::from_millis(200));
+        // Once per root context: ngx_wasm_module traps on a second call.
+        if !self.ticking {
+            self.set_tick_period(Duration::from_millis(TICK_MS));
+            self.ticking = true;
+        }
         true
     }
 
     fn on_tick(&mut self) {
-        self.tick();
+        if let Some(worker) = &self.worker {
+            let mut w = worker.borrow_mut();
+            w.metrics.flush();
+            w.load_provider(self);
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -218,13 +217,16 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // With no valid config, every request is refused rather than let through.
-        Some(Box::new(Request { worker: self.worker.clone(), pending: None, set_cookies: Vec::new() }))
+        Some(Box::new(Request { worker: self.worker.clone(), pending: None, loading: None, set_cookies: Vec::new() }))
     }
 }
 
 struct Request {
     worker: Option<Rc<RefCell<Worker>>>,
     pending: Option<(u32, oidc_edge::Pending)>,
+    /// Provider metadata being loaded before this request is decided, and
+    /// the request's headers, kept for that decision.
+    loading: Option<(u32, Fetching, Vec<(String, String)>)>,
     set_cookies: Vec<String>,
 }
 
@@ -315,6 +317,22 @@ impl Request {
         }
     }
 
+    /// Decides the request from its headers; pseudo-headers are borrowed from
+    /// the list and left in it (no strip rule matches a name starting with ':').
+    fn decide(&mut self, all: Vec<(String, String)>, resumed: bool) -> Action {
+        let find = |name: &str| all.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let method = find(":method").unwrap_or("GET");
+        let scheme = find(":scheme").filter(|s| !s.is_empty()).unwrap_or("http");
+        let authority = find(":authority").filter(|a| !a.is_empty()).or_else(|| find("host")).unwrap_or("");
+        let path = find(":path").unwrap_or("");
+        let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all };
+        let callback = self.worker.as_ref().is_some_and(|w| {
+            let path_only = path.split('?').next().unwrap_or("");
+            path_only == w.borrow().engine.config().paths.callback.as_str()
+        });
+        self.run(resumed, callback, |engine, env| engine.on_request(&head, env))
+    }
+
     fn respond_error(&self, status: u32, message: &str) {
         let page = oidc_edge::pages::page(status as u16, "Error", message, None);
         let headers: Vec<(&str, &str)> = page.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
@@ -324,6 +342,24 @@ impl Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if let Some((expected, stage, headers)) = self.loading.take() {
+            if expected != token {
+                self.respond_error(502, "Unexpected callout response.");
+                return;
+            }
+            let resp = host::call_response(self, body_size);
+            let next = match self.worker.clone() {
+                Some(w) => w.borrow_mut().on_provider_response(self, stage, resp, unix_now(self)),
+                None => None,
+            };
+            match next {
+                Some((token, stage)) => self.loading = Some((token, stage, headers)),
+                None => {
+                    let _ = self.decide(headers, true);
+                }
+            }
+            return;
+        }
         let Some((expected, pending)) = self.pending.take() else { return };
         if expected != token {
             self.respond_error(502, "Unexpected callout response.");
@@ -336,26 +372,20 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // One host call for the whole map; pseudo-headers are borrowed from it
-        // and left in the list (no strip rule can match a name starting with ':').
-        // Values are read as bytes: the SDK's string reader panics on a header
-        // value that is not UTF-8, which Envoy accepts.
+        // One host call for the whole map. Values are read as bytes: the
+        // SDK's string reader panics on a header value that is not UTF-8,
+        // which Envoy accepts.
         let all: Vec<(String, String)> = self
             .get_http_request_headers_bytes()
             .into_iter()
             .map(|(n, v)| (n, String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
             .collect();
-        let find = |name: &str| all.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-        let method = find(":method").unwrap_or("GET");
-        let scheme = find(":scheme").filter(|s| !s.is_empty()).unwrap_or("http");
-        let authority = find(":authority").filter(|a| !a.is_empty()).or_else(|| find("host")).unwrap_or("");
-        let path = find(":path").unwrap_or("");
-        let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all };
-        let callback = self.worker.as_ref().is_some_and(|w| {
-            let path_only = path.split('?').next().unwrap_or("");
-            path_only == w.borrow().engine.config().paths.callback.as_str()
-        });
-        self.run(false, callback, |engine, env| engine.on_request(&head, env))
+        let load = self.worker.clone().and_then(|w| w.borrow_mut().start_provider_load(self, unix_now(self)));
+        if let Some((token, stage)) = load {
+            self.loading = Some((token, stage, all));
+            return Action::Pause;
+        }
+        self.decide(all, false)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -2,14 +2,16 @@
 filter on two workers) for the whole run; every failing test prints the Envoy
 log; every test checks that the filter never panicked."""
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import (COOKIE_SECRET, ENVOY, Browser, Envoy, Idp, Proc, free_port,  # noqa: E402
+from harness import (COOKIE_SECRET, ENVOY, Browser, Envoy, Idp, Nginx, Proc, free_port,  # noqa: E402
                      idp_client, login)
 
 # How a trapped or panicking wasm VM shows in Envoy's log.
@@ -20,15 +22,17 @@ class Stack:
     def __init__(self):
         self.upstream_port = free_port()
         self.proxy_port = free_port()
+        self.nginx_port = free_port()
         self.es_port = free_port()
         self.ed_port = free_port()
         self.idp = Idp([
-            idp_client("oidc-edge", [self.proxy_port]),
+            idp_client("oidc-edge", [self.proxy_port, self.nginx_port]),
             idp_client("edge-es256", [self.es_port], "ES256"),
             idp_client("edge-eddsa", [self.ed_port], "EdDSA"),
         ])
         self.echo = None
         self.envoys = []
+        self.nginx = None
 
     def envoy(self, name, port, client_id="oidc-edge", template="e2e.yaml", idp_port=None, **values):
         env_vars = values.pop("env", None)
@@ -40,6 +44,17 @@ class Stack:
         e = Envoy(template, v, name=name, env=env_vars)
         self.envoys.append(e)
         return e.start(port)
+
+    def values(self, port, **values):
+        return {"PROXY_PORT": port, "IDP_PORT": self.idp.port, "IDP_CLUSTER_PORT": self.idp.port,
+                "UPSTREAM_PORT": self.upstream_port, "CLIENT_ID": "oidc-edge",
+                "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h",
+                "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000, **values}
+
+    def start_nginx(self):
+        if self.nginx is None:
+            self.nginx = Nginx(self.values(self.nginx_port), name="nginx-main").start()
+        return self.nginx
 
     def start(self):
         self.idp.start()
@@ -53,6 +68,8 @@ class Stack:
     def stop(self):
         for e in self.envoys:
             e.stop()
+        if self.nginx:
+            self.nginx.stop()
         if self.echo:
             self.echo.stop()
         self.idp.stop()
@@ -71,11 +88,55 @@ def stack():
         s.stop()
 
 
+class Gate:
+    """One column of the conformance table: a proxy running the filter."""
+
+    def __init__(self, name, port, proxy):
+        self.name = name
+        self.port = port
+        self.proxy = proxy
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def has_counters(self):
+        # ngx_wasm_module 0.6.0 keeps filter metrics in nginx's shared memory
+        # with no endpoint to read them from outside (only from Lua).
+        return self.name == "envoy"
+
+    def counter(self, name, at_least=0):
+        return self.proxy.counter(name, at_least)
+
+    def settled_counter(self, name):
+        return self.proxy.settled_counter(name)
+
+
+# The columns of the conformance table. nginx + ngx_wasm_module is not in the
+# default run yet: with nginx 1.22 a header the filter removes still reaches
+# the upstream (see nginx/e2e.conf); OIDC_EDGE_GATES=envoy,nginx runs it.
+GATES = os.environ.get("OIDC_EDGE_GATES", "envoy").split(",")
+
+
+@pytest.fixture(scope="session", params=GATES)
+def gate(request, stack):
+    """The proxy under test: every test taking it runs on each gate in
+    GATES, with the same filter and the same configuration."""
+    if request.param == "envoy":
+        return Gate("envoy", stack.proxy_port, stack.main)
+    ngx = stack.start_nginx()
+    deadline = time.time() + 20
+    while Browser().get(f"http://127.0.0.1:{stack.nginx_port}/oauth2/start").status != 302:
+        assert time.time() < deadline, "nginx never loaded the provider metadata:\n" + ngx.log_text()[-3000:]
+        time.sleep(0.2)
+    return Gate("nginx", stack.nginx_port, ngx)
+
+
 @pytest.fixture(scope="session")
-def alice(stack):
-    """A browser logged in as alice (admins, users)."""
+def alice(gate):
+    """A browser logged in as alice (admins, users) through the gate under test."""
     b = Browser()
-    r = login(b, stack.url("/app/"), "alice")
+    r = login(b, gate.url("/app/"), "alice")
     assert r.status == 200, r.body
     return b
 
@@ -83,6 +144,7 @@ def alice(stack):
 @pytest.fixture(autouse=True)
 def no_filter_crash(request, stack):
     before = {e.name: len(e.proc.log_text()) for e in stack.envoys if e.proc}
+    nginx_before = len(stack.nginx.log_text().splitlines()) if stack.nginx else 0
     yield
     for e in stack.envoys:
         if not e.proc:
@@ -90,6 +152,12 @@ def no_filter_crash(request, stack):
         new = e.proc.log_text()[before.get(e.name, 0):]
         bad = [line for line in new.splitlines() if any(f in line for f in FATAL)]
         assert not bad, f"{e.name} log shows a filter crash:\n" + "\n".join(bad[:10])
+    if stack.nginx:
+        # As ngx_wasm_module's own tests do: no [crit]/[alert]/[emerg], no trap, no crashed worker.
+        text = stack.nginx.log_text()
+        bad = [line for line in text.splitlines()[nginx_before:] if any(
+            f in line for f in ("[crit]", "[alert]", "[emerg]", "panicked", "wasm trap", "error while executing"))]
+        assert not bad, "nginx log shows a problem:\n" + "\n".join(bad[:10])
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -102,4 +170,6 @@ def pytest_runtest_makereport(item, call):
             for e in s.envoys:
                 if e.proc:
                     report.sections.append((f"{e.name} log (tail)", e.proc.log_text()[-6000:]))
+            if s.nginx:
+                report.sections.append(("nginx error.log (tail)", s.nginx.log_text()[-6000:]))
             report.sections.append(("idp log (tail)", s.idp.proc.log_text()[-3000:] if s.idp.proc else ""))

@@ -402,6 +402,54 @@ def idp_client(client_id: str, proxy_ports: list, alg: str = "RS256") -> dict:
     }
 
 
+def filter_config(values: dict) -> dict:
+    """The filter's JSON from envoy/e2e.yaml rendered with `values`: one
+    source for the filter configuration of every stack under test."""
+    import yaml
+    boot = yaml.safe_load(render(ROOT / "envoy/e2e.yaml", {"ADMIN_PORT": 0, "WASM": WASM, **values}))
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return json.loads(hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
+
+
+class Nginx:
+    """Debian's nginx with ngx_wasm_module (built by scripts/build-ngx-wasm.sh)
+    and the same filter and filter configuration as the Envoy stack; callouts
+    go to host:port instead of a cluster."""
+
+    def __init__(self, values: dict, name: str = "nginx", env: dict | None = None):
+        self.name = name
+        self.port = values["PROXY_PORT"]
+        self.prefix = RUN / name
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        out = subprocess.run([str(ROOT / "scripts/build-ngx-wasm.sh")], capture_output=True, text=True, check=True)
+        self.module = out.stdout.strip().splitlines()[-1]
+        cfg = filter_config(values)
+        idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
+        cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
+        text = render(ROOT / "nginx/e2e.conf", {"MODULE": self.module, "PREFIX": self.prefix, "WASM": WASM,
+                                               "PROXY_PORT": self.port, "UPSTREAM_PORT": values["UPSTREAM_PORT"],
+                                               "FILTER_CONFIG": json.dumps(cfg)})
+        self.config_path = self.prefix / "nginx.conf"
+        self.config_path.write_text(text)
+        self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
+                    "DEMO_API_KEY": API_KEY, "OIDC_EDGE_NEW_COOKIE_SECRET": COOKIE_SECRET, **(env or {})}
+        self.proc = None
+
+    def start(self) -> "Nginx":
+        self.proc = Proc(self.name, ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
+                                     "-e", str(self.prefix / "error.log"), "-g", "daemon off;"], env=self.env)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def log_text(self) -> str:
+        path = self.prefix / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
 class Envoy:
     def __init__(self, template: str, values: dict, name: str = "envoy", concurrency: int = 2,
                  env: dict | None = None):

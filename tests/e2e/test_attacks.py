@@ -23,8 +23,8 @@ def received(resp):
 
 
 @pytest.mark.parametrize("path", ["/public/x", "/app/x", "/grafana/x"])
-def test_spoofed_identity_headers_never_reach_upstream(stack, alice, path):
-    r = alice.request("GET", stack.url(path), raw_headers=SPOOFS)
+def test_spoofed_identity_headers_never_reach_upstream(gate, stack, alice, path):
+    r = alice.request("GET", gate.url(path), raw_headers=SPOOFS)
     assert r.status == 200
     got = received(r)
     for name, value in SPOOFS:
@@ -38,8 +38,8 @@ def test_spoofed_identity_headers_never_reach_upstream(stack, alice, path):
         assert got.get("remote-user") == "alice" or got.get("x-webauth-user") == "alice"
 
 
-def test_spoofed_headers_stripped_for_anonymous_on_public(stack):
-    r = Browser().request("GET", stack.url("/public/"), raw_headers=SPOOFS)
+def test_spoofed_headers_stripped_for_anonymous_on_public(gate, stack):
+    r = Browser().request("GET", gate.url("/public/"), raw_headers=SPOOFS)
     assert r.status == 200
     assert not set(received(r)) & {"remote-user", "remote-groups", "remote-email", "x-forwarded-user"}
 
@@ -62,38 +62,38 @@ def _tampered(value):
     return b64url(bytes(raw))
 
 
-def test_forged_and_tampered_sessions_go_back_to_login(stack, alice):
+def test_forged_and_tampered_sessions_go_back_to_login(gate, stack, alice):
     good = alice.cookie("_oidc_edge")
     cases = dict(_forged_cases())
     cases["tampered"] = _tampered(good)
     cases["truncated"] = good[:-10]
     cases["extended"] = good + "AAAA"
-    before = stack.main.settled_counter("oidc_edge_invalid_cookies")
+    before = gate.settled_counter("oidc_edge_invalid_cookies")
     for label, value in cases.items():
-        r = Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}"}, send_cookies=False)
+        r = Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}"}, send_cookies=False)
         assert r.status == 302, f"{label}: {r.status}"
         assert r.location.startswith(stack.idp.issuer), label
         assert any(c.startswith("_oidc_edge=;") and "Max-Age=0" in c for c in r.all("set-cookie")), label
-        api = Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}", "Accept": "application/json"},
+        api = Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}", "Accept": "application/json"},
                             send_cookies=False)
         assert api.status == 401, label
-    assert stack.main.counter("oidc_edge_invalid_cookies", before + 2 * len(cases)) >= before + 2 * len(cases) - 2
+    assert gate.counter("oidc_edge_invalid_cookies", before + 2 * len(cases)) >= before + 2 * len(cases) - 2
     # The genuine cookie still works.
-    assert alice.get(stack.url("/admin/")).status == 200
+    assert alice.get(gate.url("/admin/")).status == 200
 
 
-def test_cookie_forged_with_the_right_key_but_expired_is_refused(stack):
+def test_cookie_forged_with_the_right_key_but_expired_is_refused(gate, stack):
     # Proves the expiry inside the sealed value is enforced, not just Max-Age.
     now = int(time.time())
     payload = session_payload(user="alice", sub="x", groups=["admins"])
     fresh = seal(COOKIE_SECRET, "_oidc_edge", now + 600, payload)
-    assert Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={fresh}"}).status == 200
+    assert Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={fresh}"}).status == 200
     stale = seal(COOKIE_SECRET, "_oidc_edge", now - 1, payload)
-    assert Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={stale}"}).status == 302
+    assert Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={stale}"}).status == 302
 
 
-def _start_login(stack, b):
-    r = b.get(stack.url("/app/"))
+def _start_login(gate, stack, b):
+    r = b.get(gate.url("/app/"))
     assert r.status == 302
     return parse_qs(urlsplit(r.location).query)["state"][0]
 
@@ -104,10 +104,10 @@ def _assert_clear_page(r, label):
     assert b"<h1>" in r.body, label
 
 
-def test_callback_refusals_are_clear_pages(stack):
+def test_callback_refusals_are_clear_pages(gate, stack):
     b = Browser()
-    state = _start_login(stack, b)
-    cb = stack.url("/oauth2/callback")
+    state = _start_login(gate, stack, b)
+    cb = gate.url("/oauth2/callback")
     _assert_clear_page(b.get(cb), "no params")
     _assert_clear_page(b.get(f"{cb}?code=abc"), "missing state")
     _assert_clear_page(b.get(f"{cb}?state={state}"), "missing code")
@@ -115,17 +115,17 @@ def test_callback_refusals_are_clear_pages(stack):
     _assert_clear_page(b.get(f"{cb}?error=access_denied&state={state}"), "IdP error")
     # A state that belongs to another browser's login.
     other = Browser()
-    foreign = _start_login(stack, other)
+    foreign = _start_login(gate, stack, other)
     _assert_clear_page(b.get(f"{cb}?code=abc&state={foreign}"), "foreign state")
     # iss from another issuer (RFC 9207 mix-up defence).
     b3 = Browser()
-    s3 = _start_login(stack, b3)
+    s3 = _start_login(gate, stack, b3)
     _assert_clear_page(b3.get(f"{cb}?code=abc&state={s3}&iss=https%3A%2F%2Fevil.example"), "iss mismatch")
 
 
-def test_reused_state_is_refused(stack):
+def test_reused_state_is_refused(gate, stack):
     b = Browser()
-    callback_url = to_callback(b, stack.url("/app/"), "alice")
+    callback_url = to_callback(b, gate.url("/app/"), "alice")
     saved_jar = dict(b.jar)
     first = b.get(callback_url)
     assert first.status == 302 and first.location == "/app/"
@@ -141,35 +141,35 @@ EVIL_TARGETS = [
 ]
 
 
-def _off_site(location, stack):
+def _off_site(location, gate, stack):
     if location is None:
         return False
     if location.startswith(stack.idp.issuer):
         return False
     if location.startswith("/") and not location.startswith("//") and "\\" not in location:
         return False
-    return not location.startswith(stack.url("/"))
+    return not location.startswith(gate.url("/"))
 
 
 @pytest.mark.parametrize("target", EVIL_TARGETS)
-def test_open_redirects_through_start_and_sign_out(stack, target):
+def test_open_redirects_through_start_and_sign_out(gate, stack, target):
     b = Browser()
     for path in (f"/oauth2/start?rd={quote(target, safe='')}", f"/oauth2/sign_out?rd={quote(target, safe='')}"):
-        r = b.get(stack.url(path))
+        r = b.get(gate.url(path))
         assert r.status in (302, 400), (path, r.status)
-        assert not _off_site(r.location, stack), (path, r.location)
+        assert not _off_site(r.location, gate, stack), (path, r.location)
 
 
-def test_open_redirect_through_the_original_url_after_login(stack):
+def test_open_redirect_through_the_original_url_after_login(gate, stack):
     # Envoy merges slashes and the filter validates the return path: whatever
     # the original URL, the post-login Location stays on this site.
     for raw in ["//evil.example/app/", "/app/..//evil.example", "/app//evil.example", "/app/?next=//evil.example"]:
         b = Browser()
-        r = b.get(stack.url(raw))
+        r = b.get(gate.url(raw))
         if r.status != 302:
             assert r.status in (400, 403), (raw, r.status)
             continue
-        done = b.get(to_callback(b, stack.url(raw), "alice"))
+        done = b.get(to_callback(b, gate.url(raw), "alice"))
         assert done.status == 302, raw
         assert done.location.startswith("/") and not done.location.startswith("//"), (raw, done.location)
         assert "\\" not in done.location
@@ -183,61 +183,61 @@ PATH_TRICKS = [
 
 
 @pytest.mark.parametrize("trick", PATH_TRICKS)
-def test_path_tricks_never_reach_admin_unchecked(stack, trick):
-    bob = _bob(stack)
-    r = bob.get(stack.url(trick))
+def test_path_tricks_never_reach_admin_unchecked(gate, stack, trick):
+    bob = _bob(gate, stack)
+    r = bob.get(gate.url(trick))
     if r.status == 200:
         seen = r.json()["path"]
         assert not seen.lower().startswith("/admin"), f"{trick} reached {seen} as bob"
     else:
         assert r.status in (400, 403, 404), (trick, r.status)
-    anon = Browser().get(stack.url(trick))
+    anon = Browser().get(gate.url(trick))
     if anon.status == 200:
         assert not anon.json()["path"].lower().startswith("/admin"), trick
 
 
-_BOB = {}
+_BOB = {}  # per gate: bob's browser
 
 
-def _bob(stack):
-    if "b" not in _BOB:
+def _bob(gate, stack):
+    if gate.name not in _BOB:
         b = Browser()
-        assert login(b, stack.url("/users/"), "bob").status == 200
-        _BOB["b"] = b
-    return _BOB["b"]
+        assert login(b, gate.url("/users/"), "bob").status == 200
+        _BOB[gate.name] = b
+    return _BOB[gate.name]
 
 
-def test_malformed_requests_get_clear_answers(stack):
+def test_malformed_requests_get_clear_answers(gate, stack):
     b = Browser()
     huge = "x" * 6000
-    r = b.get(stack.url("/app/"), headers={"Cookie": f"_oidc_edge={huge}"}, send_cookies=False)
+    r = b.get(gate.url("/app/"), headers={"Cookie": f"_oidc_edge={huge}"}, send_cookies=False)
     assert r.status == 302
-    r = b.get(stack.url("/app/"), headers={"Cookie": "_oidc_edge=%%%; other=1;;; =x"}, send_cookies=False)
+    r = b.get(gate.url("/app/"), headers={"Cookie": "_oidc_edge=%%%; other=1;;; =x"}, send_cookies=False)
     assert r.status == 302
-    r = b.get(stack.url("/oauth2/callback?state=%ZZ&code=%"))
+    r = b.get(gate.url("/oauth2/callback?state=%ZZ&code=%"))
     assert 400 <= r.status < 500
 
 
-def test_non_utf8_header_values_do_not_crash_the_filter(stack, alice):
+def test_non_utf8_header_values_do_not_crash_the_filter(gate, stack, alice):
     # Envoy accepts bytes 0x80-0xFF in header values; the filter must too.
     for path in ("/public/", "/app/"):
-        r = alice.request("GET", stack.url(path), raw_headers=[("X-Binary", b"caf\xe9 \xff"), ("Remote-User", b"\xff")])
+        r = alice.request("GET", gate.url(path), raw_headers=[("X-Binary", b"caf\xe9 \xff"), ("Remote-User", b"\xff")])
         assert r.status == 200, path
         assert r.upstream_header("Remote-User") in (None, "alice")
     # The worker is still alive afterwards.
-    assert alice.get(stack.url("/app/")).status == 200
+    assert alice.get(gate.url("/app/")).status == 200
 
 
-def test_a_stale_cookie_of_the_same_name_does_not_shadow_the_session(stack, alice):
+def test_a_stale_cookie_of_the_same_name_does_not_shadow_the_session(gate, stack, alice):
     good = alice.cookie("_oidc_edge")
     stale = "AQ" + good[2:-8] + "AAAAAAAA"
-    r = Browser().get(stack.url("/admin/"), headers={"Cookie": f"_oidc_edge={stale}; _oidc_edge={good}"},
+    r = Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={stale}; _oidc_edge={good}"},
                       send_cookies=False)
     assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
 
 
-def test_host_with_trailing_dot_gets_the_same_rule(stack):
+def test_host_with_trailing_dot_gets_the_same_rule(gate, stack):
     # public.test is public; "public.test." is the same host, and Envoy is
     # configured to route it so (strip_trailing_host_dot): same answer.
-    r = Browser().get(stack.url("/anything"), headers={"Host": "public.test."})
+    r = Browser().get(gate.url("/anything"), headers={"Host": "public.test."})
     assert r.status == 200

@@ -7,9 +7,9 @@ from urllib.parse import parse_qs, urlsplit
 from harness import API_KEY, Browser, idp_pick_user, login, to_callback
 
 
-def test_alice_logs_in_and_upstream_sees_her_identity(stack):
+def test_alice_logs_in_and_upstream_sees_her_identity(gate, stack):
     b = Browser()
-    first = b.get(stack.url("/app/page?x=1&y=two"))
+    first = b.get(gate.url("/app/page?x=1&y=two"))
     assert first.status == 302
     loc = urlsplit(first.location)
     q = parse_qs(loc.query)
@@ -18,12 +18,12 @@ def test_alice_logs_in_and_upstream_sees_her_identity(stack):
     assert q["code_challenge_method"] == ["S256"] and len(q["code_challenge"][0]) == 43
     assert q["scope"] == ["openid email profile groups"]
     assert len(q["state"][0]) >= 43 and len(q["nonce"][0]) >= 43
-    assert q["redirect_uri"] == [stack.url("/oauth2/callback")]
+    assert q["redirect_uri"] == [gate.url("/oauth2/callback")]
     csrf = [c for c in first.all("set-cookie") if c.startswith("_oidc_edge_csrf_")]
     assert len(csrf) == 1 and "Path=/oauth2/callback" in csrf[0] and "HttpOnly" in csrf[0]
     assert "SameSite=Lax" in csrf[0]
 
-    page = b.follow(first.location if first.location.startswith("http") else stack.url(first.location))
+    page = b.follow(first.location if first.location.startswith("http") else gate.url(first.location))
     final = idp_pick_user(b, page, "alice")
     assert final.status == 200
     assert urlsplit(final.url).path == "/app/page" and urlsplit(final.url).query == "x=1&y=two"
@@ -35,9 +35,9 @@ def test_alice_logs_in_and_upstream_sees_her_identity(stack):
     assert final.upstream_header("Remote-Name") == "Alice Admin"
 
 
-def test_session_cookie_attributes_and_size(stack):
+def test_session_cookie_attributes_and_size(gate, stack):
     b2 = Browser()
-    cb = b2.get(to_callback(b2, stack.url("/app/"), "alice"))
+    cb = b2.get(to_callback(b2, gate.url("/app/"), "alice"))
     assert cb.status == 302 and cb.location == "/app/"
     cookies = {c.split("=", 1)[0]: c for c in cb.all("set-cookie")}
     session = cookies["_oidc_edge"]
@@ -52,89 +52,89 @@ def test_session_cookie_attributes_and_size(stack):
     assert any(n.startswith("_oidc_edge_csrf_") and "Max-Age=0" in c for n, c in cookies.items())
 
 
-def test_five_groups_cookie_stays_small(stack):
+def test_five_groups_cookie_stays_small(gate, stack):
     stack.idp.put_user("dave", {"groups": ["admins", "users", "media", "home", "family"],
                                 "email": "dave.longname@example.com", "email_verified": True,
                                 "name": "Dave With A Fairly Long Display Name"})
     b = Browser()
-    r = login(b, stack.url("/app/"), "dave")
+    r = login(b, gate.url("/app/"), "dave")
     assert r.status == 200
     assert r.upstream_header("Remote-Groups") == "admins,users,media,home,family"
     assert len(b.cookie("_oidc_edge")) < 1000
 
 
-def test_group_policy_per_route(stack):
+def test_group_policy_per_route(gate, stack):
     bob, carol, alice = Browser(), Browser(), Browser()
-    assert login(bob, stack.url("/users/"), "bob").status == 200
-    assert bob.get(stack.url("/admin/")).status == 403
-    assert bob.get(stack.url("/app/")).status == 200
-    denied = bob.get(stack.url("/admin/x"))
+    assert login(bob, gate.url("/users/"), "bob").status == 200
+    assert bob.get(gate.url("/admin/")).status == 403
+    assert bob.get(gate.url("/app/")).status == 200
+    denied = bob.get(gate.url("/admin/x"))
     assert b"not allowed" in denied.body and b"demo-secret" not in denied.body
-    assert login(carol, stack.url("/app/"), "carol").status == 200
-    assert carol.get(stack.url("/users/")).status == 403
-    assert carol.get(stack.url("/admin/")).status == 403
-    r = carol.get(stack.url("/app/"))
+    assert login(carol, gate.url("/app/"), "carol").status == 200
+    assert carol.get(gate.url("/users/")).status == 403
+    assert carol.get(gate.url("/admin/")).status == 403
+    r = carol.get(gate.url("/app/"))
     assert r.upstream_header("Remote-User") == "carol"
     assert r.upstream_header("Remote-Email") is None and r.upstream_header("Remote-Groups") is None
-    assert login(alice, stack.url("/admin/"), "alice").status == 200
-    assert alice.get(stack.url("/users/")).status == 200
+    assert login(alice, gate.url("/admin/"), "alice").status == 200
+    assert alice.get(gate.url("/users/")).status == 200
 
 
-def test_unverified_email_does_not_satisfy_email_rules(stack):
+def test_unverified_email_does_not_satisfy_email_rules(gate, stack):
     bob = Browser()
-    login(bob, stack.url("/app/"), "bob")
+    login(bob, gate.url("/app/"), "bob")
     # bob@example.com is unverified (Pocket ID's default): the domain rule refuses him.
-    assert bob.get(stack.url("/staff/")).status == 403
-    assert bob.get(stack.url("/app/")).upstream_header("Remote-Email") == "bob@example.com"
+    assert bob.get(gate.url("/staff/")).status == 403
+    assert bob.get(gate.url("/app/")).upstream_header("Remote-Email") == "bob@example.com"
     alice = Browser()
-    login(alice, stack.url("/app/"), "alice")
-    assert alice.get(stack.url("/staff/")).status == 200
+    login(alice, gate.url("/app/"), "alice")
+    assert alice.get(gate.url("/staff/")).status == 200
 
 
-def test_public_routes_need_no_login(stack):
-    r = Browser().get(stack.url("/public/index.html"))
+def test_public_routes_need_no_login(gate, stack):
+    r = Browser().get(gate.url("/public/index.html"))
     assert r.status == 200 and r.json()["path"] == "/public/index.html"
-    r = Browser().get(stack.url("/anything"), headers={"Host": "public.test"})
+    r = Browser().get(gate.url("/anything"), headers={"Host": "public.test"})
     assert r.status == 200
 
 
-def test_unmatched_route_is_denied(stack, alice):
-    assert alice.get(stack.url("/no-such-service/")).status == 403
-    assert Browser().get(stack.url("/no-such-service/")).status == 403
+def test_unmatched_route_is_denied(gate, stack, alice):
+    assert alice.get(gate.url("/no-such-service/")).status == 403
+    assert Browser().get(gate.url("/no-such-service/")).status == 403
 
 
-def test_api_requests_get_401_json(stack):
+def test_api_requests_get_401_json(gate, stack):
     for headers in ({"Accept": "application/json"}, {"Sec-Fetch-Mode": "cors"}, {}):
         path = "/api/items" if not headers else "/app/data"
-        r = Browser().get(stack.url(path), headers=headers)
+        r = Browser().get(gate.url(path), headers=headers)
         assert r.status == 401, (headers, r.status)
         body = r.json()
         assert body["error"] == "unauthorized" and r.location is None
         assert body["login"].startswith("/oauth2/start?rd=")
     # A browser page request still redirects.
-    assert Browser().get(stack.url("/app/"), headers={"Accept": "text/html"}).status == 302
+    assert Browser().get(gate.url("/app/"), headers={"Accept": "text/html"}).status == 302
 
 
-def test_per_route_identity_header_names(stack, alice):
-    r = alice.get(stack.url("/grafana/"))
+def test_per_route_identity_header_names(gate, stack, alice):
+    r = alice.get(gate.url("/grafana/"))
     assert r.upstream_header("X-WEBAUTH-USER") == "alice"
     assert r.upstream_header("Remote-Groups") is None
     assert r.upstream_header("Remote-Email") == "alice@example.com"
 
 
-def test_injected_api_key_replaces_client_value(stack, alice):
-    r = alice.get(stack.url("/api-app/"), headers={"X-Api-Key": "attacker"},)
+def test_injected_api_key_replaces_client_value(gate, stack, alice):
+    r = alice.get(gate.url("/api-app/"), headers={"X-Api-Key": "attacker"},)
     assert r.status == 200
     assert r.upstream_header("x-api-key") == API_KEY
-    r = alice.request("GET", stack.url("/api-app/"), raw_headers=[("x_api_key", "a"), ("X.API.KEY", "b")])
+    r = alice.request("GET", gate.url("/api-app/"), raw_headers=[("x_api_key", "a"), ("X.API.KEY", "b")])
     assert r.upstream_header("x-api-key") == API_KEY
     assert r.upstream_header("x_api_key") is None and r.upstream_header("x.api.key") is None
-    assert API_KEY.encode() not in alice.get(stack.url("/app/")).body
+    assert API_KEY.encode() not in alice.get(gate.url("/app/")).body
 
 
-def test_upstream_never_sees_the_session_cookie(stack, alice):
+def test_upstream_never_sees_the_session_cookie(gate, stack, alice):
     for path in ("/app/", "/public/"):
-        r = alice.get(stack.url(path), headers={})
+        r = alice.get(gate.url(path), headers={})
         assert r.status == 200
         sent = r.upstream_header("cookie") or ""
         assert "_oidc_edge" not in sent, path
@@ -142,30 +142,35 @@ def test_upstream_never_sees_the_session_cookie(stack, alice):
         assert "idp_session" in sent, path
 
 
-def test_sign_out_clears_cookies_and_ends_idp_session(stack):
+def test_sign_out_clears_cookies_and_ends_idp_session(gate, stack):
     b = Browser()
-    login(b, stack.url("/app/"), "alice")
+    login(b, gate.url("/app/"), "alice")
     assert b.cookie("_oidc_edge") and b.cookie("_oidc_edge_idt")
-    r = b.get(stack.url("/oauth2/sign_out"))
+    r = b.get(gate.url("/oauth2/sign_out"))
     assert r.status == 302
     cleared = {c.split("=", 1)[0] for c in r.all("set-cookie") if "Max-Age=0" in c}
     assert {"_oidc_edge", "_oidc_edge_idt"} <= cleared
     loc = urlsplit(r.location)
     q = parse_qs(loc.query)
     assert r.location.startswith(stack.idp.issuer)
-    assert q["client_id"] == ["oidc-edge"] and q["post_logout_redirect_uri"] == [stack.url("/")]
+    assert q["client_id"] == ["oidc-edge"] and q["post_logout_redirect_uri"] == [gate.url("/")]
     assert q["id_token_hint"][0].count(".") == 2
     back = b.get(r.location)
-    assert back.status in (302, 303) and back.location.startswith(stack.url("/"))
+    assert back.status in (302, 303) and back.location.startswith(gate.url("/"))
     assert b.cookie("_oidc_edge") is None
     # The IdP session is gone too: a new visit shows the IdP's login page again.
-    page = b.follow(stack.url("/app/"))
+    page = b.follow(gate.url("/app/"))
     assert page.status == 200 and b"choose a user" in page.body
 
 
-def test_counters_are_exported(stack, alice):
-    before = stack.main.settled_counter("oidc_edge_requests_allowed")
-    alice.get(stack.url("/app/"))
-    assert stack.main.counter("oidc_edge_requests_allowed", before + 1) == before + 1
-    assert stack.main.counter("oidc_edge_logins_completed", 1) >= 1
-    assert stack.main.counter("oidc_edge_logins_started", 1) >= 1
+def test_counters_are_exported(gate, stack, alice):
+    if not gate.has_counters:
+        # Documented difference: ngx_wasm_module 0.6.0 offers no endpoint for
+        # filter metrics; the same increments run, unobservable from outside.
+        assert gate.name == "nginx"
+        return
+    before = gate.settled_counter("oidc_edge_requests_allowed")
+    alice.get(gate.url("/app/"))
+    assert gate.counter("oidc_edge_requests_allowed", before + 1) == before + 1
+    assert gate.counter("oidc_edge_logins_completed", 1) >= 1
+    assert gate.counter("oidc_edge_logins_started", 1) >= 1

@@ -221,12 +221,15 @@ impl RootContext for Root {
     }
 }
 
+/// A request's headers as read once from the host.
+type Headers = Vec<(String, String)>;
+
 struct Request {
     worker: Option<Rc<RefCell<Worker>>>,
     pending: Option<(u32, oidc_edge::Pending)>,
     /// Provider metadata being loaded before this request is decided, and
     /// the request's headers, kept for that decision.
-    loading: Option<(u32, Fetching, Vec<(String, String)>)>,
+    loading: Option<(u32, Fetching, Headers)>,
     set_cookies: Vec<String>,
 }
 
@@ -279,15 +282,11 @@ impl Request {
                 for name in &allow.strip {
                     self.set_http_request_header(name, None);
                 }
+                // Replace, not append, even though every inbound spelling was
+                // stripped above: on a host whose removal is unreliable, a
+                // replaced value still cannot sit next to a client's copy.
                 for (name, value) in &allow.set {
-                    // Every inbound spelling of these names was stripped just
-                    // above, so appending is overwriting; the cookie header is
-                    // the one value that replaces a header kept in place.
-                    if name.eq_ignore_ascii_case("cookie") {
-                        self.set_http_request_header(name, Some(&**value));
-                    } else {
-                        self.add_http_request_header(name, value);
-                    }
+                    self.set_http_request_header(name, Some(&**value));
                 }
                 if let Some(path) = &allow.set_path {
                     self.set_http_request_header(":path", Some(path));
@@ -299,6 +298,11 @@ impl Request {
                 Action::Continue
             }
             Step::Respond(resp) => {
+                // ngx_wasm_module keeps only the last of several same-name
+                // headers in a local response; the cookies are checked again
+                // when the response headers pass through this filter.
+                self.set_cookies =
+                    resp.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| v.clone()).collect();
                 let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
                 self.send_http_response(u32::from(resp.status), headers, Some(&resp.body));
                 Action::Pause
@@ -323,7 +327,9 @@ impl Request {
         let find = |name: &str| all.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         let method = find(":method").unwrap_or("GET");
         let scheme = find(":scheme").filter(|s| !s.is_empty()).unwrap_or("http");
-        let authority = find(":authority").filter(|a| !a.is_empty()).or_else(|| find("host")).unwrap_or("");
+        // The Host header first: ngx_wasm_module's `:authority` is the
+        // server's own name, Envoy folds Host into `:authority`.
+        let authority = find("host").filter(|a| !a.is_empty()).or_else(|| find(":authority")).unwrap_or("");
         let path = find(":path").unwrap_or("");
         let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all };
         let callback = self.worker.as_ref().is_some_and(|w| {
@@ -389,8 +395,19 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.set_cookies.is_empty() {
+            return Action::Continue;
+        }
+        let present: Vec<Vec<u8>> = self
+            .get_http_response_headers_bytes()
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v)
+            .collect();
         for cookie in std::mem::take(&mut self.set_cookies) {
-            self.add_http_response_header("set-cookie", &cookie);
+            if !present.iter().any(|v| v.as_slice() == cookie.as_bytes()) {
+                self.add_http_response_header("set-cookie", &cookie);
+            }
         }
         Action::Continue
     }

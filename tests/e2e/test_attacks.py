@@ -68,7 +68,7 @@ def test_forged_and_tampered_sessions_go_back_to_login(gate, stack, alice):
     cases["tampered"] = _tampered(good)
     cases["truncated"] = good[:-10]
     cases["extended"] = good + "AAAA"
-    before = gate.settled_counter("oidc_edge_invalid_cookies")
+    before = gate.settled_counter("oidc_edge_invalid_cookies") if gate.has_counters else 0
     for label, value in cases.items():
         r = Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}"}, send_cookies=False)
         assert r.status == 302, f"{label}: {r.status}"
@@ -77,7 +77,8 @@ def test_forged_and_tampered_sessions_go_back_to_login(gate, stack, alice):
         api = Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={value}", "Accept": "application/json"},
                             send_cookies=False)
         assert api.status == 401, label
-    assert gate.counter("oidc_edge_invalid_cookies", before + 2 * len(cases)) >= before + 2 * len(cases) - 2
+    if gate.has_counters:
+        assert gate.counter("oidc_edge_invalid_cookies", before + 2 * len(cases)) >= before + 2 * len(cases) - 2
     # The genuine cookie still works.
     assert alice.get(gate.url("/admin/")).status == 200
 

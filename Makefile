@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 
-.PHONY: help setup wasm build run test unit e2e lint bench clean
+.PHONY: help setup wasm build run test unit e2e lint bench ngx-wasm clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ lint: ## clippy for native and wasm32
 bench: ## Throughput and latency: no filter vs trivial filter vs oidc-edge vs Envoy's oauth2
 	./scripts/setup.sh --bench
 	.venv/bin/python tests/bench/bench.py
+
+ngx-wasm: ## Build ngx_wasm_module for Debian's nginx into ~/.cache/oidc-edge (nginx support: not ready)
+	./scripts/build-ngx-wasm.sh
 
 clean: ## Remove build output and run logs
 	cargo clean

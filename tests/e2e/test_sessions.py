@@ -25,9 +25,15 @@ def _refreshing_envoy(stack, name, **values):
     return envoy, port
 
 
-def _new_user(stack, name, groups):
+def _session_of_new_user(stack, name, groups):
+    """Creates `name` at the IdP and logs them in through the main listener
+    (whose callback is registered); the session cookie works on every Envoy
+    of this file, which share its secrets and client. Returns the cookie."""
     stack.idp.put_user(name, {"groups": groups, "email": f"{name}@example.com", "email_verified": True,
                               "name": name.title(), "disabled": False})
+    b = Browser()
+    assert login(b, stack.url("/users/"), name).status == 200
+    return b.cookie("_oidc_edge")
 
 
 def _session_cookie(resp):
@@ -43,12 +49,7 @@ def _refreshes(stack):
 
 def test_refresh_brings_group_changes_to_the_upstream(stack):
     envoy, port = _refreshing_envoy(stack, "envoy-refresh-groups")
-    _new_user(stack, "erin", ["users"])
-    b = Browser()
-    # Log in through the main listener (its callback is registered), then use
-    # the same cookie on the refreshing Envoy: same secrets, same client.
-    assert login(b, stack.url("/users/"), "erin").status == 200
-    cookie = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    cookie = {"Cookie": f"_oidc_edge={_session_of_new_user(stack, 'erin', ['users'])}"}
     assert Browser().get(stack.url("/admin/", port), headers=cookie).status == 403
     stack.idp.put_user("erin", {"groups": ["admins"]})
     before = _refreshes(stack)
@@ -70,10 +71,7 @@ def test_refresh_brings_group_changes_to_the_upstream(stack):
 
 def test_twenty_concurrent_requests_cause_one_refresh(stack):
     envoy, port = _refreshing_envoy(stack, "envoy-refresh-burst")
-    _new_user(stack, "frank", ["users"])
-    b = Browser()
-    assert login(b, stack.url("/users/"), "frank").status == 200
-    old = b.cookie("_oidc_edge")
+    old = _session_of_new_user(stack, "frank", ["users"])
     time.sleep(REFRESH + 0.5)
     before = _refreshes(stack)
     results = []
@@ -111,10 +109,7 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack):
 
 def test_revoked_session_goes_back_to_login(stack):
     envoy, port = _refreshing_envoy(stack, "envoy-refresh-revoked")
-    _new_user(stack, "gina", ["users"])
-    b = Browser()
-    assert login(b, stack.url("/users/"), "gina").status == 200
-    cookie = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    cookie = {"Cookie": f"_oidc_edge={_session_of_new_user(stack, 'gina', ['users'])}"}
     stack.idp.put_user("gina", {"disabled": True})
     time.sleep(REFRESH + 0.5)
     r = Browser().get(stack.url("/users/", port), headers=cookie)
@@ -138,10 +133,7 @@ def test_idp_outage_during_refresh_keeps_the_session_and_retries(stack, outage):
     envoy, port = _refreshing_envoy(stack, f"envoy-outage-{outage}", IDP_CLUSTER_PORT=gate.port, TIMEOUT_MS=1000)
     try:
         user = f"ivan{outage}"
-        _new_user(stack, user, ["users"])
-        b = Browser()
-        assert login(b, stack.url("/users/"), user).status == 200
-        cookie = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+        cookie = {"Cookie": f"_oidc_edge={_session_of_new_user(stack, user, ['users'])}"}
         time.sleep(REFRESH + 0.5)
         getattr(gate, outage)()
         t0 = time.time()
@@ -216,10 +208,8 @@ def test_cookie_secret_rotation(stack):
     only_new = stack.envoy("envoy-secrets-new", only_new_port, COOKIE_SECRETS='[{"env": "OIDC_EDGE_NEW_COOKIE_SECRET"}]',
                            env={"OIDC_EDGE_NEW_COOKIE_SECRET": new_secret})
     only_new.wait_provider_loaded(only_new_port)
-    _new_user(stack, "hank", ["users"])
-    b = Browser()
-    assert login(b, stack.url("/users/"), "hank").status == 200  # sealed with the old secret
-    old = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    # Sealed by the main listener, with the old secret only.
+    old = {"Cookie": f"_oidc_edge={_session_of_new_user(stack, 'hank', ['users'])}"}
     r = Browser().get(stack.url("/users/", both_port), headers=old)
     assert r.status == 200 and _session_cookie(r) is None  # old cookies still open
     assert Browser().get(stack.url("/users/", only_new_port), headers=old).status == 302

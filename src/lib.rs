@@ -21,6 +21,7 @@ pub mod pages;
 pub mod path;
 pub mod policy;
 pub mod provider;
+pub mod records;
 pub mod redirect;
 pub mod seal;
 pub mod session;

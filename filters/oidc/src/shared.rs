@@ -3,6 +3,7 @@
 //! refetch cooldown, the refresh lock and a refreshed session's successor).
 
 use oidc_edge::engine::shared_key;
+use oidc_edge::records::{self, Write};
 use oidc_edge::SharedState;
 use proxy_wasm::traits::Context;
 use proxy_wasm::types::Status;
@@ -59,52 +60,13 @@ impl SyncRecord {
 
 const SHARDS: u8 = 16;
 const MAX_RECORDS_PER_SHARD: usize = 4096;
-/// Largest value stored (a sealed session cookie is far below this).
-const MAX_VALUE: usize = 4096;
 
-/// Records kept in sharded shared-data entries: each record is
-/// `digest (16) | expiry (8) | value length (2) | value`. A shard is rewritten
-/// with compare-and-swap, dropping expired records on the way, so two workers
-/// never both win a claim and the store cannot grow without bound.
+/// Short-lived records in sharded shared-data entries (format and rules in
+/// `oidc_edge::records`). A shard is rewritten with compare-and-swap, so two
+/// workers never both win a claim.
 pub struct HostShared<'a> {
     pub ctx: &'a dyn Context,
     pub prefix: &'a str,
-}
-
-struct Record<'d> {
-    digest: &'d [u8],
-    until: u64,
-    value: &'d [u8],
-}
-
-fn records(data: &[u8]) -> impl Iterator<Item = Record<'_>> {
-    let mut rest = data;
-    std::iter::from_fn(move || {
-        if rest.len() < 26 {
-            return None;
-        }
-        let mut until = [0u8; 8];
-        until.copy_from_slice(&rest[16..24]);
-        let len = usize::from(u16::from_be_bytes([rest[24], rest[25]]));
-        let end = 26usize.checked_add(len).filter(|&e| e <= rest.len())?;
-        let record = Record { digest: &rest[..16], until: u64::from_be_bytes(until), value: &rest[26..end] };
-        rest = &rest[end..];
-        Some(record)
-    })
-}
-
-fn push(out: &mut Vec<u8>, digest: &[u8], until: u64, value: &[u8]) {
-    out.extend_from_slice(digest);
-    out.extend_from_slice(&until.to_be_bytes());
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.extend_from_slice(value);
-}
-
-enum Write {
-    /// Insert only if no live record has this digest.
-    IfAbsent,
-    /// Insert or replace.
-    Always,
 }
 
 impl HostShared<'_> {
@@ -124,32 +86,18 @@ impl HostShared<'_> {
     }
 
     fn write(&mut self, key: &[u8], value: &[u8], until: u64, now: u64, mode: Write) -> bool {
-        if value.len() > MAX_VALUE {
-            return false;
-        }
         let digest = shared_key(b"record", key);
         let shard_key = self.shard_key(&digest);
         for _ in 0..16 {
             let (data, cas) = self.ctx.get_shared_data(&shard_key);
             let data = data.unwrap_or_default();
-            let mut kept = Vec::with_capacity(data.len() + 26 + value.len());
-            let mut count = 0;
-            for r in records(&data).filter(|r| r.until > now) {
-                if r.digest == digest {
-                    if matches!(mode, Write::IfAbsent) {
-                        return false;
-                    }
-                    continue;
-                }
-                push(&mut kept, r.digest, r.until, r.value);
-                count += 1;
-            }
-            if count >= MAX_RECORDS_PER_SHARD {
-                log::warn!("oidc-edge: shared record store full; refusing (fail closed)");
+            let Some((next, evicted)) = records::write(&data, &digest, value, until, now, mode, MAX_RECORDS_PER_SHARD) else {
                 return false;
+            };
+            if evicted {
+                log::warn!("oidc-edge: shared record store full; evicted the record closest to expiry");
             }
-            push(&mut kept, &digest, until, value);
-            match self.ctx.set_shared_data(&shard_key, Some(&kept), cas) {
+            match self.ctx.set_shared_data(&shard_key, Some(&next), cas) {
                 Ok(()) => return true,
                 Err(Status::CasMismatch) => continue,
                 Err(status) => {
@@ -170,9 +118,7 @@ impl SharedState for HostShared<'_> {
     fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
         let digest = shared_key(b"record", key);
         let (data, _) = self.ctx.get_shared_data(&self.shard_key(&digest));
-        let data = data?;
-        let found = records(&data).find(|r| r.digest == digest && r.until > now).map(|r| r.value.to_vec());
-        found
+        records::lookup(&data?, &digest, now)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8], until: u64, now: u64) -> bool {

@@ -478,8 +478,8 @@ class Envoy:
         if self.proc:
             self.proc.stop()
 
-    def stats(self) -> dict:
-        text = Browser().get(f"http://127.0.0.1:{self.admin_port}/stats?filter=oidc_edge").body.decode()
+    def stats(self, pattern: str = "oidc_edge") -> dict:
+        text = Browser().get(f"http://127.0.0.1:{self.admin_port}/stats?filter={pattern}").body.decode()
         out = {}
         for line in text.splitlines():
             k, _, v = line.partition(": ")

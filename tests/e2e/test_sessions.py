@@ -74,6 +74,7 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack):
     old = _session_of_new_user(stack, "frank", ["users"])
     time.sleep(REFRESH + 0.5)
     before = _refreshes(stack)
+    workers_before = envoy.stats(r"worker_[01]\.downstream_cx_total")
     results = []
     barrier = threading.Barrier(20)
 
@@ -88,6 +89,10 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack):
     for t in threads:
         t.join()
     assert [r.status for r in results] == [200] * 20, [r.status for r in results]
+    # The burst really spread over both Envoy workers.
+    after = envoy.stats(r"worker_[01]\.downstream_cx_total")
+    grew = [k for k, v in after.items() if isinstance(v, int) and v > workers_before.get(k, 0)]
+    assert len(grew) == 2, (workers_before, after)
     assert all(r.upstream_header("Remote-User") == "frank" for r in results)
     refreshed = _refreshes(stack) - before
     assert refreshed == 1, f"{refreshed} refresh calls reached the IdP for one session"

@@ -288,7 +288,8 @@ impl Engine {
             return self.login_or_401(head, route, return_to(), clear_cookie.into_iter().collect(), env);
         };
         self.hide_own_cookies(head, &mut allow);
-        let api = route.api || head.looks_like_api();
+        // Only needed to pick 401/403 JSON over a page: not computed per request.
+        let api = || route.api || head.looks_like_api();
         let s = &opened.session;
         if let Some(token) = s.refresh_token.as_deref() {
             if env.now >= s.checked_at.saturating_add(self.config.session.refresh_interval) {
@@ -297,7 +298,7 @@ impl Engine {
                     allow,
                     generation: shared_key(b"generation", token.as_bytes()),
                     old: Arc::clone(&opened),
-                    api,
+                    api: api(),
                     scheme: head.scheme.to_owned(),
                     authority: head.authority.to_owned(),
                     return_to: return_to(),
@@ -305,11 +306,12 @@ impl Engine {
                 return self.refresh(refresh, env);
             }
         }
-        self.decide(route, allow, api, &opened, env)
+        self.decide(route, allow, &api, &opened, env)
     }
 
-    /// Applies the route's rule to an authenticated user.
-    fn decide(&self, route: &Route, mut allow: Allow, api: bool, opened: &OpenedSession, env: &mut Env<'_>) -> Step {
+    /// Applies the route's rule to an authenticated user. `api` says whether
+    /// a refusal should be JSON.
+    fn decide(&self, route: &Route, mut allow: Allow, api: &dyn Fn() -> bool, opened: &OpenedSession, env: &mut Env<'_>) -> Step {
         let Rule::Protected(requirement) = &route.rule else {
             env.events.push(Event::Allowed);
             return Step::Allow(allow);
@@ -329,7 +331,7 @@ impl Engine {
                     }
                 };
                 env.events.push(Event::Denied(why));
-                let resp = self.deny_response(api, "Your account is not allowed to use this service.");
+                let resp = self.deny_response(api(), "Your account is not allowed to use this service.");
                 Step::Respond(resp.with_cookies(allow.set_cookies))
             }
         }
@@ -340,17 +342,22 @@ impl Engine {
     fn hide_own_cookies(&self, head: &RequestHead<'_>, allow: &mut Allow) {
         let name = self.config.session.cookie_name.as_str();
         let ours = |pair: &str| pair.trim().split_once('=').is_some_and(|(k, _)| k == name || k.starts_with(name) && k[name.len()..].starts_with('_'));
-        let cookie_headers: Vec<&str> =
-            head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str()).collect();
-        if !cookie_headers.iter().any(|v| v.split(';').any(ours)) {
+        let cookie_values =
+            || head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str());
+        if !cookie_values().any(|v| v.split(';').any(ours)) {
             return;
         }
-        let rest: Vec<&str> =
-            cookie_headers.iter().flat_map(|v| v.split(';')).filter(|p| !ours(p)).map(str::trim).filter(|p| !p.is_empty()).collect();
+        let mut rest = String::new();
+        for pair in cookie_values().flat_map(|v| v.split(';')).filter(|p| !ours(p)).map(str::trim).filter(|p| !p.is_empty()) {
+            if !rest.is_empty() {
+                rest.push_str("; ");
+            }
+            rest.push_str(pair);
+        }
         if rest.is_empty() {
             allow.strip.push("cookie".to_owned());
         } else {
-            allow.set.push(("cookie".into(), rest.join("; ").into()));
+            allow.set.push(("cookie".into(), rest.into()));
         }
     }
 
@@ -773,7 +780,10 @@ impl Engine {
     /// Finishes the waiting request with `session` (the old one or its successor).
     fn serve(&self, refresh: Refresh, session: &OpenedSession, env: &mut Env<'_>) -> Step {
         match self.config.routes.get(refresh.route) {
-            Some(route) => self.decide(route, refresh.allow, refresh.api, session, env),
+            Some(route) => {
+                let api = refresh.api;
+                self.decide(route, refresh.allow, &|| api, session, env)
+            }
             None => Step::Respond(self.deny_response(refresh.api, "No service is configured at this address.")),
         }
     }

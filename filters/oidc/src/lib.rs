@@ -238,7 +238,7 @@ impl Request {
     /// `fresh_provider`: re-read the shared provider metadata first (cheap
     /// when unchanged), for requests that verify tokens: another worker may
     /// have just fetched keys this one has not seen on its tick yet.
-    fn run(&mut self, resumed: bool, fresh_provider: bool, decide: impl FnOnce(&Engine, &mut oidc_edge::Env<'_>) -> Step) -> Action {
+    fn run(&mut self, resumed: bool, fresh_provider: bool, now: u64, decide: impl FnOnce(&Engine, &mut oidc_edge::Env<'_>) -> Step) -> Action {
         let Some(worker) = self.worker.clone() else {
             self.respond_error(500, "The sign-in gate is not configured.");
             return Action::Pause;
@@ -248,7 +248,6 @@ impl Request {
         if fresh_provider || w.provider.is_none() {
             w.load_provider(self);
         }
-        let now = unix_now(self);
         let engine = Rc::clone(&w.engine);
         let provider = w.provider.clone();
         let mut shared = HostShared { ctx: self, prefix: &w.keys.claims };
@@ -315,7 +314,8 @@ impl Request {
                 Err(why) => {
                     log::warn!("oidc-edge: callout to {} failed to start: {why}", call.target);
                     let engine_resp = HttpResponse { status: 0, body: Vec::new() };
-                    self.run(resumed, true, |engine, env| engine.on_fetched(pending, engine_resp, env))
+                    let now = unix_now(self);
+                    self.run(resumed, true, now, |engine, env| engine.on_fetched(pending, engine_resp, env))
                 }
             },
         }
@@ -323,7 +323,7 @@ impl Request {
 
     /// Decides the request from its headers; pseudo-headers are borrowed from
     /// the list and left in it (no strip rule matches a name starting with ':').
-    fn decide(&mut self, all: Vec<(String, String)>, resumed: bool) -> Action {
+    fn decide(&mut self, all: Vec<(String, String)>, resumed: bool, now: u64) -> Action {
         let find = |name: &str| all.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         let method = find(":method").unwrap_or("GET");
         let scheme = find(":scheme").filter(|s| !s.is_empty()).unwrap_or("http");
@@ -336,7 +336,7 @@ impl Request {
             let path_only = path.split('?').next().unwrap_or("");
             path_only == w.borrow().engine.config().paths.callback.as_str()
         });
-        self.run(resumed, callback, |engine, env| engine.on_request(&head, env))
+        self.run(resumed, callback, now, |engine, env| engine.on_request(&head, env))
     }
 
     fn respond_error(&self, status: u32, message: &str) {
@@ -354,14 +354,15 @@ impl Context for Request {
                 return;
             }
             let resp = host::call_response(self, body_size);
+            let now = unix_now(self);
             let next = match self.worker.clone() {
-                Some(w) => w.borrow_mut().on_provider_response(self, stage, resp, unix_now(self)),
+                Some(w) => w.borrow_mut().on_provider_response(self, stage, resp, now),
                 None => None,
             };
             match next {
                 Some((token, stage)) => self.loading = Some((token, stage, headers)),
                 None => {
-                    let _ = self.decide(headers, true);
+                    let _ = self.decide(headers, true, now);
                 }
             }
             return;
@@ -372,7 +373,8 @@ impl Context for Request {
             return;
         }
         let resp = host::call_response(self, body_size);
-        let _ = self.run(true, true, |engine, env| engine.on_fetched(pending, resp, env));
+        let now = unix_now(self);
+        let _ = self.run(true, true, now, |engine, env| engine.on_fetched(pending, resp, env));
     }
 }
 
@@ -386,12 +388,13 @@ impl HttpContext for Request {
             .into_iter()
             .map(|(n, v)| (n, String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
             .collect();
-        let load = self.worker.clone().and_then(|w| w.borrow_mut().start_provider_load(self, unix_now(self)));
+        let now = unix_now(self);
+        let load = self.worker.clone().and_then(|w| w.borrow_mut().start_provider_load(self, now));
         if let Some((token, stage)) = load {
             self.loading = Some((token, stage, all));
             return Action::Pause;
         }
-        self.decide(all, false)
+        self.decide(all, false, now)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

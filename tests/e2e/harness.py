@@ -487,7 +487,7 @@ class Envoy:
         return out
 
     def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
-        """A filter counter. Workers flush their counts to Envoy once a second,
+        """A filter counter. Workers flush their counts to Envoy every half second,
         so this polls until the value reaches `at_least` (or time runs out)."""
         deadline = time.time() + timeout
         while True:

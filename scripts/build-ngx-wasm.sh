@@ -83,7 +83,8 @@ fi
 # 4. The dynamic module, with Debian's own configure flags (--with-compat).
 MOD="$CACHE/modules/ngx_wasmx_module.so"
 src_hash=$(cd "$SRC" && find config auto src -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-mod_stamp="nginx-dev=$(dpkg-query -W -f='${Version}' nginx-dev) src=$src_hash recipe=$(sha256sum "$0" | cut -c1-16) $(cat "$WT/.stamp")"
+patches_hash=$(cat "$ROOT"/nginx/patches/*.patch | sha256sum | cut -c1-16)
+mod_stamp="nginx-dev=$(dpkg-query -W -f='${Version}' nginx-dev) src=$src_hash patches=$patches_hash recipe=$(sha256sum "$0" | cut -c1-16) $(cat "$WT/.stamp")"
 if stamp_ok "$CACHE/modules/.stamp" "$mod_stamp" && [ -f "$MOD" ]; then
   log "module up to date"
 else
@@ -95,6 +96,10 @@ else
   # Debian builds nginx --with-debug, which would pull in the module's
   # test-only debug modules (they crash `nginx -t`): leave them out.
   sed -i 's/\[ \$NGX_DEBUG = YES \]/[ "${NGX_WASM_DEBUG_MODULES:-NO}" = YES ]/' "$nb/module/config"
+  # Our fixes to the module (each patch says why).
+  for patch in "$ROOT"/nginx/patches/*.patch; do
+    patch -s -d "$nb/module" -p1 <"$patch" || die "cannot apply $patch"
+  done
   (
     cd "$nb/src"
     . ./conf_flags

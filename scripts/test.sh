@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: lint, core unit tests natively and on wasm32 (Node's WASI), the
 # filter's lint for the wasm target, then the end-to-end suite through real
-# Envoy with the real OpenID provider.
+# Envoy and real nginx + ngx_wasm_module with the real OpenID provider.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -20,5 +20,7 @@ step "core unit tests (native)"
 cargo test -q -p oidc-edge
 step "core unit tests (wasm32-wasip1 under Node's WASI)"
 cargo test -q -p oidc-edge --lib --target wasm32-wasip1
-step "end-to-end (real Envoy, real OpenID provider)"
+step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"
+./scripts/build-ngx-wasm.sh >/dev/null
+step "end-to-end (real Envoy and nginx + ngx_wasm_module, real OpenID provider)"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

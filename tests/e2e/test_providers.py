@@ -116,3 +116,19 @@ def test_every_shipped_envoy_config_validates(config):
         "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h",
         "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000}.items() if k in names})
     _validate(render(ROOT / "envoy" / config, values), config)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "nginx").glob("*.conf")))
+def test_every_shipped_nginx_config_passes_nginx_t(stack, config):
+    from harness import Nginx
+    values = stack.values(free_port())
+    ngx = Nginx(values, name=f"nginx-t-{config}")
+    text = (ROOT / "nginx" / config).read_text()
+    if config != "e2e.conf":
+        names = set(re.findall(r"\{\{([A-Z_0-9]+)\}\}", text))
+        fill = {"MODULE": ngx.module, "PREFIX": ngx.prefix, "WASM": WASM, "PROXY_PORT": values["PROXY_PORT"],
+                "UPSTREAM_PORT": stack.upstream_port, "IDP_PORT": stack.idp.port}
+        ngx.config_path.write_text(render(ROOT / "nginx" / config, {k: v for k, v in fill.items() if k in names}))
+    r = subprocess.run(["/usr/sbin/nginx", "-t", "-p", str(ngx.prefix), "-c", str(ngx.config_path),
+                        "-e", str(ngx.prefix / "error.log")], capture_output=True, text=True, env=ngx.env, timeout=60)
+    assert r.returncode == 0, f"nginx -t rejected {config}:\n{r.stderr[-2000:]}"

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 
-.PHONY: help setup wasm build run test unit e2e lint bench ngx-wasm clean
+.PHONY: help setup wasm build run run-nginx test unit e2e lint bench ngx-wasm clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ build: wasm ## Build the core natively and the filter
 
 run: ## The demo: Envoy + filter on :8080, test IdP on :9000, echo upstream on :9100
 	./scripts/demo.sh
+
+run-nginx: ## The same demo with the filter inside nginx + ngx_wasm_module (builds the module first)
+	./scripts/demo.sh nginx
 
 test: ## Every test: lint, unit (native and wasm32), end-to-end through real Envoy
 	./scripts/test.sh
@@ -39,7 +42,7 @@ bench: ## Throughput and latency: no filter vs trivial filter vs oidc-edge vs En
 	./scripts/setup.sh --bench
 	.venv/bin/python tests/bench/bench.py
 
-ngx-wasm: ## Build ngx_wasm_module for Debian's nginx into ~/.cache/oidc-edge (nginx support: not ready)
+ngx-wasm: ## Build ngx_wasm_module for Debian's nginx into ~/.cache/oidc-edge/ngx-wasm
 	./scripts/build-ngx-wasm.sh
 
 clean: ## Remove build output and run logs

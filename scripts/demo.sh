@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The local demo: test IdP on :9000, echo upstream on :9100, Envoy with the
-# filter on :8080. Ctrl-C stops all three.
+# The local demo: test IdP on :9000, echo upstream on :9100, and the filter
+# on :8080 inside Envoy (default) or inside nginx with ngx_wasm_module
+# (`scripts/demo.sh nginx`). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+proxy=${1:-envoy}
+case "$proxy" in envoy|nginx) ;; *) echo "usage: $0 [envoy|nginx]" >&2; exit 2 ;; esac
 ./scripts/setup.sh
+if [ "$proxy" = nginx ]; then
+  module=$(./scripts/build-ngx-wasm.sh | tail -n 1)
+fi
 
 mkdir -p .run
 pids=()
@@ -13,7 +19,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-for port in 8080 9000 9100 9901; do
+ports="8080 9000 9100"
+[ "$proxy" = envoy ] && ports="$ports 9901"
+for port in $ports; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is already in use; stop whatever listens there first" >&2
     exit 1
@@ -26,19 +34,28 @@ export DEMO_API_KEY=demo-api-key-123
 
 node tests/idp/idp.mjs --port 9000 >.run/demo-idp.log 2>&1 & pids+=($!)
 .venv/bin/python tests/upstream/echo.py 9100 >.run/demo-echo.log 2>&1 & pids+=($!)
-.venv/bin/envoy -c envoy/demo.yaml --concurrency 2 --log-level warn --component-log-level wasm:info \
-  >.run/demo-envoy.log 2>&1 & pids+=($!)
+if [ "$proxy" = envoy ]; then
+  .venv/bin/envoy -c envoy/demo.yaml --concurrency 2 --log-level warn --component-log-level wasm:info \
+    >.run/demo-envoy.log 2>&1 & pids+=($!)
+else
+  prefix="$PWD/.run/demo-nginx"
+  mkdir -p "$prefix/tmp"
+  sed -e "s|{{MODULE}}|$module|" -e "s|{{PREFIX}}|$prefix|g" \
+      -e "s|{{WASM}}|$PWD/target/wasm32-wasip1/release/oidc_edge_filter.wasm|" nginx/demo.conf >"$prefix/nginx.conf"
+  /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g 'daemon off;' \
+    >.run/demo-nginx.log 2>&1 & pids+=($!)
+fi
 
 for _ in $(seq 1 100); do
   code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/oauth2/start || true)
   [ "$code" = 302 ] && break
   sleep 0.2
 done
-[ "${code:-}" = 302 ] || { echo "demo did not come up; see .run/demo-*.log" >&2; tail -20 .run/demo-envoy.log >&2; exit 1; }
+[ "${code:-}" = 302 ] || { echo "demo did not come up; see .run/demo-*.log" >&2; exit 1; }
 
-cat <<'MSG'
+cat <<MSG
 
-  oidc-edge demo is up. Open in a browser:
+  oidc-edge demo is up (the filter runs inside $proxy). Open in a browser:
 
     http://127.0.0.1:8080/public/     public: no login; the echo shows what the upstream got
     http://127.0.0.1:8080/            any signed-in user (choose alice, bob or carol at the IdP)
@@ -48,10 +65,14 @@ cat <<'MSG'
     http://127.0.0.1:8080/oauth2/sign_out   sign out here and at the IdP
 
   Try it with curl:  curl -i http://127.0.0.1:8080/api/   (401 JSON, not a redirect)
-  Counters:          curl -s http://127.0.0.1:9901/stats | grep oidc_edge
-  Logs:              .run/demo-envoy.log, .run/demo-idp.log
-
-  Ctrl-C stops everything.
 MSG
+if [ "$proxy" = envoy ]; then
+  echo "  Counters:          curl -s http://127.0.0.1:9901/stats | grep oidc_edge"
+  echo "  Logs:              .run/demo-envoy.log, .run/demo-idp.log"
+else
+  echo "  Logs:              .run/demo-nginx/error.log, .run/demo-idp.log"
+fi
+printf '\n  Ctrl-C stops everything.\n'
+
 wait -n "${pids[@]}"
 echo "a demo process exited; see .run/demo-*.log" >&2

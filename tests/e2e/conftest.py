@@ -34,6 +34,15 @@ class Stack:
         self.envoys = []
         self.nginx = None
 
+    def proxy(self, kind, name, port, idp_port=None, **values):
+        """A proxy of `kind` ("envoy" or "nginx") with the e2e filter config."""
+        if kind == "envoy":
+            return self.envoy(name, port, idp_port=idp_port, **values)
+        idp_port = idp_port or self.idp.port
+        ngx = Nginx(self.values(port, IDP_PORT=idp_port, IDP_CLUSTER_PORT=idp_port, **values), name=name)
+        self.envoys.append(ngx)
+        return ngx.start()
+
     def envoy(self, name, port, client_id="oidc-edge", template="e2e.yaml", idp_port=None, **values):
         env_vars = values.pop("env", None)
         idp_port = idp_port or self.idp.port
@@ -125,10 +134,7 @@ def gate(request, stack):
     if request.param == "envoy":
         return Gate("envoy", stack.proxy_port, stack.main)
     ngx = stack.start_nginx()
-    deadline = time.time() + 20
-    while Browser().get(f"http://127.0.0.1:{stack.nginx_port}/oauth2/start").status != 302:
-        assert time.time() < deadline, "nginx never loaded the provider metadata:\n" + ngx.log_text()[-3000:]
-        time.sleep(0.2)
+    ngx.wait_provider_loaded(stack.nginx_port)
     return Gate("nginx", stack.nginx_port, ngx)
 
 

@@ -411,6 +411,17 @@ def filter_config(values: dict) -> dict:
     return json.loads(hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
 
 
+def wait_login_ready(port: int, timeout: float = 20, log=lambda: "") -> None:
+    """Waits until a login can start through the proxy on `port` (discovery
+    and JWKS loaded), which the first requests themselves trigger."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if Browser().get(f"http://127.0.0.1:{port}/oauth2/start").status == 302:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"provider metadata not loaded after {timeout}s:\n{log()[-3000:]}")
+
+
 class Nginx:
     """Debian's nginx with ngx_wasm_module (built by scripts/build-ngx-wasm.sh)
     and the same filter and filter configuration as the Envoy stack; callouts
@@ -421,6 +432,8 @@ class Nginx:
         self.port = values["PROXY_PORT"]
         self.prefix = RUN / name
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        for old_log in ("error.log", "access.log"):
+            (self.prefix / old_log).unlink(missing_ok=True)
         out = subprocess.run([str(ROOT / "scripts/build-ngx-wasm.sh")], capture_output=True, text=True, check=True)
         self.module = out.stdout.strip().splitlines()[-1]
         cfg = filter_config(values)
@@ -440,6 +453,9 @@ class Nginx:
                                      "-e", str(self.prefix / "error.log"), "-g", "daemon off;"], env=self.env)
         wait_port(self.port, proc=self.proc)
         return self
+
+    def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
+        wait_login_ready(port, timeout, self.log_text)
 
     def log_text(self) -> str:
         path = self.prefix / "error.log"
@@ -502,11 +518,4 @@ class Envoy:
         return self.counter(name)
 
     def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
-        """Waits until a login can start (discovery and JWKS fetched)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            r = Browser().get(f"http://127.0.0.1:{port}/oauth2/start")
-            if r.status == 302:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"provider metadata not loaded after {timeout}s:\n{self.proc.log_text()[-3000:]}")
+        wait_login_ready(port, timeout, self.proc.log_text)

@@ -30,10 +30,10 @@ def test_es256_and_eddsa_id_tokens(stack, client_id, port_attr, alg):
     envoy.stop()
 
 
-def test_idp_down_at_start_then_back_without_restart(stack, alice):
+def test_idp_down_at_start_then_back_without_restart(stack, gate, alice):
     idp_port = free_port()
     proxy_port = free_port()
-    envoy = stack.envoy("envoy-outage", proxy_port, idp_port=idp_port)
+    envoy = stack.proxy(gate.name, f"{gate.name}-outage", proxy_port, idp_port=idp_port)
     # Existing sessions keep working from the cookie alone (same cookie secret).
     r = alice.get(stack.url("/admin/", proxy_port))
     assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
@@ -45,7 +45,8 @@ def test_idp_down_at_start_then_back_without_restart(stack, alice):
     assert b"identity provider cannot be reached" in r.body
     api = Browser().get(stack.url("/app/", proxy_port), headers={"Accept": "application/json"})
     assert api.status == 401
-    assert envoy.counter("oidc_edge_provider_unavailable", 1) >= 1
+    if gate.has_counters:
+        assert envoy.counter("oidc_edge_provider_unavailable", 1) >= 1
     # The IdP comes up: logins work without restarting Envoy.
     idp = Idp([idp_client("oidc-edge", [proxy_port])], port=idp_port, name="idp-late").start()
     try:

@@ -133,3 +133,23 @@ def test_every_shipped_nginx_config_passes_nginx_t(stack, config):
     r = subprocess.run(["/usr/sbin/nginx", "-t", "-p", str(ngx.prefix), "-c", str(ngx.config_path),
                         "-e", str(ngx.prefix / "error.log")], capture_output=True, text=True, env=ngx.env, timeout=60)
     assert r.returncode == 0, f"nginx -t rejected {config}:\n{r.stderr[-2000:]}"
+
+
+def test_nginx_reload_keeps_sessions(stack):
+    """`nginx -s reload` starts new workers with empty shared memory: sessions
+    live in the cookies, so nobody is logged out, and logins keep working."""
+    import os
+    import signal
+    ngx = stack.start_nginx()
+    ngx.wait_provider_loaded(stack.nginx_port)
+    b = Browser()
+    assert login(b, stack.url("/admin/", stack.nginx_port), "alice").status == 200
+    os.kill(ngx.proc.pid, signal.SIGHUP)
+    deadline = time.time() + 20
+    while "gracefully shutting down" not in ngx.log_text() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    r = b.get(stack.url("/admin/", stack.nginx_port))
+    assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
+    ngx.wait_provider_loaded(stack.nginx_port)
+    assert login(Browser(), stack.url("/app/", stack.nginx_port), "bob").status == 200

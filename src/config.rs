@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::encoding::{b64_any_decode, split_url};
 use crate::headers::{StripSet, FOREIGN_IDENTITY_HEADERS};
 use crate::policy::{HostPattern, Requirement, Route, RouteTable, Rule};
+use crate::provider::HttpCall;
 use crate::seal::Sealer;
 
 /// A secret value. `Debug` and `Display` never show it. Shared (`Arc`) so
@@ -136,12 +137,22 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// The callout target for an IdP URL, by its authority (`host:port`), then by host.
-    pub fn callout_target(&self, url: &str) -> Option<(&str, String, String)> {
-        let (_, authority, path) = split_url(url)?;
+    /// A call to an IdP URL, through the callout target mapped to its
+    /// authority (`host:port`), else to its host; `None` when unmapped.
+    pub fn call(&self, method: &'static str, url: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Option<HttpCall> {
+        let (scheme, authority, path) = split_url(url)?;
         let host = crate::redirect::authority_host(authority);
         let target = self.callouts.get(authority).or_else(|| self.callouts.get(host))?;
-        Some((target.as_str(), authority.to_owned(), path.to_owned()))
+        Some(HttpCall {
+            target: target.clone(),
+            method,
+            scheme: if scheme == "https" { "https" } else { "http" },
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+            headers,
+            body,
+            timeout_ms: self.timeout_ms,
+        })
     }
 }
 

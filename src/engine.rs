@@ -586,7 +586,6 @@ impl Engine {
 
     fn token_call(&self, provider: &ProviderSnapshot, form: &[(&str, &str)]) -> Option<HttpCall> {
         let p = &self.config.provider;
-        let (target, authority, path) = p.callout_target(&provider.discovery.token_endpoint)?;
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         fields.push(("client_id", &p.client_id));
         let mut headers = vec![
@@ -601,15 +600,7 @@ impl Engine {
             }
             ClientAuth::Post => fields.push(("client_secret", p.client_secret.expose())),
         }
-        Some(HttpCall {
-            target: target.to_owned(),
-            method: "POST",
-            authority,
-            path,
-            headers,
-            body: build_query(&fields).into_bytes(),
-            timeout_ms: p.timeout_ms,
-        })
+        p.call("POST", &provider.discovery.token_endpoint, headers, build_query(&fields).into_bytes())
     }
 
     /// Continues after a [`Step::Fetch`].
@@ -854,15 +845,10 @@ impl Engine {
                 // No ID token (Pocket ID's refresh may omit it) or one signed
                 // with a key we do not have yet: ask userinfo instead.
                 let call = match (env.provider.and_then(|pr| pr.discovery.userinfo_endpoint.as_deref()), tokens.access_token.as_deref()) {
-                    (Some(url), Some(access)) => p.callout_target(url).map(|(target, authority, path)| HttpCall {
-                        target: target.to_owned(),
-                        method: "GET",
-                        authority,
-                        path,
-                        headers: vec![("accept".into(), "application/json".into()), ("authorization".into(), format!("Bearer {access}"))],
-                        body: Vec::new(),
-                        timeout_ms: p.timeout_ms,
-                    }),
+                    (Some(url), Some(access)) => {
+                        let headers = vec![("accept".into(), "application/json".into()), ("authorization".into(), format!("Bearer {access}"))];
+                        p.call("GET", url, headers, Vec::new())
+                    }
                     _ => None,
                 };
                 match call {

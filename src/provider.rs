@@ -15,6 +15,9 @@ pub struct HttpCall {
     pub target: String,
     /// Method.
     pub method: &'static str,
+    /// `http` or `https` (ngx_wasm_module turns TLS on from `:scheme`;
+    /// Envoy takes it from the cluster).
+    pub scheme: &'static str,
     /// `:authority` (the IdP's host, for virtual hosting and TLS SNI).
     pub authority: String,
     /// Path and query.
@@ -32,6 +35,7 @@ impl std::fmt::Debug for HttpCall {
         f.debug_struct("HttpCall")
             .field("target", &self.target)
             .field("method", &self.method)
+            .field("scheme", &self.scheme)
             .field("authority", &self.authority)
             .field("path", &self.path)
             .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
@@ -73,20 +77,9 @@ pub struct Discovery {
 pub struct ProviderError(pub String);
 
 fn get(config: &ProviderConfig, url: &str, what: &str) -> Result<HttpCall, ProviderError> {
-    let (target, authority, path) = config.callout_target(url).ok_or_else(|| {
+    config.call("GET", url, vec![("accept".into(), "application/json".into())], Vec::new()).ok_or_else(|| {
         let authority = split_url(url).map_or(url, |(_, a, _)| a);
-        ProviderError(format!(
-            "no callout target for the {what} host {authority:?}: add it to provider.callouts"
-        ))
-    })?;
-    Ok(HttpCall {
-        target: target.to_owned(),
-        method: "GET",
-        authority,
-        path,
-        headers: vec![("accept".into(), "application/json".into())],
-        body: Vec::new(),
-        timeout_ms: config.timeout_ms,
+        ProviderError(format!("no callout target for the {what} host {authority:?}: add it to provider.callouts"))
     })
 }
 

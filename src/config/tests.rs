@@ -304,9 +304,10 @@ fn a_full_config_parses() {
     assert_eq!(c.provider.client_auth, ClientAuth::Post);
     assert_eq!(c.provider.scopes, "openid email groups");
     assert_eq!(c.provider.clock_skew, 120);
-    assert_eq!(c.provider.callout_target("http://127.0.0.1:9000/token").map(|t| t.0), Some("idp"));
-    assert_eq!(c.provider.callout_target("https://internal.example.com/jwks").map(|t| t.0), Some("10.0.0.5:443"));
-    assert_eq!(c.provider.callout_target("https://elsewhere.example/"), None);
+    let target = |url: &str| c.provider.call("GET", url, Vec::new(), Vec::new()).map(|call| (call.target, call.scheme));
+    assert_eq!(target("http://127.0.0.1:9000/token"), Some(("idp".to_owned(), "http")));
+    assert_eq!(target("https://internal.example.com/jwks"), Some(("10.0.0.5:443".to_owned(), "https")));
+    assert_eq!(target("https://elsewhere.example/"), None);
     assert_eq!(c.session.lifetime, 12 * 3600);
     assert_eq!(c.session.login_timeout, 300);
     assert_eq!(c.session.same_site, SameSite::Strict);

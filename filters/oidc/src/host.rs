@@ -97,7 +97,8 @@ impl Metrics {
 }
 
 pub fn dispatch(ctx: &dyn Context, call: &HttpCall) -> Result<u32, String> {
-    let mut headers: Vec<(&str, &str)> = vec![(":method", call.method), (":path", &call.path), (":authority", &call.authority)];
+    let mut headers: Vec<(&str, &str)> =
+        vec![(":method", call.method), (":scheme", call.scheme), (":path", &call.path), (":authority", &call.authority)];
     headers.extend(call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let body = (!call.body.is_empty()).then_some(call.body.as_slice());
     ctx.dispatch_http_call(&call.target, headers, body, vec![], Duration::from_millis(u64::from(call.timeout_ms)))

@@ -21,6 +21,10 @@ pub fn unix_now(ctx: &dyn Context) -> u64 {
 pub struct FilterRng {
     drbg: KeyedDrbg,
     uses: u64,
+    /// Whether the worker's identity has been mixed in (once, from the first
+    /// request: nginx workers forked at the same instant with the same libc
+    /// `random()` seed must still diverge).
+    worker_mixed: bool,
 }
 
 fn host_entropy(uses: u64) -> Vec<u8> {
@@ -34,7 +38,21 @@ fn host_entropy(uses: u64) -> Vec<u8> {
 
 impl FilterRng {
     pub fn new(key: &[u8; 32]) -> FilterRng {
-        FilterRng { drbg: KeyedDrbg::new(key, &host_entropy(0)), uses: 0 }
+        FilterRng { drbg: KeyedDrbg::new(key, &host_entropy(0)), uses: 0, worker_mixed: false }
+    }
+
+    /// Mixes in what distinguishes this worker: nginx's `$pid` (the
+    /// `ngx.pid` property). Envoy has no such property and needs none: its
+    /// `random_get` is a CSPRNG. Uses the host call that returns errors
+    /// instead of the SDK wrapper that would panic on them.
+    pub fn mix_worker_identity(&mut self) {
+        if self.worker_mixed {
+            return;
+        }
+        self.worker_mixed = true;
+        if let Ok(Some(pid)) = hostcalls::get_property(vec!["ngx", "pid"]) {
+            self.drbg.reseed(&pid);
+        }
     }
 }
 

@@ -248,6 +248,7 @@ impl Request {
         if fresh_provider || w.provider.is_none() {
             w.load_provider(self);
         }
+        w.rng.mix_worker_identity();
         let engine = Rc::clone(&w.engine);
         let provider = w.provider.clone();
         let mut shared = HostShared { ctx: self, prefix: &w.keys.claims };

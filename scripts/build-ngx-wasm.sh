@@ -25,7 +25,7 @@ stamp_ok() { [ "${FORCE:-0}" != 1 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; 
 mkdir -p "$CACHE"/{build,modules,wasmtime}
 
 # 1. Debian packages: the compiler, nginx and the headers it was built with.
-pkgs=(build-essential dpkg-dev cmake pkg-config libpcre2-dev libssl-dev zlib1g-dev nginx nginx-dev git)
+pkgs=(build-essential dpkg-dev patch cmake pkg-config libpcre2-dev libssl-dev zlib1g-dev nginx nginx-dev git ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

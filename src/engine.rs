@@ -173,9 +173,13 @@ struct Refresh {
     return_to: String,
 }
 
-#[derive(Deserialize)]
-struct TokenError_ {
-    error: Option<String>,
+/// The `error` code of an OAuth error response (RFC 6749 §5.2), or "".
+fn oauth_error_code(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: Option<String>,
+    }
+    serde_json::from_slice::<ErrorBody>(body).ok().and_then(|e| e.error).unwrap_or_default()
 }
 
 /// The engine: a compiled config and nothing else.
@@ -633,7 +637,7 @@ impl Engine {
             return self.unavailable(env, clear);
         }
         if resp.status != 200 {
-            let code = serde_json::from_slice::<TokenError_>(&resp.body).ok().and_then(|e| e.error).unwrap_or_default();
+            let code = oauth_error_code(&resp.body);
             let (status, reason, msg) = if code == "invalid_grant" {
                 (400, "token endpoint: invalid_grant", "The sign-in code was refused (expired or already used).")
             } else {
@@ -819,7 +823,7 @@ impl Engine {
             return self.serve_old(refresh, env);
         }
         if resp.status != 200 {
-            let code = serde_json::from_slice::<TokenError_>(&resp.body).ok().and_then(|e| e.error).unwrap_or_default();
+            let code = oauth_error_code(&resp.body);
             let why = if code == "invalid_grant" {
                 "refresh refused (invalid_grant): session ended"
             } else {

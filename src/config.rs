@@ -134,6 +134,9 @@ pub struct ProviderConfig {
     pub user_claim: String,
     /// Name shown on pages ("Continue with …").
     pub display_name: String,
+    /// Unmapped IdP hosts are called at their own address (the sidecar);
+    /// the filter can only reach mapped callout targets.
+    pub direct_calls: bool,
 }
 
 impl ProviderConfig {
@@ -142,9 +145,13 @@ impl ProviderConfig {
     pub fn call(&self, method: &'static str, url: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Option<HttpCall> {
         let (scheme, authority, path) = split_url(url)?;
         let host = crate::redirect::authority_host(authority);
-        let target = self.callouts.get(authority).or_else(|| self.callouts.get(host))?;
+        let target = match self.callouts.get(authority).or_else(|| self.callouts.get(host)) {
+            Some(t) => t.clone(),
+            None if self.direct_calls => authority.to_owned(),
+            None => return None,
+        };
         Some(HttpCall {
-            target: target.clone(),
+            target,
             method,
             scheme: if scheme == "https" { "https" } else { "http" },
             authority: authority.to_owned(),
@@ -188,6 +195,45 @@ pub struct Paths {
     pub sign_out: String,
     /// Explicit login start (`?rd=` names where to go afterwards).
     pub start: String,
+    /// A page with a "Continue with <provider>" button, for deployments
+    /// that want a page before the redirect.
+    pub sign_in: String,
+    /// Sidecar: nginx `auth_request` decisions (2xx/401/403).
+    pub auth: String,
+    /// Sidecar: forward-auth decisions for Caddy and Traefik, whose non-2xx
+    /// answers go to the browser as they are.
+    pub forward_auth: String,
+}
+
+/// Which front end reads the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The proxy-wasm filter: IdP calls go to mapped callout targets only.
+    Filter,
+    /// The native sidecar: IdP calls go to the IdP's own address unless mapped.
+    Sidecar,
+}
+
+/// Log verbosity of the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Failures that need an operator.
+    Warn,
+    /// Also refused requests and sign-ins.
+    Info,
+    /// Also one line per decision.
+    Debug,
+}
+
+/// Settings only the sidecar reads (the filter ignores the section).
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// Address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Peers whose `X-Forwarded-*` / `X-Original-*` headers are believed.
+    pub trusted_proxies: Vec<crate::net::IpNet>,
+    /// Log verbosity.
+    pub log_level: LogLevel,
 }
 
 /// A validated, compiled configuration.
@@ -208,6 +254,8 @@ pub struct Config {
     pub strip: StripSet,
     /// Routes.
     pub routes: RouteTable,
+    /// Sidecar settings.
+    pub sidecar: SidecarConfig,
 }
 
 impl fmt::Debug for Config {
@@ -261,6 +309,16 @@ struct RawConfig {
     redirect_url: Option<String>,
     post_logout_redirect_url: Option<String>,
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    sidecar: RawSidecar,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSidecar {
+    listen: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    log_level: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +361,9 @@ struct RawPaths {
     callback: Option<String>,
     sign_out: Option<String>,
     start: Option<String>,
+    sign_in: Option<String>,
+    auth: Option<String>,
+    forward_auth: Option<String>,
 }
 
 /// Each field: absent = inherit, `""` = disabled, else the header name.
@@ -446,6 +507,35 @@ impl Checker<'_> {
         }
     }
 
+    fn sidecar(&mut self, raw: &RawSidecar) -> SidecarConfig {
+        let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:4180");
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            self.err("sidecar.listen", format!("{listen_text:?} is not an address; write ip:port, e.g. 127.0.0.1:4180"));
+            std::net::SocketAddr::from(([127, 0, 0, 1], 4180))
+        });
+        let default_trusted = ["127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut trusted_proxies = Vec::new();
+        for (i, t) in raw.trusted_proxies.as_deref().unwrap_or(&default_trusted).iter().enumerate() {
+            match crate::net::IpNet::parse(t) {
+                Some(net) => trusted_proxies.push(net),
+                None => self.err(
+                    &format!("sidecar.trusted_proxies[{i}]"),
+                    format!("{t:?} is not an address or range; write e.g. 10.0.0.2 or 172.16.0.0/12"),
+                ),
+            }
+        }
+        let log_level = match raw.log_level.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("info") => LogLevel::Info,
+            Some("warn") => LogLevel::Warn,
+            Some("debug") => LogLevel::Debug,
+            Some(other) => {
+                self.err("sidecar.log_level", format!("{other:?}: use warn, info or debug"));
+                LogLevel::Info
+            }
+        };
+        SidecarConfig { listen, trusted_proxies, log_level }
+    }
+
     fn url(&mut self, field: &str, url: &str) {
         if split_url(url).is_none() {
             self.err(field, format!("{url:?} must be an absolute http(s) URL"));
@@ -458,8 +548,13 @@ fn is_loopback(host: &str) -> bool {
 }
 
 impl Config {
-    /// Parses and validates a JSON configuration.
+    /// Parses and validates the filter's JSON configuration.
     pub fn from_json(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigErrors> {
+        Config::parse(text, secrets, Front::Filter)
+    }
+
+    /// Parses and validates a JSON configuration for `front`.
+    pub fn parse(text: &str, secrets: &dyn SecretSource, front: Front) -> Result<Config, ConfigErrors> {
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
@@ -469,10 +564,10 @@ impl Config {
             ConfigErrors(vec![format!("{field}: {inner}")])
         })?;
         de.end().map_err(|e| ConfigErrors(vec![format!("configuration: unexpected text after the JSON object ({e})")]))?;
-        Config::from_raw(raw, secrets)
+        Config::from_raw(raw, secrets, front)
     }
 
-    fn from_raw(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, ConfigErrors> {
+    fn from_raw(raw: RawConfig, secrets: &dyn SecretSource, front: Front) -> Result<Config, ConfigErrors> {
         let mut c = Checker { errors: Vec::new(), secrets };
         let p = &raw.provider;
 
@@ -518,7 +613,7 @@ impl Config {
         if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
             c.err("provider.scopes", "each scope is one word without spaces");
         }
-        if p.callouts.is_empty() {
+        if p.callouts.is_empty() && front == Front::Filter {
             c.err(
                 "provider.callouts",
                 "is empty; map the provider's host to a callout target, e.g. {\"id.example.com\": \"pocket_id\"} \
@@ -527,7 +622,11 @@ impl Config {
         }
         if let Some((_, authority, _)) = split_url(&p.issuer) {
             let host = crate::redirect::authority_host(authority);
-            if !p.callouts.is_empty() && !p.callouts.contains_key(authority) && !p.callouts.contains_key(host) {
+            if !p.callouts.is_empty()
+                && front == Front::Filter
+                && !p.callouts.contains_key(authority)
+                && !p.callouts.contains_key(host)
+            {
                 c.err(
                     "provider.callouts",
                     format!("has no target for the issuer's host {authority:?}; add {{\"{authority}\": \"<cluster>\"}}"),
@@ -611,7 +710,17 @@ impl Config {
             callback: c.path("paths.callback", raw.paths.callback.as_ref(), "/oauth2/callback"),
             sign_out: c.path("paths.sign_out", raw.paths.sign_out.as_ref(), "/oauth2/sign_out"),
             start: c.path("paths.start", raw.paths.start.as_ref(), "/oauth2/start"),
+            sign_in: c.path("paths.sign_in", raw.paths.sign_in.as_ref(), "/oauth2/sign_in"),
+            auth: c.path("paths.auth", raw.paths.auth.as_ref(), "/oauth2/auth"),
+            forward_auth: c.path("paths.forward_auth", raw.paths.forward_auth.as_ref(), "/oauth2/forward_auth"),
         };
+        let own = [&paths.callback, &paths.sign_out, &paths.start, &paths.sign_in, &paths.auth, &paths.forward_auth];
+        for (i, a) in own.iter().enumerate() {
+            if own[..i].contains(a) {
+                c.err("paths", format!("{a:?} is used for two purposes; give each path its own value"));
+            }
+        }
+        let sidecar = c.sidecar(&raw.sidecar);
         if let Some(u) = &raw.redirect_url {
             c.url("redirect_url", u);
         }
@@ -701,6 +810,7 @@ impl Config {
                 trust_unverified_email: p.trust_unverified_email,
                 user_claim: p.user_claim.clone().unwrap_or_else(|| "preferred_username".into()),
                 display_name: p.display_name.clone().unwrap_or_else(|| "your identity provider".into()),
+                direct_calls: front == Front::Sidecar,
             },
             session: SessionConfig {
                 cookie_name,
@@ -719,6 +829,7 @@ impl Config {
             allowed_redirect_hosts,
             strip: StripSet::new(strip_names.iter().map(String::as_str)),
             routes: RouteTable::new(routes),
+            sidecar,
         })
     }
 }

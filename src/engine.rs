@@ -229,12 +229,17 @@ impl Engine {
         if path == paths.sign_out.as_str() {
             return self.sign_out(head, query.unwrap_or(""), env);
         }
-        if path == paths.start.as_str() {
+        if path == paths.start.as_str() || path == paths.sign_in.as_str() {
             let rd = parse_query(query.unwrap_or("")).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
             let return_to = rd
                 .and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts))
                 .unwrap_or_else(|| "/".to_owned());
-            return self.start_login(head.scheme, head.authority, return_to, Vec::new(), env);
+            if path == paths.start.as_str() {
+                return self.start_login(head.scheme, head.authority, return_to, Vec::new(), env);
+            }
+            let start = format!("{}?{}", paths.start, build_query(&[("rd", &return_to)]));
+            let label = format!("Continue with {}", self.config.provider.display_name);
+            return Step::Respond(pages::page(200, "Sign in", "You need to sign in to continue.", Some((&start, &label))));
         }
 
         let host = authority_host(head.authority);

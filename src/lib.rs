@@ -17,6 +17,7 @@ pub mod engine;
 pub mod events;
 pub mod headers;
 pub mod jose;
+pub mod net;
 pub mod pages;
 pub mod path;
 pub mod policy;

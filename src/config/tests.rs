@@ -103,6 +103,12 @@ fn single_errors() -> Vec<ErrorCase> {
          "routes[0].inject_headers.x api key", &["not a valid HTTP header name"]),
         ("inject cookie", |v| v["routes"] = json!([{"inject_headers": {"Cookie": "a=b"}}]),
          "routes[0].inject_headers.Cookie", &["cannot be injected"]),
+        ("sidecar listen", |v| v["sidecar"] = json!({"listen": "localhost"}), "sidecar.listen", &["ip:port", "127.0.0.1:4180"]),
+        ("sidecar trusted proxy", |v| v["sidecar"] = json!({"trusted_proxies": ["127.0.0.1", "10.0.0.0/40"]}),
+         "sidecar.trusted_proxies[1]", &["172.16.0.0/12"]),
+        ("sidecar log level", |v| v["sidecar"] = json!({"log_level": "trace"}), "sidecar.log_level", &["warn, info or debug"]),
+        ("sidecar unknown field", |v| v["sidecar"] = json!({"port": 4180}), "sidecar.port", &["unknown field `port`", "listen"]),
+        ("two paths the same", |v| v["paths"] = json!({"sign_in": "/oauth2/start"}), "paths", &["two purposes"]),
         ("inject value with CRLF", |v| v["routes"] = json!([{"inject_headers": {"x-api-key": "k\r\nx: y"}}]),
          "routes[0].inject_headers.x-api-key", &["control characters"]),
     ]
@@ -395,3 +401,22 @@ fn durations() {
     }
 }
 
+
+#[test]
+fn the_sidecar_calls_unmapped_hosts_directly_and_the_filter_cannot() {
+    let v = patched(|v| {
+        v["provider"].as_object_mut().unwrap().remove("callouts");
+    });
+    let filter = errors_of(&v);
+    assert!(filter.iter().any(|e| e.starts_with("provider.callouts: is empty")), "{filter:?}");
+    let c = Config::parse(&v.to_string(), &EnvSecrets::standard(), Front::Sidecar).unwrap();
+    let call = c.provider.call("GET", "https://id.example.com:8443/.well-known/jwks.json", vec![], vec![]).unwrap();
+    assert_eq!((call.target.as_str(), call.scheme, call.path.as_str()), ("id.example.com:8443", "https", "/.well-known/jwks.json"));
+    // A mapping still wins (an internal address for the IdP).
+    let mapped = patched(|v| v["provider"]["callouts"] = json!({"id.example.com": "10.0.0.5:443"}));
+    let c = Config::parse(&mapped.to_string(), &EnvSecrets::standard(), Front::Sidecar).unwrap();
+    assert_eq!(c.provider.call("GET", "https://id.example.com/x", vec![], vec![]).unwrap().target, "10.0.0.5:443");
+    assert_eq!(c.sidecar.listen.to_string(), "127.0.0.1:4180");
+    assert!(c.sidecar.trusted_proxies.iter().any(|n| n.contains("127.0.0.1".parse().unwrap())));
+    assert!(!c.sidecar.trusted_proxies.iter().any(|n| n.contains("10.0.0.1".parse().unwrap())));
+}

@@ -1376,3 +1376,17 @@ fn any_refusal_other_than_unavailable_ends_the_session() {
     let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
     let _ = allowed(g.fetched(pending, HttpResponse { status: 429, body: Vec::new() }));
 }
+
+#[test]
+fn sign_in_page_offers_the_provider_and_keeps_a_safe_rd() {
+    let mut g = Gate::new();
+    let r = respond(g.send(&Req::get("/oauth2/sign_in?rd=%2Fmedia%2Fx%3Fa%3D1")));
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.clone()).unwrap();
+    assert!(body.contains("Continue with your identity provider"), "{body}");
+    assert!(body.contains("href=\"/oauth2/start?rd=%2Fmedia%2Fx%3Fa%3D1\""), "{body}");
+    assert!(set_cookies(&r).is_empty(), "the page itself starts no login");
+    let evil = respond(g.send(&Req::get("/oauth2/sign_in?rd=%2F%2Fevil.example")));
+    let body = String::from_utf8(evil.body).unwrap();
+    assert!(body.contains("href=\"/oauth2/start?rd=%2F\""), "{body}");
+}

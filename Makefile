@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 
-.PHONY: help setup wasm build run run-nginx test unit e2e lint bench ngx-wasm clean
+.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy test unit e2e lint bench ngx-wasm clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ run: ## The demo: Envoy + filter on :8080, test IdP on :9000, echo upstream on :
 
 run-nginx: ## The same demo with the filter inside nginx + ngx_wasm_module (builds the module first)
 	./scripts/demo.sh nginx
+
+run-nginx-sidecar: ## The same demo behind stock nginx: auth_request to the sidecar on :4180
+	./scripts/demo.sh nginx-sidecar
+
+run-caddy: ## The same demo behind Caddy: forward_auth to the sidecar on :4180
+	./scripts/demo.sh caddy
 
 test: ## Every test: lint, unit (native and wasm32), end-to-end through real Envoy and nginx
 	./scripts/test.sh

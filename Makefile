@@ -44,7 +44,7 @@ lint: ## clippy for native and wasm32
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -p oidc-edge-filter -- -D warnings -D clippy::unwrap_used -D clippy::expect_used
 
-bench: ## Throughput and latency: no filter vs trivial filter vs oidc-edge vs Envoy's oauth2
+bench: ## Throughput and latency: Envoy, nginx and Caddy with no auth vs the filter, the sidecar, oauth2
 	./scripts/setup.sh --bench
 	.venv/bin/python tests/bench/bench.py
 

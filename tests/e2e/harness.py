@@ -402,11 +402,11 @@ def idp_client(client_id: str, proxy_ports: list, alg: str = "RS256") -> dict:
     }
 
 
-def filter_config(values: dict) -> dict:
-    """The filter's JSON from envoy/e2e.yaml rendered with `values`: one
+def filter_config(values: dict, template: str = "e2e.yaml") -> dict:
+    """The filter's JSON from envoy/<template> rendered with `values`: one
     source for the filter configuration of every stack under test."""
     import yaml
-    boot = yaml.safe_load(render(ROOT / "envoy/e2e.yaml", {"ADMIN_PORT": 0, "WASM": WASM, **values}))
+    boot = yaml.safe_load(render(ROOT / "envoy" / template, {"ADMIN_PORT": 0, "WASM": WASM, **values}))
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     return json.loads(hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
 
@@ -528,14 +528,15 @@ class Sidecar:
     """The native sidecar with the filter's e2e configuration (envoy/e2e.yaml),
     as JSON, plus its own section; IdP calls go to 127.0.0.1:IDP_CLUSTER_PORT."""
 
-    def __init__(self, values: dict, name: str = "sidecar", env: dict | None = None):
+    def __init__(self, values: dict, name: str = "sidecar", env: dict | None = None, template: str = "e2e.yaml",
+                 log_level: str = "debug"):
         assert SIDECAR.exists(), f"{SIDECAR} missing: build it with `make build`"
         self.name = name
         self.port = free_port()
-        cfg = filter_config(values)
+        cfg = filter_config(values, template)
         idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
         cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
-        cfg["sidecar"] = {"listen": f"127.0.0.1:{self.port}", "log_level": "debug"}
+        cfg["sidecar"] = {"listen": f"127.0.0.1:{self.port}", "log_level": log_level}
         RUN.mkdir(parents=True, exist_ok=True)
         self.config_path = RUN / f"{name}.json"
         self.config_path.write_text(json.dumps(cfg, indent=2))
@@ -543,8 +544,11 @@ class Sidecar:
                     "DEMO_API_KEY": API_KEY, **(env or {})}
         self.proc = None
 
-    def start(self) -> "Sidecar":
-        self.proc = Proc(self.name, [str(SIDECAR), "serve", "--config", str(self.config_path)], env=self.env)
+    def start(self, cpu: int | None = None) -> "Sidecar":
+        argv = [str(SIDECAR), "serve", "--config", str(self.config_path)]
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu)] + argv
+        self.proc = Proc(self.name, argv, env=self.env)
         wait_port(self.port, proc=self.proc)
         return self
 

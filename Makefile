@@ -16,8 +16,9 @@ wasm: ## Build the filter (.wasm, release)
 	cargo build --release --target wasm32-wasip1 -p oidc-edge-filter -p oidc-edge-trivial-filter
 	@ls -l $(WASM)
 
-build: wasm ## Build the core natively and the filter
+build: wasm ## Build the core, the filter and the sidecar (target/release/oidc-edge)
 	cargo build --workspace
+	cargo build --release -p oidc-edge-sidecar
 
 run: ## The demo: Envoy + filter on :8080, test IdP on :9000, echo upstream on :9100
 	./scripts/demo.sh

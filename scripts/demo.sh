@@ -102,7 +102,9 @@ nginx)
 *)
   [ "$proxy" = nginx-sidecar ] && echo "  Static site:       http://127.0.0.1:8080/site/ (public), /site/private/ (signed in)"
   echo "  Counters:          curl -s http://127.0.0.1:4180/metrics"
-  echo "  Logs:              .run/demo-sidecar.log (JSON lines), .run/demo-$proxy.log, .run/demo-idp.log" ;;
+  proxy_log=.run/demo-caddy.log
+  [ "$proxy" = nginx-sidecar ] && proxy_log=.run/demo-nginx-sidecar/error.log
+  echo "  Logs:              .run/demo-sidecar.log (JSON lines), $proxy_log, .run/demo-idp.log" ;;
 esac
 printf '\n  Ctrl-C stops everything.\n'
 

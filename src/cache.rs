@@ -25,13 +25,21 @@ pub struct OpenedSession {
     pub name: Option<Arc<str>>,
 }
 
+/// Groups comma-joined for the upstream. A group whose name holds a comma is
+/// left out: an upstream splitting the header would read it as several groups
+/// (`users,admins` as `admins`). Policy still matches it by its exact name.
+fn groups_header(groups: &[String]) -> Option<Arc<str>> {
+    let joined = groups.iter().filter(|g| !g.contains(',')).map(String::as_str).collect::<Vec<_>>().join(",");
+    (!joined.is_empty()).then(|| joined.into())
+}
+
 impl OpenedSession {
     /// Derives the header values from a session.
     pub fn new(session: Session, expires_at: u64) -> OpenedSession {
         OpenedSession {
             user: session.user.as_str().into(),
             email: session.email.as_deref().map(Arc::from),
-            groups: (!session.groups.is_empty()).then(|| session.groups.join(",").into()),
+            groups: groups_header(&session.groups),
             name: session.name.as_deref().map(Arc::from),
             session,
             expires_at,

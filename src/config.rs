@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::encoding::{b64_any_decode, split_url};
-use crate::headers::{StripSet, FOREIGN_IDENTITY_HEADERS};
+use crate::headers::{StripSet, FOREIGN_IDENTITY_HEADERS, ROUTING_OVERRIDE_HEADERS};
 use crate::policy::{HostPattern, Requirement, Route, RouteTable, Rule};
 use crate::provider::HttpCall;
 use crate::seal::Sealer;
@@ -740,7 +740,8 @@ impl Config {
         }
 
         let base_headers = c.header_names("identity_headers", &raw.identity_headers, &HeaderNames::default());
-        let mut strip_names: Vec<String> = FOREIGN_IDENTITY_HEADERS.iter().map(|s| s.to_string()).collect();
+        let mut strip_names: Vec<String> =
+            FOREIGN_IDENTITY_HEADERS.iter().chain(ROUTING_OVERRIDE_HEADERS).map(|s| s.to_string()).collect();
         for (i, h) in raw.strip_headers.iter().enumerate() {
             c.header_name(&format!("strip_headers[{i}]"), h);
             strip_names.push(h.clone());

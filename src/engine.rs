@@ -903,6 +903,11 @@ impl Engine {
         let s = &self.config.session;
         // The absolute lifetime set at login still caps the refreshed session.
         let sealed = s.sealer.seal(&s.cookie_name, refresh.old.expires_at, &session.encode(), env.rng);
+        let attrs = self.cookie_attrs("/", refresh.old.expires_at.saturating_sub(env.now), s.same_site);
+        if s.cookie_name.len() + 1 + sealed.len() + attrs.len() > MAX_COOKIE_BYTES {
+            // A browser would drop the cookie and keep sending the old one.
+            return self.end_refreshed_session(refresh, "refreshed session too large for a cookie (too many groups): session ended", env);
+        }
         let key = [b"successor:".as_slice(), &refresh.generation].concat();
         let mut record = b"ok:".to_vec();
         record.extend_from_slice(sealed.as_bytes());

@@ -67,6 +67,18 @@ pub const FOREIGN_IDENTITY_HEADERS: &[&str] = &[
     "Remote-Name",
 ];
 
+/// Headers some frameworks take the request's path or method from (Symfony,
+/// Zend, IIS URL Rewrite): a client's copy would make the upstream serve
+/// another path than the one decided, so they are removed like identity headers.
+pub const ROUTING_OVERRIDE_HEADERS: &[&str] = &[
+    "X-Original-URL",
+    "X-Original-URI",
+    "X-Original-Method",
+    "X-Rewrite-URL",
+    "X-Forwarded-Uri",
+    "X-Forwarded-Method",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

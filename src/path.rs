@@ -8,8 +8,9 @@ use crate::encoding::hex_value;
 /// Why a path is refused outright rather than normalized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
-    /// Encoded `/` or `\`, a raw `\`, a `;` path parameter, NUL or another control character:
-    /// upstreams disagree on what these mean, so no reading is safe.
+    /// `/`, `\` or `#` encoded, a raw `\` or `#`, a `;` path parameter, NUL or another control
+    /// character: upstreams disagree on what these mean, so no reading is safe (nginx ends its
+    /// path at a raw `#` while passing the whole request line upstream; Caddy sends it on as `%23`).
     Ambiguous,
     /// Not an origin-form path, or a bad percent-escape.
     Invalid,
@@ -24,7 +25,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::Invalid);
     }
-    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'\\') {
+    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'\\' || b == b'#') {
         return Err(PathError::Ambiguous);
     }
     let clean = !path.contains('%') && !path.contains("//") && !path.contains("/.") && !path.contains(';');
@@ -38,7 +39,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             let hi = bytes.get(i + 1).copied().and_then(hex_value).ok_or(PathError::Invalid)?;
             let lo = bytes.get(i + 2).copied().and_then(hex_value).ok_or(PathError::Invalid)?;
             let b = hi << 4 | lo;
-            if b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f {
+            if b == b'/' || b == b'\\' || b == b'#' || b < 0x20 || b == 0x7f {
                 return Err(PathError::Ambiguous);
             }
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -124,7 +125,7 @@ mod tests {
 
     #[test]
     fn ambiguous_spellings_are_refused() {
-        for p in ["/public%2f..%2fadmin", "/public%2Fadmin", "/a\\b", "/a%5cb", "/a%00", "/a\tb", "/public/..;/admin"] {
+        for p in ["/public%2f..%2fadmin", "/public%2Fadmin", "/a\\b", "/a%5cb", "/a%00", "/a\tb", "/public/..;/admin", "/admin/#/../../public/x", "/admin/%23/../../public/x"] {
             assert_eq!(n(p), Err(PathError::Ambiguous), "{p}");
         }
         assert_eq!(n("admin"), Err(PathError::Invalid));

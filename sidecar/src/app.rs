@@ -15,11 +15,11 @@ use tokio::sync::Notify;
 
 use crate::idp::IdpClient;
 use crate::log::{self, Level};
-use crate::store::{OsRandom, Records};
+use crate::store::{OsRandom, SharedRecords};
 
 /// Opened sessions kept per process.
 const SESSION_CACHE: usize = 10_000;
-/// Shared records (states, locks, successors) kept at most.
+/// Shared records kept at most: login states, and separately locks and successors.
 const RECORDS: usize = 100_000;
 
 /// How the answer is shaped.
@@ -47,7 +47,7 @@ impl Mode {
 
 struct State {
     sessions: SessionCache,
-    records: Records,
+    records: SharedRecords,
     provider: Option<Arc<ProviderSnapshot>>,
     /// The discovery document the snapshot was built from, to rebuild it
     /// when a login fetches a rotated JWKS.
@@ -124,7 +124,7 @@ impl App {
             engine,
             state: Mutex::new(State {
                 sessions: SessionCache::new(SESSION_CACHE),
-                records: Records::new(RECORDS),
+                records: SharedRecords::new(RECORDS),
                 provider: None,
                 discovery_raw: Vec::new(),
             }),
@@ -144,7 +144,7 @@ impl App {
         self.lock().provider.is_some()
     }
 
-    fn trusted(&self, peer: IpAddr) -> bool {
+    pub fn trusted(&self, peer: IpAddr) -> bool {
         self.engine.config().sidecar.trusted_proxies.iter().any(|n| n.contains(peer))
     }
 
@@ -219,7 +219,7 @@ impl App {
             return Ok(Original { method: req.method.clone(), scheme, authority, path: req.path_and_query.clone(), headers });
         }
         if !trusted {
-            log::event(Level::Warn, "auth request from an untrusted peer refused", &[
+            log::event_limited(Level::Warn, "auth request from an untrusted peer refused", &[
                 ("peer", req.peer.to_string().into()),
                 ("hint", "add the proxy's address to sidecar.trusted_proxies".into()),
             ]);

@@ -2,7 +2,7 @@
 //! names, reasons, hosts and paths without query strings — never a cookie,
 //! token, code or secret.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,4 +46,20 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, serde_json::Value)]) {
         obj.insert((*k).into(), v.clone());
     }
     eprintln!("{}", serde_json::Value::Object(obj));
+}
+
+/// Like [`event`], at most once every 10 s for all callers together: for
+/// lines an outsider can trigger at will.
+pub fn event_limited(level: Level, msg: &str, fields: &[(&str, serde_json::Value)]) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let next = NEXT.load(Ordering::Relaxed);
+    if now < next || NEXT.compare_exchange(next, now + 10, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut all = fields.to_vec();
+    all.push(("suppressed_since_last", SUPPRESSED.swap(0, Ordering::Relaxed).into()));
+    event(level, msg, &all);
 }

@@ -1,9 +1,14 @@
 //! The HTTP/1.1 server: limits first (connections, header size and count,
 //! header read time, request time, no request bodies), then the app.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,8 +18,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 
 use crate::app::{Answer, App, Inbound};
 use crate::log::{self, Level};
@@ -29,9 +36,16 @@ const MAX_HEADERS: usize = 100;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// No endpoint takes a body; a small one (a sign-out form) is tolerated.
 const MAX_BODY_BYTES: u64 = 16 * 1024;
+/// A client that stops reading our answers for this long is cut off.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+/// Peers outside `trusted_proxies` (no proxy should be one): connections
+/// each at most, and how long one may stay open.
+const UNTRUSTED_CONNECTIONS_PER_PEER: usize = 16;
+const UNTRUSTED_LIFETIME: Duration = Duration::from_secs(30);
 
 pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let untrusted: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
         let (stream, peer) = match listener.accept().await {
@@ -44,6 +58,13 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Only proxies should connect: anyone else gets a few short-lived
+        // connections, so they cannot hold the slots the proxies need.
+        let outsider = !app.trusted(peer.ip());
+        if outsider && !PeerSlot::take(&untrusted, peer.ip()) {
+            continue;
+        }
+        let slot = outsider.then(|| PeerSlot { peers: Arc::clone(&untrusted), ip: peer.ip() });
         let app = Arc::clone(&app);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -55,10 +76,18 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(MAX_HEADERS)
-                .serve_connection(TokioIo::new(stream), service);
+                // A client may shut its side down after sending the request
+                // and still expect the answer.
+                .half_close(true)
+                .serve_connection(TokioIo::new(StallGuard::new(stream)), service);
             // Malformed or oversized requests get hyper's 4xx and a closed
             // connection; nothing else is affected.
-            let _ = conn.await;
+            if slot.is_some() {
+                let _ = tokio::time::timeout(UNTRUSTED_LIFETIME, conn).await;
+            } else {
+                let _ = conn.await;
+            }
+            drop(slot);
             drop(permit);
         });
     }
@@ -97,4 +126,150 @@ fn build(answer: Answer) -> Response<Full<Bytes>> {
         }
     }
     resp
+}
+
+/// One connection of an untrusted peer, counted while it lives.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(peers: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) -> bool {
+        let mut map = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= UNTRUSTED_CONNECTIONS_PER_PEER {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A stream whose writes fail once they have made no progress for
+/// [`WRITE_STALL`]: a client that pipelines requests and never reads the
+/// answers would otherwise hold its connection forever.
+struct StallGuard<S> {
+    inner: S,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> StallGuard<S> {
+    fn new(inner: S) -> StallGuard<S> {
+        StallGuard { inner, stalled: None }
+    }
+
+    /// Called when a write is pending: arms the timer once, fails when it fires.
+    fn check(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.check(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.check(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.check(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_stops_reading_is_cut_off() {
+        // The peer's side of a 64-byte pipe is never read.
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut guarded = StallGuard::new(ours);
+        let err = guarded.write_all(&[b'x'; 4096]).await.expect_err("the write must fail, not hang");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_not() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                match tokio::io::AsyncReadExt::read(&mut theirs, &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink.extend_from_slice(&buf[..n]),
+                }
+            }
+            sink.len()
+        });
+        let mut guarded = StallGuard::new(ours);
+        guarded.write_all(&[b'x'; 512]).await.expect("progress every 5 s is not a stall");
+        drop(guarded);
+        assert_eq!(reader.await.unwrap(), 512);
+    }
+
+    #[test]
+    fn untrusted_peers_get_a_few_connections_each() {
+        let peers = Mutex::new(HashMap::new());
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..UNTRUSTED_CONNECTIONS_PER_PEER {
+            assert!(PeerSlot::take(&peers, ip));
+        }
+        assert!(!PeerSlot::take(&peers, ip));
+        assert!(PeerSlot::take(&peers, "192.0.2.8".parse().unwrap()), "other peers are not affected");
+    }
 }

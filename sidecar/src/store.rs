@@ -70,6 +70,43 @@ impl SharedState for Records {
     }
 }
 
+/// The engine's shared state: single-use login `state` claims in a pool of
+/// their own, so that a flood of forged callbacks (each claiming a state)
+/// can only evict other states, never a refresh lock, a successor record or
+/// the JWKS refetch cooldown.
+pub struct SharedRecords {
+    states: Records,
+    others: Records,
+}
+
+impl SharedRecords {
+    pub fn new(capacity_each: usize) -> SharedRecords {
+        SharedRecords { states: Records::new(capacity_each), others: Records::new(capacity_each) }
+    }
+
+    fn pool(&mut self, key: &[u8]) -> &mut Records {
+        if key.starts_with(b"state:") {
+            &mut self.states
+        } else {
+            &mut self.others
+        }
+    }
+}
+
+impl SharedState for SharedRecords {
+    fn claim(&mut self, key: &[u8], until: u64, now: u64) -> bool {
+        self.pool(key).claim(key, until, now)
+    }
+
+    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
+        self.pool(key).get(key, now)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], until: u64, now: u64) -> bool {
+        self.pool(key).put(key, value, until, now)
+    }
+}
+
 /// The kernel's CSPRNG.
 pub struct OsRandom;
 
@@ -97,6 +134,16 @@ mod tests {
         assert!(r.put(b"successor:x", b"ok:cookie", 150, 100));
         assert_eq!(r.get(b"successor:x", 149), Some(b"ok:cookie".to_vec()));
         assert_eq!(r.get(b"successor:x", 150), None);
+    }
+
+    #[test]
+    fn a_flood_of_login_states_never_evicts_a_refresh_lock() {
+        let mut r = SharedRecords::new(4);
+        assert!(r.claim(b"refresh-lock:a", 10, 0));
+        for i in 0..100u32 {
+            assert!(r.claim(format!("state:{i}").as_bytes(), 600, 0));
+        }
+        assert!(!r.claim(b"refresh-lock:a", 10, 1), "the lock is still held");
     }
 
     #[test]

@@ -1358,6 +1358,33 @@ fn refresh_for_another_subject_ends_the_session() {
 }
 
 #[test]
+fn a_refreshed_session_too_large_for_a_cookie_ends_cleanly() {
+    // The IdP added so many groups that the new cookie would not fit: a
+    // browser would drop it and keep sending the old one, so end the session.
+    let (mut g, old) = stale_bob();
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let now = g.host.now;
+    let mut big = bob();
+    big["groups"] = json!((0..200).map(|i| format!("group-with-a-long-name-{i}")).collect::<Vec<_>>());
+    let resp = respond(g.fetched(pending, refreshed(now, &big, "rt-big")));
+    assert!(g.read_login(&resp).is_ok(), "back to login");
+    assert!(set_cookie(&resp, COOKIE).is_some_and(|c| c.clears()));
+    assert!(g.host.take_events().iter().any(|e| matches!(e, Event::RefreshFailed(why) if why.contains("too large"))));
+}
+
+#[test]
+fn group_names_with_commas_never_add_groups_upstream() {
+    // Upstreams split Remote-Groups on commas: "users,admins" must not read as admins.
+    let mut g = Gate::new();
+    let mut odd = bob();
+    odd["groups"] = json!(["users,admins", "media"]);
+    let (session, _) = g.login_as(&odd);
+    let allow = allowed(g.send(&Req::get("/").cookie(COOKIE, &session)));
+    let groups = allow.set.iter().find(|(n, _)| &**n == "Remote-Groups").map(|(_, v)| v.to_string());
+    assert_eq!(groups.as_deref(), Some("media"));
+}
+
+#[test]
 fn any_refusal_other_than_unavailable_ends_the_session() {
     // Pocket ID answers revoked tokens and disabled users with its own codes.
     for (status, body) in [

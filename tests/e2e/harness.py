@@ -27,10 +27,20 @@ COOKIE_SECRET = "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols="  # base64 of 32 b
 API_KEY = "sk-upstream-secret-123"
 
 
+_ISSUED_PORTS: set = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before in this run: ports are
+    often chosen long before the process that binds them starts, and the
+    kernel may offer the same free port twice in the meantime."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ISSUED_PORTS:
+            _ISSUED_PORTS.add(port)
+            return port
 
 
 def render(template: Path, values: dict) -> str:
@@ -174,12 +184,13 @@ class Browser:
         return c.value if c else None
 
     def request(self, method: str, url: str, headers: dict | None = None, body: bytes | None = None,
-                raw_headers: list | None = None, send_cookies: bool = True) -> Resp:
+                raw_headers: list | None = None, send_cookies: bool = True, target: str | None = None) -> Resp:
+        """`target` replaces the request-target (e.g. an absolute URL)."""
         u = urlsplit(url)
         path = url[url.index(u.netloc) + len(u.netloc):] or "/"
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=20)
         try:
-            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            conn.putrequest(method, target or path, skip_host=True, skip_accept_encoding=True)
             hdrs = {"Host": u.netloc, **self.extra_headers, **(headers or {})}
             host_header = hdrs.pop("Host")
             conn.putheader("Host", host_header)

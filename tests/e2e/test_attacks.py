@@ -180,6 +180,8 @@ PATH_TRICKS = [
     "/public/../admin/", "/public/%2e%2e/admin/", "/public/%2E%2E/admin/", "//admin/", "/./admin/",
     "/ADMIN/", "/Admin/x", "/%61dmin/", "/public/..%2Fadmin/", "/public%2F..%2Fadmin/", "/public/..;/admin/",
     "/public/%252e%252e/admin/",
+    # nginx ends its path at a raw '#' but passes the whole line upstream.
+    "/admin/#/../../public/x",
 ]
 
 
@@ -242,3 +244,28 @@ def test_host_with_trailing_dot_gets_the_same_rule(gate, stack):
     # configured to route it so (strip_trailing_host_dot): same answer.
     r = Browser().get(gate.url("/anything"), headers={"Host": "public.test."})
     assert r.status == 200
+
+
+ROUTING_OVERRIDES = ["X-Original-URL", "X-Original-URI", "X-Original-Method", "X-Rewrite-URL", "X-Forwarded-Uri",
+                     "X-Forwarded-Method"]
+
+
+def test_routing_override_headers_never_reach_upstream(gate, stack, alice):
+    """Some frameworks take the path from these: the upstream must serve the
+    path that was decided, not one the client names."""
+    r = alice.request("GET", gate.url("/app/x"), raw_headers=[(n, "/admin/secret") for n in ROUTING_OVERRIDES])
+    assert r.status == 200
+    got = received(r)
+    leaked = [n for n in ROUTING_OVERRIDES if n.lower() in got]
+    assert not leaked, f"{leaked} reached the upstream"
+
+
+def test_large_cookie_headers_pass_and_ours_stay_hidden(gate, stack, alice):
+    """Apps on a shared domain set many cookies: a 6.5 KB Cookie header works
+    (nginx's default 4 KB proxy buffer would not hold the sidecar's answer)."""
+    apps = "; ".join(f"app{i}={'v' * 100}" for i in range(60))
+    ours = alice.cookies_for("127.0.0.1", "/app/x")
+    r = alice.request("GET", gate.url("/app/x"), headers={"Cookie": f"{apps}; {ours}"}, send_cookies=False)
+    assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
+    cookie = r.upstream_header("Cookie")
+    assert "app0=" in cookie and "app59=" + "v" * 100 in cookie and "_oidc_edge" not in cookie

@@ -2,6 +2,7 @@
 (sign-in page, health, readiness, metrics), who may describe the original
 request, hostile input at its socket, and what its logs hold."""
 
+import http.client
 import json
 import socket
 import time
@@ -45,7 +46,7 @@ def test_one_cookie_format_for_filter_and_sidecar(stack, kind):
 
 
 @pytest.mark.parametrize("kind", SIDECAR_GATES)
-def test_decision_endpoints_are_not_for_browsers(stack, kind, alice):
+def test_decision_endpoints_are_not_for_browsers(stack, kind):
     """Through the proxy's public /oauth2/ route a browser must not read a
     decision: it would carry the route's injected secret."""
     g = stack.start_sidecar_gate(kind)
@@ -72,6 +73,13 @@ def test_nginx_static_site_private_section(stack):
     assert b"Static site" in Browser().get(f"{url}/public/site/").body
     anon = Browser().get(f"{url}/app/private/")
     assert anon.status == 302 and anon.location.startswith(stack.idp.issuer)
+    # nginx serves the file named before a raw '#'; the decision must not be about what follows it.
+    trick = Browser().get(f"{url}/app/private/#/../../../public/x")
+    assert trick.status != 200 and b"Private section" not in trick.body, trick.status
+    # The server block is chosen by the request line's host: the decision must use the same one.
+    forged = Browser().request("GET", f"{url}/app/private/", headers={"Host": "public.test"},
+                               target=f"http://127.0.0.1:{g.port}/app/private/")
+    assert forged.status == 400 and b"Private section" not in forged.body, forged.status
     b = Browser()
     r = login(b, f"{url}/app/private/", "carol")
     assert r.status == 200 and b"Private section" in r.body
@@ -167,3 +175,30 @@ def test_logs_are_json_lines_without_secrets(stack, direct):
         assert any("session cookie refused" in line["msg"] for line in lines)
         for secret in (CLIENT_SECRET, COOKIE_SECRET, API_KEY, b.cookie("_oidc_edge"), "token=abc"):
             assert secret not in text, "a secret or a query string reached the sidecar log"
+
+
+def test_an_untrusted_peer_cannot_take_every_connection(direct):
+    """No proxy should connect from outside trusted_proxies: such a peer gets
+    16 connections at a time and no more."""
+    held = [socket.create_connection(("127.0.0.1", direct.port), timeout=5) for _ in range(16)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", direct.port), timeout=5)
+        try:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            answer = extra.recv(100)
+        except (ConnectionResetError, BrokenPipeError):
+            answer = b""  # closed at once: what is expected
+        assert answer == b"", answer
+        extra.close()
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.time() + 5
+    while True:
+        try:
+            if Browser().get(f"http://127.0.0.1:{direct.port}/healthz").status == 200:
+                break
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+            pass  # the server has not noticed the closed connections yet
+        assert time.time() < deadline, "connections are freed when the peer closes them"
+        time.sleep(0.1)

@@ -239,7 +239,7 @@ impl App {
                 None => url.to_owned(),
             }
         } else {
-            log::event(Level::Warn, "auth request without the original URI refused", &[(
+            log::event_limited(Level::Warn, "auth request without the original URI refused", &[(
                 "hint",
                 "send X-Forwarded-Uri (nginx: proxy_set_header X-Forwarded-Uri $request_uri) or X-Original-URL".into(),
             )]);
@@ -256,7 +256,7 @@ impl App {
         // route's injected secrets): no proxy asks to decide those paths.
         let paths = &self.engine.config().paths;
         if oidc_edge::path::normalize(path_only(&path)).is_ok_and(|p| p == paths.auth.as_str() || p == paths.forward_auth.as_str()) {
-            log::event(Level::Info, "decision about a decision endpoint refused", &[("peer", req.peer.to_string().into())]);
+            log::event_limited(Level::Info, "decision about a decision endpoint refused", &[("peer", req.peer.to_string().into())]);
             let r = oidc_edge::pages::json(404, "not_found", "Not found.", &[]);
             return Err(Answer::from_response(r));
         }

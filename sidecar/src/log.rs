@@ -48,8 +48,8 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, serde_json::Value)]) {
     eprintln!("{}", serde_json::Value::Object(obj));
 }
 
-/// Like [`event`], at most once every 10 s for all callers together: for
-/// lines an outsider can trigger at will.
+/// Like [`event`], at most one line every 10 s for all such lines together
+/// (with how many were left out): for lines an outsider can trigger at will.
 pub fn event_limited(level: Level, msg: &str, fields: &[(&str, serde_json::Value)]) {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static SUPPRESSED: AtomicU64 = AtomicU64::new(0);

@@ -73,7 +73,8 @@ impl Default for HeaderNames {
 }
 
 impl HeaderNames {
-    fn all(&self) -> impl Iterator<Item = &str> {
+    /// The names in use.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
         [&self.user, &self.email, &self.groups, &self.name].into_iter().flatten().map(|n| &**n)
     }
 }

@@ -34,6 +34,11 @@ impl StripSet {
             .any(|c| c.len() == name.len() && c.iter().zip(name).all(|(&a, &b)| a == fold(b)))
     }
 
+    /// The canonical names: lower case, `-` for `_` and `.`.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.canonical.iter().filter_map(|n| std::str::from_utf8(n).ok())
+    }
+
     /// Number of canonical names.
     pub fn len(&self) -> usize {
         self.canonical.len()

@@ -6,6 +6,7 @@
 mod app;
 mod idp;
 mod log;
+mod render;
 mod server;
 mod store;
 
@@ -21,6 +22,8 @@ use oidc_edge::{Config, Engine};
 const USAGE: &str = "\
 usage: oidc-edge serve  --config FILE   run the sidecar (YAML or JSON config)
        oidc-edge check  --config FILE   validate a config and exit
+       oidc-edge render nginx|caddy --config FILE --out DIR [--sidecar HOST:PORT]
+                                        write the proxy's snippets for this config
        oidc-edge secret                 print a new cookie secret (base64 of 32 random bytes)
 
 The config file may also come from OIDC_EDGE_CONFIG.";
@@ -59,17 +62,60 @@ fn load_config(path: &Path) -> Result<Config, String> {
     Config::parse(&json, &ProcessSecrets { base }, Front::Sidecar).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn config_path(args: &[String]) -> Option<PathBuf> {
+/// The value of `--name VALUE` or `--name=VALUE`.
+fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "--config" || a == "-c" {
-            return it.next().map(PathBuf::from);
+        if a == name {
+            return it.next().map(String::as_str);
         }
-        if let Some(v) = a.strip_prefix("--config=") {
-            return Some(PathBuf::from(v));
+        if let Some(v) = a.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
+            return Some(v);
         }
     }
-    std::env::var_os("OIDC_EDGE_CONFIG").map(PathBuf::from)
+    None
+}
+
+fn config_path(args: &[String]) -> Option<PathBuf> {
+    option(args, "--config").or_else(|| option(args, "-c")).map(PathBuf::from).or_else(|| std::env::var_os("OIDC_EDGE_CONFIG").map(PathBuf::from))
+}
+
+fn render_command(args: &[String], config: &Config) -> ExitCode {
+    let proxy = args.get(1).map(String::as_str).unwrap_or("");
+    let Some(out) = option(args, "--out") else {
+        eprintln!("render: pass --out DIR\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let sidecar = render::sidecar_address(config, option(args, "--sidecar"));
+    let files = match proxy {
+        "nginx" => render::nginx(config, &sidecar),
+        "caddy" => render::caddy(config, &sidecar),
+        other => {
+            eprintln!("render: {other:?} is not a proxy this renders for; use nginx or caddy\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let files = match files {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("render: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let dir = Path::new(out);
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("render: cannot create {}: {e}", dir.display());
+        return ExitCode::from(1);
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("render: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!("{}", path.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -83,7 +129,7 @@ fn main() -> ExitCode {
             println!("{}", base64::engine::general_purpose::STANDARD.encode(bytes));
             return ExitCode::SUCCESS;
         }
-        "serve" | "check" => {}
+        "serve" | "check" | "render" => {}
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -104,6 +150,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if command == "render" {
+        return render_command(&args, &config);
+    }
     if command == "check" {
         println!(
             "{}: valid ({} routes; listens on {}; issuer {})",

@@ -183,8 +183,7 @@ class PinnedNginx:
         self.prefix = RUN / name
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
         if sidecar:
-            shutil.copytree(ROOT / "nginx/oidc-edge", self.prefix / "oidc-edge", dirs_exist_ok=True)
-            values = {**values, "SIDECAR_PORT": sidecar.port}
+            sidecar.render("nginx", self.prefix / "oidc-edge")
         for old in ("error.log", "not-2xx.log"):
             (self.prefix / old).unlink(missing_ok=True)
         self.config_path = self.prefix / "nginx.conf"
@@ -276,8 +275,7 @@ class PinnedCaddy:
         shutil.rmtree(self.prefix, ignore_errors=True)
         self.prefix.mkdir(parents=True)
         if sidecar:
-            shutil.copy(ROOT / "caddy/oidc-edge.caddy", self.prefix / "oidc-edge.caddy")
-            values = {**values, "SIDECAR_PORT": sidecar.port}
+            sidecar.render("caddy", self.prefix)
         self.config_path = self.prefix / "Caddyfile"
         self.config_path.write_text(render(ROOT / "caddy" / template, {"PREFIX": self.prefix, **values}))
         self.proc = None

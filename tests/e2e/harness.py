@@ -570,6 +570,12 @@ class Sidecar:
     def log_text(self) -> str:
         return self.proc.log_text() if self.proc else ""
 
+    def render(self, proxy: str, out: Path) -> None:
+        """The proxy's snippets for this sidecar's configuration (`oidc-edge render`)."""
+        r = subprocess.run([str(SIDECAR), "render", proxy, "--config", str(self.config_path), "--out", str(out)],
+                           capture_output=True, text=True, env={**os.environ, **self.env})
+        assert r.returncode == 0, f"oidc-edge render {proxy} failed:\n{r.stderr}"
+
     def metrics(self) -> dict:
         text = Browser().get(f"http://127.0.0.1:{self.port}/metrics").body.decode()
         return {k: int(v) for k, _, v in (line.partition(" ") for line in text.splitlines())
@@ -603,13 +609,13 @@ class SidecarGate:
         fill = {"PREFIX": self.prefix, "PROXY_PORT": self.port, "UPSTREAM_PORT": values["UPSTREAM_PORT"],
                 "SIDECAR_PORT": self.sidecar.port, "SITE": ROOT / "nginx/www"}
         if kind == "nginx-sidecar":
-            shutil.copytree(ROOT / "nginx/oidc-edge", self.prefix / "oidc-edge")
+            self.sidecar.render("nginx", self.prefix / "oidc-edge")
             self.config_path = self.prefix / "nginx.conf"
             self.config_path.write_text(render(ROOT / "nginx/sidecar-e2e.conf", fill))
             self.argv = ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
                          "-e", str(self.prefix / "error.log"), "-g", "daemon off;"]
         else:
-            shutil.copy(ROOT / "caddy/oidc-edge.caddy", self.prefix / "oidc-edge.caddy")
+            self.sidecar.render("caddy", self.prefix)
             self.config_path = self.prefix / "Caddyfile"
             self.config_path.write_text(render(ROOT / "caddy/e2e.Caddyfile", {k: v for k, v in fill.items() if k != "SITE"}))
             self.argv = [str(CADDY), "run", "--config", str(self.config_path), "--adapter", "caddyfile"]

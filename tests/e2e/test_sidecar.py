@@ -5,6 +5,7 @@ request, hostile input at its socket, and what its logs hold."""
 import http.client
 import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -202,3 +203,18 @@ def test_an_untrusted_peer_cannot_take_every_connection(direct):
             pass  # the server has not noticed the closed connections yet
         assert time.time() < deadline, "connections are freed when the peer closes them"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("proxy,shipped", [("nginx", "nginx/oidc-edge"), ("caddy", "caddy")])
+def test_shipped_snippets_are_rendered_from_the_demo_config(tmp_path, proxy, shipped):
+    """The snippets in the repository are `oidc-edge render` of sidecar/demo.yaml:
+    a change to the renderer or the demo shows here until they are rendered again."""
+    from harness import ROOT, SIDECAR
+    env = {"OIDC_EDGE_CLIENT_SECRET": "x", "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET, "DEMO_API_KEY": "k"}
+    r = subprocess.run([str(SIDECAR), "render", proxy, "--config", str(ROOT / "sidecar/demo.yaml"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    for written in tmp_path.iterdir():
+        assert written.read_text() == (ROOT / shipped / written.name).read_text(), \
+            f"{shipped}/{written.name} differs from what `oidc-edge render {proxy}` writes for sidecar/demo.yaml"
+    assert len(list(tmp_path.iterdir())) == (5 if proxy == "nginx" else 1)

@@ -235,6 +235,10 @@ pub struct SidecarConfig {
     pub trusted_proxies: Vec<crate::net::IpNet>,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// When set, decisions are answered only to requests carrying it in
+    /// `X-Oidc-Edge-Proxy` (the rendered snippets send it): a decision
+    /// endpoint routed to browsers by mistake then gives them nothing.
+    pub proxy_token: Option<SecretString>,
 }
 
 /// A validated, compiled configuration.
@@ -320,6 +324,7 @@ struct RawSidecar {
     listen: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     log_level: Option<String>,
+    proxy_token: Option<RawSecret>,
 }
 
 #[derive(Deserialize)]
@@ -534,7 +539,15 @@ impl Checker<'_> {
                 LogLevel::Info
             }
         };
-        SidecarConfig { listen, trusted_proxies, log_level }
+        let proxy_token = raw.proxy_token.as_ref().and_then(|t| self.secret("sidecar.proxy_token", t)).and_then(|t| {
+            // Written into nginx and Caddy configs by `oidc-edge render`.
+            let ok = t.len() >= 24 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=_-".contains(&b));
+            if !ok {
+                self.err("sidecar.proxy_token", "use at least 24 characters of base64; generate one with: openssl rand -base64 32");
+            }
+            ok.then(|| SecretString::new(t))
+        });
+        SidecarConfig { listen, trusted_proxies, log_level, proxy_token }
     }
 
     fn url(&mut self, field: &str, url: &str) {
@@ -717,6 +730,11 @@ impl Config {
         };
         let own = [&paths.callback, &paths.sign_out, &paths.start, &paths.sign_in, &paths.auth, &paths.forward_auth];
         for (i, a) in own.iter().enumerate() {
+            // Written into nginx and Caddy configs by `oidc-edge render`, where
+            // `$`, `{`, `*` or `%` would mean something else.
+            if !a.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._~-".contains(&b)) {
+                c.err("paths", format!("{a:?}: use letters, digits and / . _ ~ - only"));
+            }
             if own[..i].contains(a) {
                 c.err("paths", format!("{a:?} is used for two purposes; give each path its own value"));
             }

@@ -108,7 +108,11 @@ const FORWARDING: &[&str] = &[
     "x-original-url",
     "x-original-uri",
     "x-original-method",
+    PROXY_TOKEN_HEADER,
 ];
+
+/// Where the proxy sends `sidecar.proxy_token` with each decision request.
+pub const PROXY_TOKEN_HEADER: &str = "x-oidc-edge-proxy";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -225,6 +229,17 @@ impl App {
             ]);
             let r = oidc_edge::pages::json(403, "forbidden", "This peer is not a trusted proxy (sidecar.trusted_proxies).", &[]);
             return Err(Answer::from_response(r));
+        }
+        if let Some(token) = &self.engine.config().sidecar.proxy_token {
+            let sent = req.header(PROXY_TOKEN_HEADER).unwrap_or("");
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), token.expose().as_bytes())) {
+                log::event_limited(Level::Warn, "decision request without the proxy token refused", &[
+                    ("peer", req.peer.to_string().into()),
+                    ("hint", "route decisions only through the snippets `oidc-edge render` writes".into()),
+                ]);
+                let r = oidc_edge::pages::json(403, "forbidden", "Decisions are for the proxy only.", &[]);
+                return Err(Answer::from_response(r));
+            }
         }
         let method = fwd("x-forwarded-method").or_else(|| fwd("x-original-method")).unwrap_or("GET").to_ascii_uppercase();
         let path = if let Some(uri) = fwd("x-forwarded-uri") {
@@ -360,6 +375,23 @@ impl App {
     }
 
     fn refusal(&self, r: Response, mode: Mode) -> Answer {
+        if mode != Mode::Direct && (200..300).contains(&r.status) {
+            // A page of ours (sign-in, the SameSite=Strict continue page) asked
+            // for through a decision: a forward-auth proxy would read its 2xx as
+            // "allow" and send the request upstream. The proxy must route our
+            // pages to us directly; say so instead.
+            log::event_limited(Level::Warn, "a sidecar page was requested through a decision", &[(
+                "hint",
+                "route the paths.start, callback, sign_out and sign_in paths to the sidecar itself (oidc-edge render)".into(),
+            )]);
+            let r = oidc_edge::pages::page(
+                500,
+                "Sign-in misrouted",
+                "The proxy sends this sign-in page through an access check instead of to the sign-in service.",
+                None,
+            );
+            return Answer::from_response(r);
+        }
         if mode != Mode::AuthRequest {
             return Answer::from_response(r);
         }

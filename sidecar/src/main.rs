@@ -189,6 +189,14 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if config.sidecar.proxy_token.is_none() {
+        log::event(log::Level::Info, "sidecar.proxy_token is not set", &[(
+            "hint",
+            "decisions are then answered to any trusted peer's request: fine with the rendered snippets, which never \
+             route them to browsers; set it to refuse decisions a hand-written route might expose"
+                .into(),
+        )]);
+    }
     let app = Arc::new(app::App::new(Engine::new(config)));
     tokio::spawn(keep_provider_loaded(Arc::clone(&app)));
     log::event(log::Level::Info, "listening", &[("address", listen.to_string().into())]);

@@ -80,10 +80,10 @@ pub fn nginx(config: &Config, sidecar: &str) -> Result<Vec<(String, String)>, St
 
     let http = format!(
         "{GENERATED}# Include inside `http {{}}`.\n\
-         upstream oidc_edge_sidecar {{\n    server {sidecar};\n    keepalive 16;\n}}\n"
+         upstream oidc_edge_sidecar {{\n    server {sidecar};\n    keepalive 16;\n    # Shorter than the sidecar keeps an idle proxy connection (150 s).\n    keepalive_timeout 60s;\n}}\n"
     );
 
-    let to_sidecar = format!(
+    let mut to_sidecar = format!(
         "{GENERATED}# Every request nginx sends to the sidecar. The sidecar believes the\n\
          # X-Forwarded-* / X-Original-* headers of its trusted proxies, so each one is\n\
          # set here, never passed on from the client.\n\
@@ -105,6 +105,14 @@ pub fn nginx(config: &Config, sidecar: &str) -> Result<Vec<(String, String)>, St
          proxy_buffers 8 32k;\n\
          proxy_busy_buffers_size 64k;\n"
     );
+    if let Some(token) = &config.sidecar.proxy_token {
+        to_sidecar.push_str(&format!(
+            "# sidecar.proxy_token: decisions are answered only to requests carrying it.\n\
+             # This file holds a secret: keep it readable by nginx only.\n\
+             proxy_set_header X-Oidc-Edge-Proxy \"{}\";\n",
+            token.expose()
+        ));
+    }
 
     let mut sidecar_conf = format!(
         "{GENERATED}# Include inside each `server {{}}` that uses protect.conf (and http.conf in\n\
@@ -114,7 +122,7 @@ pub fn nginx(config: &Config, sidecar: &str) -> Result<Vec<(String, String)>, St
          # (\"GET http://app.example.com/ …\"), and the sidecar decides by the Host\n\
          # header: refuse a request where the two differ, so both read the same host.\n\
          set $oidc_edge_hosts \"$host|$http_host\";\n\
-         if ($oidc_edge_hosts !~* \"^([^|]*)\\|\\1\\.?(:[0-9]+)?$\") {{\n    return 400;\n}}\n\n\
+         if ($oidc_edge_hosts !~* \"^([^|]*)\\|\\1\\.?(:[0-9]*)?$\") {{\n    return 400;\n}}\n\n\
          # Login start, callback, sign-out and the sign-in page.\n"
     );
     for path in [&p.start, &p.callback, &p.sign_out, &p.sign_in] {
@@ -239,9 +247,16 @@ pub fn caddy(config: &Config, sidecar: &str) -> Result<Vec<(String, String)>, St
     for name in stripped(config) {
         out.push_str(&format!("\t\trequest_header -{name}\n"));
     }
+    let token = config.sidecar.proxy_token.as_ref().map_or_else(String::new, |t| {
+        format!(
+            "\t\t\t# sidecar.proxy_token (this file holds a secret: keep it private).\n\
+             \t\t\theader_up X-Oidc-Edge-Proxy \"{}\"\n",
+            t.expose()
+        )
+    });
     out.push_str(&format!(
         "\t\tforward_auth {sidecar} {{\n\
-         \t\t\turi {fwd}\n\
+         \t\t\turi {fwd}\n{token}\
          \t\t\t# The request being decided is the one Caddy routed (its own view\n\
          \t\t\t# of host and scheme, whatever a client claims).\n\
          \t\t\theader_up X-Forwarded-Host {{http.request.hostport}}\n\

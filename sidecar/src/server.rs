@@ -32,19 +32,27 @@ const MAX_CONNECTIONS: usize = 4096;
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Header lines at most.
 const MAX_HEADERS: usize = 100;
-/// Time for a client to send its request head.
+/// Time for a client to send its request head, idle time between requests
+/// included. Trusted proxies keep pooled connections idle for longer (nginx's
+/// rendered upstream closes them after 60 s, Caddy's pool after 2 min).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const TRUSTED_HEAD_TIMEOUT: Duration = Duration::from_secs(150);
 /// No endpoint takes a body; a small one (a sign-out form) is tolerated.
 const MAX_BODY_BYTES: u64 = 16 * 1024;
 /// A client that stops reading our answers for this long is cut off.
 const WRITE_STALL: Duration = Duration::from_secs(10);
 /// Peers outside `trusted_proxies` (no proxy should be one): connections
 /// each at most, and how long one may stay open.
+/// IPv6 peers count by /64, which one host usually holds whole; and all
+/// untrusted peers together share a small pool of their own, so the
+/// connections trusted proxies need stay free.
 const UNTRUSTED_CONNECTIONS_PER_PEER: usize = 16;
+const UNTRUSTED_CONNECTIONS: usize = 256;
 const UNTRUSTED_LIFETIME: Duration = Duration::from_secs(30);
 
 pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let outsider_slots = Arc::new(Semaphore::new(UNTRUSTED_CONNECTIONS));
     let untrusted: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
@@ -61,10 +69,17 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
         // Only proxies should connect: anyone else gets a few short-lived
         // connections, so they cannot hold the slots the proxies need.
         let outsider = !app.trusted(peer.ip());
-        if outsider && !PeerSlot::take(&untrusted, peer.ip()) {
-            continue;
-        }
-        let slot = outsider.then(|| PeerSlot { peers: Arc::clone(&untrusted), ip: peer.ip() });
+        let (permit, slot) = if outsider {
+            drop(permit);
+            let Ok(p) = Arc::clone(&outsider_slots).try_acquire_owned() else { continue };
+            let key = peer_key(peer.ip());
+            if !PeerSlot::take(&untrusted, key) {
+                continue;
+            }
+            (p, Some(PeerSlot { peers: Arc::clone(&untrusted), ip: key }))
+        } else {
+            (permit, None)
+        };
         let app = Arc::clone(&app);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -73,7 +88,7 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
+                .header_read_timeout(if outsider { HEAD_TIMEOUT } else { TRUSTED_HEAD_TIMEOUT })
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(MAX_HEADERS)
                 // A client may shut its side down after sending the request
@@ -126,6 +141,17 @@ fn build(answer: Answer) -> Response<Full<Bytes>> {
         }
     }
     resp
+}
+
+/// Untrusted peers are counted by address, IPv6 ones by their /64.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
 }
 
 /// One connection of an untrusted peer, counted while it lives.
@@ -260,6 +286,14 @@ mod tests {
         guarded.write_all(&[b'x'; 512]).await.expect("progress every 5 s is not a stall");
         drop(guarded);
         assert_eq!(reader.await.unwrap(), 512);
+    }
+
+    #[test]
+    fn ipv6_peers_count_by_their_64() {
+        let a = peer_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        assert_eq!(a, peer_key("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert_ne!(a, peer_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(peer_key("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -877,6 +877,7 @@ def main() -> int:
             if key != "oauth2":
                 cfg.cookie = f"{COOKIE}={session}"
         configs["sidecar"].headers["Host"] = f"127.0.0.1:{ports['nginx-sidecar']}"
+        configs["sidecar"].headers["X-Oidc-Edge-Proxy"] = configs["sidecar"].proxy.sidecar.proxy_token
         wait_login_ready(ports["nginx-filter"], log=configs["nginx-filter"].proxy.log_text)
         for key in ("nginx-sidecar", "caddy-sidecar"):
             wait_login_ready(ports[key], log=configs[key].proxy.log_text)

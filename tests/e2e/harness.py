@@ -4,6 +4,7 @@ what it started, by PID."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -547,12 +548,15 @@ class Sidecar:
         cfg = filter_config(values, template)
         idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
         cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
-        cfg["sidecar"] = {"listen": f"127.0.0.1:{self.port}", "log_level": log_level}
+        # Decisions only for requests carrying the token, which the rendered snippets send.
+        self.proxy_token = base64.b64encode(os.urandom(32)).decode()
+        cfg["sidecar"] = {"listen": f"127.0.0.1:{self.port}", "log_level": log_level,
+                          "proxy_token": {"env": "OIDC_EDGE_PROXY_TOKEN"}}
         RUN.mkdir(parents=True, exist_ok=True)
         self.config_path = RUN / f"{name}.json"
         self.config_path.write_text(json.dumps(cfg, indent=2))
         self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
-                    "DEMO_API_KEY": API_KEY, **(env or {})}
+                    "DEMO_API_KEY": API_KEY, "OIDC_EDGE_PROXY_TOKEN": self.proxy_token, **(env or {})}
         self.proc = None
 
     def start(self, cpu: int | None = None) -> "Sidecar":

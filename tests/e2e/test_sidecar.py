@@ -86,6 +86,33 @@ def test_nginx_static_site_private_section(stack):
     assert r.status == 200 and b"Private section" in r.body
 
 
+def test_decisions_need_the_proxy_token(stack):
+    """With sidecar.proxy_token set, a decision endpoint that a hand-written
+    route exposes to browsers (with a client's X-Original-URL) decides nothing."""
+    s = Sidecar(stack.values(free_port()), name="sidecar-token").start()
+    try:
+        base = f"http://127.0.0.1:{s.port}"
+        deadline = time.time() + 20
+        while Browser().get(base + "/readyz").status != 200:
+            assert time.time() < deadline, s.log_text()
+            time.sleep(0.2)
+        describe = {"X-Original-URL": "http://127.0.0.1/public/x", "Host": "127.0.0.1"}
+        for token in (None, "wrong-" + s.proxy_token[6:], s.proxy_token[:-1]):
+            headers = dict(describe, **({"X-Oidc-Edge-Proxy": token} if token else {}))
+            for path in ("/oauth2/forward_auth", "/oauth2/auth"):
+                r = Browser().get(base + path, headers=headers)
+                assert r.status == 403 and API_KEY not in str(r.headers), (path, token, r.status)
+        r = Browser().get(base + "/oauth2/forward_auth", headers=dict(describe, **{"X-Oidc-Edge-Proxy": s.proxy_token}))
+        assert r.status == 200 and r.header("x-api-key") == API_KEY
+        # One of our pages asked for through a decision: never a 2xx a proxy would read as "allow".
+        r = Browser().get(base + "/oauth2/forward_auth", headers={"X-Forwarded-Uri": "/oauth2/sign_in?rd=%2F",
+                                                                  "X-Oidc-Edge-Proxy": s.proxy_token})
+        assert r.status == 500 and b"misrouted" in r.body
+        assert s.proxy_token not in s.log_text()
+    finally:
+        s.stop()
+
+
 def test_untrusted_peers_cannot_describe_a_request(direct):
     base = f"http://127.0.0.1:{direct.port}"
     for path in ("/oauth2/auth", "/oauth2/forward_auth"):

@@ -80,7 +80,7 @@ pub fn nginx(config: &Config, sidecar: &str) -> Result<Vec<(String, String)>, St
 
     let http = format!(
         "{GENERATED}# Include inside `http {{}}`.\n\
-         upstream oidc_edge_sidecar {{\n    server {sidecar};\n    keepalive 16;\n    # Shorter than the sidecar keeps an idle proxy connection (150 s).\n    keepalive_timeout 60s;\n}}\n"
+         upstream oidc_edge_sidecar {{\n    server {sidecar};\n    # Idle connections kept per worker: at least as many as the decisions in\n    # flight at once, or every busy moment opens and closes connections.\n    keepalive 128;\n    keepalive_requests 100000;\n    # Shorter than the sidecar keeps an idle proxy connection (150 s).\n    keepalive_timeout 60s;\n}}\n"
     );
 
     let mut to_sidecar = format!(

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 
-.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy test unit e2e lint bench ngx-wasm clean
+.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy run-traefik test unit e2e lint bench ngx-wasm clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ run-nginx-sidecar: ## The same demo behind stock nginx: auth_request to the side
 
 run-caddy: ## The same demo behind Caddy: forward_auth to the sidecar on :4180
 	./scripts/demo.sh caddy
+
+run-traefik: ## The same demo behind Traefik: forwardAuth to the sidecar on :4180
+	./scripts/demo.sh traefik
 
 test: ## Every test: lint, unit (native and wasm32), end-to-end through real Envoy and nginx
 	./scripts/test.sh

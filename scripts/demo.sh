@@ -2,15 +2,15 @@
 # The local demo: test IdP on :9000, echo upstream on :9100, and on :8080
 # the gate: the filter inside Envoy (default) or inside nginx with
 # ngx_wasm_module (`nginx`), or the sidecar on :4180 behind stock nginx
-# (`nginx-sidecar`) or Caddy (`caddy`). Ctrl-C stops everything.
+# (`nginx-sidecar`), Caddy (`caddy`) or Traefik (`traefik`). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 proxy=${1:-envoy}
-case "$proxy" in envoy|nginx|nginx-sidecar|caddy) ;; *) echo "usage: $0 [envoy|nginx|nginx-sidecar|caddy]" >&2; exit 2 ;; esac
+case "$proxy" in envoy|nginx|nginx-sidecar|caddy|traefik) ;; *) echo "usage: $0 [envoy|nginx|nginx-sidecar|caddy|traefik]" >&2; exit 2 ;; esac
 ./scripts/setup.sh
 case "$proxy" in
   nginx) module=$(./scripts/build-ngx-wasm.sh | tail -n 1) ;;
-  nginx-sidecar|caddy) cargo build --release -q -p oidc-edge-sidecar ;;
+  nginx-sidecar|caddy|traefik) cargo build --release -q -p oidc-edge-sidecar ;;
   *) ;;
 esac
 
@@ -24,7 +24,7 @@ trap cleanup EXIT INT TERM
 
 ports="8080 9000 9100"
 [ "$proxy" = envoy ] && ports="$ports 9901"
-case "$proxy" in nginx-sidecar|caddy) ports="$ports 4180" ;; *) ;; esac
+case "$proxy" in nginx-sidecar|caddy|traefik) ports="$ports 4180" ;; *) ;; esac
 for port in $ports; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is already in use; stop whatever listens there first" >&2
@@ -38,7 +38,7 @@ export DEMO_API_KEY=demo-api-key-123
 
 node tests/idp/idp.mjs --port 9000 >.run/demo-idp.log 2>&1 & pids+=($!)
 .venv/bin/python tests/upstream/echo.py 9100 >.run/demo-echo.log 2>&1 & pids+=($!)
-case "$proxy" in nginx-sidecar|caddy)
+case "$proxy" in nginx-sidecar|caddy|traefik)
   target/release/oidc-edge serve --config sidecar/demo.yaml >.run/demo-sidecar.log 2>&1 & pids+=($!)
   ;; *) ;;
 esac
@@ -66,6 +66,14 @@ nginx-sidecar)
 caddy)
   .venv/bin/caddy run --config caddy/Caddyfile --adapter caddyfile >.run/demo-caddy.log 2>&1 & pids+=($!)
   ;;
+traefik)
+  # The file provider reads every file of its directory (as Go templates).
+  mkdir -p .run/demo-traefik && rm -f .run/demo-traefik/*.yml
+  cp traefik/demo.yml traefik/oidc-edge.yml .run/demo-traefik/
+  .venv/bin/traefik --entryPoints.web.address=127.0.0.1:8080 --providers.file.directory=.run/demo-traefik \
+    --providers.file.watch=false --log.level=ERROR --global.checkNewVersion=false \
+    --global.sendAnonymousUsage=false >.run/demo-traefik.log 2>&1 & pids+=($!)
+  ;;
 esac
 
 for _ in $(seq 1 100); do
@@ -79,6 +87,7 @@ case "$proxy" in
   envoy|nginx) gate="the filter runs inside $proxy" ;;
   nginx-sidecar) gate="stock nginx asks the sidecar through auth_request" ;;
   caddy) gate="Caddy asks the sidecar through forward_auth" ;;
+  traefik) gate="Traefik asks the sidecar through forwardAuth" ;;
 esac
 cat <<MSG
 
@@ -102,7 +111,7 @@ nginx)
 *)
   [ "$proxy" = nginx-sidecar ] && echo "  Static site:       http://127.0.0.1:8080/site/ (public), /site/private/ (signed in)"
   echo "  Counters:          curl -s http://127.0.0.1:4180/metrics"
-  proxy_log=.run/demo-caddy.log
+  proxy_log=.run/demo-$proxy.log
   [ "$proxy" = nginx-sidecar ] && proxy_log=.run/demo-nginx-sidecar/error.log
   echo "  Logs:              .run/demo-sidecar.log (JSON lines), $proxy_log, .run/demo-idp.log" ;;
 esac

@@ -343,11 +343,13 @@ impl App {
             // browser (and Pocket ID revokes a reused refresh token). Send the
             // browser back to the same URL with the new cookie; 307 keeps the
             // method and body.
-            let location = if original.path.starts_with('/') && !original.path.starts_with("//") {
-                original.path.clone()
-            } else {
-                "/".to_owned()
-            };
+            // Absolute: Traefik resolves a relative Location against the
+            // sidecar's own URL, which the browser cannot reach.
+            let path = if original.path.starts_with('/') && !original.path.starts_with("//") { original.path.as_str() } else { "/" };
+            let plain_host = !original.authority.is_empty()
+                && original.authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+            let location =
+                if plain_host { format!("{}://{}{path}", original.scheme, original.authority) } else { path.to_owned() };
             let mut headers = vec![("location".to_owned(), location), ("cache-control".to_owned(), "no-store".to_owned())];
             headers.extend(allow.set_cookies.into_iter().map(|c| ("set-cookie".to_owned(), c)));
             return Answer { status: 307, headers, body: Vec::new() };

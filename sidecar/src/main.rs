@@ -22,7 +22,7 @@ use oidc_edge::{Config, Engine};
 const USAGE: &str = "\
 usage: oidc-edge serve  --config FILE   run the sidecar (YAML or JSON config)
        oidc-edge check  --config FILE   validate a config and exit
-       oidc-edge render nginx|caddy --config FILE --out DIR [--sidecar HOST:PORT]
+       oidc-edge render nginx|caddy|traefik --config FILE --out DIR [--sidecar HOST:PORT]
                                         write the proxy's snippets for this config
        oidc-edge secret                 print a new cookie secret (base64 of 32 random bytes)
 
@@ -90,8 +90,9 @@ fn render_command(args: &[String], config: &Config) -> ExitCode {
     let files = match proxy {
         "nginx" => render::nginx(config, &sidecar),
         "caddy" => render::caddy(config, &sidecar),
+        "traefik" => render::traefik(config, &sidecar),
         other => {
-            eprintln!("render: {other:?} is not a proxy this renders for; use nginx or caddy\n{USAGE}");
+            eprintln!("render: {other:?} is not a proxy this renders for; use nginx, caddy or traefik\n{USAGE}");
             return ExitCode::from(2);
         }
     };

@@ -41,6 +41,21 @@ fn title_case(name: &str) -> String {
         .join("-")
 }
 
+/// Every way of writing each `-` of `name` as `-`, `_` or `.`: Traefik
+/// removes headers by exact name (in any case) and has no wildcard, while an
+/// upstream folding `_` and `.` into `-` would read any mix as the header.
+fn separator_spellings(name: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    for (i, part) in name.split('-').enumerate() {
+        out = if i == 0 {
+            out.into_iter().map(|s| s + part).collect()
+        } else {
+            out.into_iter().flat_map(|s| ['-', '_', '.'].map(|sep| format!("{s}{sep}{part}"))).collect()
+        };
+    }
+    out
+}
+
 /// nginx names a response header's variable by lower-casing it and writing
 /// `_` for `-`; other characters would not round-trip.
 fn nginx_slug(name: &str) -> Result<String, String> {
@@ -273,6 +288,72 @@ pub fn caddy(config: &Config, sidecar: &str) -> Result<Vec<(String, String)>, St
     Ok(vec![("oidc-edge.caddy".into(), out)])
 }
 
+/// Traefik's dynamic configuration (file provider): a router for our pages,
+/// the sidecar as a service, and the `oidc-edge-protect` middleware chain for
+/// the routers of the protected services.
+pub fn traefik(config: &Config, sidecar: &str) -> Result<Vec<(String, String)>, String> {
+    let p = &config.paths;
+    let handed = handed_over(config);
+    let quote = |v: &str| serde_json::Value::from(v).to_string();
+    let pages = [&p.start, &p.callback, &p.sign_out, &p.sign_in].iter().map(|x| format!("Path(`{x}`)")).collect::<Vec<_>>().join(" || ");
+    let mut out = format!(
+        "{GENERATED}# Traefik dynamic configuration (file provider). Protect a router with\n\
+         #   middlewares: [oidc-edge-protect@file]\n\
+         http:\n\
+         \x20 routers:\n\
+         \x20   # The sidecar's own pages, on every host and entry point.\n\
+         \x20   oidc-edge-pages:\n\
+         \x20     rule: {}\n\
+         \x20     priority: 10000\n\
+         \x20     service: oidc-edge-sidecar\n\
+         \x20 services:\n\
+         \x20   oidc-edge-sidecar:\n\
+         \x20     loadBalancer:\n\
+         \x20       servers:\n\
+         \x20         - url: {}\n\
+         \x20 middlewares:\n\
+         \x20   oidc-edge-protect:\n\
+         \x20     chain:\n\
+         \x20       middlewares: [oidc-edge-strip, oidc-edge-auth, oidc-edge-after]\n\
+         \x20   # Every spelling of every name the gate strips ('' removes a header;\n\
+         \x20   # Traefik matches names in any case).\n\
+         \x20   oidc-edge-strip:\n\
+         \x20     headers:\n\
+         \x20       customRequestHeaders:\n",
+        quote(&pages),
+        quote(&format!("http://{sidecar}")),
+    );
+    for name in stripped(config) {
+        for spelling in separator_spellings(&name) {
+            out.push_str(&format!("          {}: \"\"\n", quote(&spelling)));
+        }
+    }
+    if let Some(token) = &config.sidecar.proxy_token {
+        out.push_str(&format!(
+            "          # sidecar.proxy_token for the decision request (this file holds a\n\
+             \x20         # secret: keep it private); removed again before the upstream.\n\
+             \x20         X-Oidc-Edge-Proxy: {}\n",
+            quote(token.expose())
+        ));
+    }
+    out.push_str(&format!(
+        "    # Non-2xx answers go to the browser as the sidecar wrote them.\n\
+         \x20   oidc-edge-auth:\n\
+         \x20     forwardAuth:\n\
+         \x20       address: {}\n\
+         \x20       trustForwardHeader: false\n\
+         \x20       # Each is set to the sidecar's value or removed.\n\
+         \x20       authResponseHeaders: [{}]\n\
+         \x20   oidc-edge-after:\n\
+         \x20     headers:\n\
+         \x20       customRequestHeaders:\n\
+         \x20         X-Oidc-Edge-Proxy: \"\"\n",
+        quote(&format!("http://{sidecar}{}", p.forward_auth)),
+        handed.iter().map(|h| quote(h)).collect::<Vec<_>>().join(", "),
+    ));
+    Ok(vec![("oidc-edge.yml".into(), out)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +362,15 @@ mod tests {
     fn title_case_reads_like_the_usual_spelling() {
         assert_eq!(title_case("x-auth-request-user"), "X-Auth-Request-User");
         assert_eq!(title_case("remote-user"), "Remote-User");
+    }
+
+    #[test]
+    fn every_mix_of_separators_is_spelled_out() {
+        let all = separator_spellings("X-Webauth-User");
+        assert_eq!(all.len(), 9);
+        for s in ["X-Webauth-User", "X-Webauth_User", "X.Webauth_User", "X_Webauth.User"] {
+            assert!(all.iter().any(|a| a == s), "{s}");
+        }
     }
 
     #[test]

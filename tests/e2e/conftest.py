@@ -25,7 +25,7 @@ class Stack:
         self.nginx_port = free_port()
         self.es_port = free_port()
         self.ed_port = free_port()
-        self.sidecar_gate_ports = {"nginx-sidecar": free_port(), "caddy": free_port()}
+        self.sidecar_gate_ports = {"nginx-sidecar": free_port(), "caddy": free_port(), "traefik": free_port()}
         self.idp = Idp([
             idp_client("oidc-edge", [self.proxy_port, self.nginx_port, *self.sidecar_gate_ports.values()]),
             idp_client("edge-es256", [self.es_port], "ES256"),
@@ -136,7 +136,7 @@ class Gate:
 # The columns of the conformance table: Envoy, and Debian's nginx with
 # ngx_wasm_module (built by scripts/build-ngx-wasm.sh, about 5 minutes the
 # first time on a machine). OIDC_EDGE_GATES=envoy runs one column only.
-GATES = os.environ.get("OIDC_EDGE_GATES", "envoy,nginx,nginx-sidecar,caddy").split(",")
+GATES = os.environ.get("OIDC_EDGE_GATES", "envoy,nginx,nginx-sidecar,caddy,traefik").split(",")
 
 
 @pytest.fixture(scope="session", params=GATES)

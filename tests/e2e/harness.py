@@ -618,6 +618,13 @@ class SidecarGate:
             self.config_path.write_text(render(ROOT / "nginx/sidecar-e2e.conf", fill))
             self.argv = ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
                          "-e", str(self.prefix / "error.log"), "-g", "daemon off;"]
+        elif kind == "traefik":
+            dynamic = self.prefix / "dynamic"
+            self.sidecar.render("traefik", dynamic)
+            (dynamic / "e2e.yml").write_text(render(ROOT / "traefik/e2e.yml", {"UPSTREAM_PORT": values["UPSTREAM_PORT"]}))
+            self.argv = [str(TRAEFIK), f"--entryPoints.web.address=127.0.0.1:{self.port}",
+                         f"--providers.file.directory={dynamic}", "--providers.file.watch=false",
+                         "--log.level=ERROR", "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false"]
         else:
             self.sidecar.render("caddy", self.prefix)
             self.config_path = self.prefix / "Caddyfile"
@@ -630,6 +637,11 @@ class SidecarGate:
         self.proc = Proc(self.name, self.argv, env={"HOME": str(self.prefix), "XDG_DATA_HOME": str(self.prefix / "data"),
                                                     "XDG_CONFIG_HOME": str(self.prefix / "config")})
         wait_port(self.port, proc=self.proc)
+        # Traefik listens before its file provider has loaded the routers.
+        deadline = time.time() + 20
+        while Browser().get(f"http://127.0.0.1:{self.port}/oauth2/sign_in").status != 200:
+            assert time.time() < deadline, f"{self.name} never routed its pages:\n{self.log_text()[-3000:]}"
+            time.sleep(0.1)
         return self
 
     def stop(self) -> None:
@@ -653,3 +665,4 @@ class SidecarGate:
 
 
 CADDY = ROOT / ".venv/bin/caddy"
+TRAEFIK = ROOT / ".venv/bin/traefik"

@@ -122,7 +122,7 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack, proxy):
     envoy.stop()
 
 
-@pytest.mark.parametrize("kind", ["nginx-sidecar", "caddy"])
+@pytest.mark.parametrize("kind", ["nginx-sidecar", "caddy", "traefik"])
 def test_refresh_through_the_sidecar(stack, kind):
     """A refresh decided in an auth subrequest still reaches the browser:
     nginx adds the sidecar's Set-Cookie to the answer; a forward-auth proxy
@@ -158,7 +158,8 @@ def test_refresh_through_the_sidecar(stack, kind):
         else:
             assert {r.status for r in results} <= {200, 307}
             again = [r for r in results if r.status == 307]
-            assert again and all(r.location == "/users/x?a=1" and _session_cookie(r) == new for r in again)
+            assert again and all(r.location == stack.url("/users/x?a=1", port) and _session_cookie(r) == new
+                                 for r in again), [(r.location, _session_cookie(r) == new) for r in again]
             assert all(r.upstream_header("Remote-User") == user for r in results if r.status == 200)
         r = Browser().get(stack.url("/users/x", port), headers={"Cookie": f"_oidc_edge={new}"})
         assert r.status in (200, 307) and _session_cookie(r) != new

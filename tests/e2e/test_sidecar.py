@@ -12,7 +12,7 @@ import pytest
 
 from harness import API_KEY, CLIENT_SECRET, COOKIE_SECRET, Browser, Idp, Sidecar, free_port, idp_client, login
 
-SIDECAR_GATES = ["nginx-sidecar", "caddy"]
+SIDECAR_GATES = ["nginx-sidecar", "caddy", "traefik"]
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ def test_an_untrusted_peer_cannot_take_every_connection(direct):
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("proxy,shipped", [("nginx", "nginx/oidc-edge"), ("caddy", "caddy")])
+@pytest.mark.parametrize("proxy,shipped", [("nginx", "nginx/oidc-edge"), ("caddy", "caddy"), ("traefik", "traefik")])
 def test_shipped_snippets_are_rendered_from_the_demo_config(tmp_path, proxy, shipped):
     """The snippets in the repository are `oidc-edge render` of sidecar/demo.yaml:
     a change to the renderer or the demo shows here until they are rendered again."""

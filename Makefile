@@ -35,7 +35,7 @@ run-caddy: ## The same demo behind Caddy: forward_auth to the sidecar on :4180
 run-traefik: ## The same demo behind Traefik: forwardAuth to the sidecar on :4180
 	./scripts/demo.sh traefik
 
-test: ## Every test: lint, unit (native and wasm32), end-to-end through real Envoy and nginx
+test: ## Every test: lint, unit (native and wasm32), end-to-end through Envoy, nginx, Caddy and Traefik
 	./scripts/test.sh
 
 unit: ## Core unit tests only (native)

@@ -43,6 +43,23 @@ def _session_cookie(resp):
     return None
 
 
+def _burst(url, session, n=20):
+    """`n` requests with the same session cookie, released at the same instant."""
+    results = []
+    barrier = threading.Barrier(n)
+
+    def hit():
+        barrier.wait()
+        results.append(Browser().get(url, headers={"Cookie": f"_oidc_edge={session}"}))
+
+    threads = [threading.Thread(target=hit) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def _refreshes(stack):
     return stack.idp.stats()["token"]["refresh_token"]
 
@@ -83,19 +100,7 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack, proxy):
     old = _session_of_new_user(stack, user, ["users"])
     time.sleep(REFRESH + 0.5)
     before = _refreshes(stack)
-    results = []
-    barrier = threading.Barrier(20)
-
-    def hit():
-        barrier.wait()
-        r = Browser().get(stack.url("/users/x", port), headers={"Cookie": f"_oidc_edge={old}"})
-        results.append(r)
-
-    threads = [threading.Thread(target=hit) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _burst(stack.url("/users/x", port), old)
     assert [r.status for r in results] == [200] * 20, [r.status for r in results]
     # The burst really spread over both workers.
     if proxy == "envoy":
@@ -136,18 +141,7 @@ def test_refresh_through_the_sidecar(stack, kind):
         old = _session_of_new_user(stack, user, ["users"])
         time.sleep(REFRESH + 0.5)
         before = _refreshes(stack)
-        results = []
-        barrier = threading.Barrier(20)
-
-        def hit():
-            barrier.wait()
-            results.append(Browser().get(stack.url("/users/x?a=1", port), headers={"Cookie": f"_oidc_edge={old}"}))
-
-        threads = [threading.Thread(target=hit) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = _burst(stack.url("/users/x?a=1", port), old)
         assert _refreshes(stack) - before == 1, "one refresh for one session, however many requests"
         new = {c for c in map(_session_cookie, results) if c}
         assert len(new) == 1, new

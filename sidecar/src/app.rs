@@ -72,15 +72,26 @@ pub struct Answer {
 
 impl Answer {
     pub fn plain(status: u16, body: &str) -> Answer {
+        Answer::text(status, "text/plain; charset=utf-8", body)
+    }
+
+    fn text(status: u16, content_type: &str, body: &str) -> Answer {
         Answer {
             status,
-            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into()), ("cache-control".into(), "no-store".into())],
+            headers: vec![("content-type".into(), content_type.into()), ("cache-control".into(), "no-store".into())],
             body: body.as_bytes().to_vec(),
         }
     }
 
     fn from_response(r: Response) -> Answer {
         Answer { status: r.status, headers: r.headers, body: r.body }
+    }
+
+    /// A refusal for the proxy (JSON), logged at most every 10 s: outsiders
+    /// can trigger these at will.
+    fn refused(status: u16, code: &str, message: &str, level: Level, log_msg: &str, fields: &[(&str, serde_json::Value)]) -> Answer {
+        log::event_limited(level, log_msg, fields);
+        Answer::from_response(oidc_edge::pages::json(status, code, message, &[]))
     }
 }
 
@@ -223,22 +234,29 @@ impl App {
             return Ok(Original { method: req.method.clone(), scheme, authority, path: req.path_and_query.clone(), headers });
         }
         if !trusted {
-            log::event_limited(Level::Warn, "auth request from an untrusted peer refused", &[
-                ("peer", req.peer.to_string().into()),
-                ("hint", "add the proxy's address to sidecar.trusted_proxies".into()),
-            ]);
-            let r = oidc_edge::pages::json(403, "forbidden", "This peer is not a trusted proxy (sidecar.trusted_proxies).", &[]);
-            return Err(Answer::from_response(r));
+            return Err(Answer::refused(
+                403,
+                "forbidden",
+                "This peer is not a trusted proxy (sidecar.trusted_proxies).",
+                Level::Warn,
+                "auth request from an untrusted peer refused",
+                &[("peer", req.peer.to_string().into()), ("hint", "add the proxy's address to sidecar.trusted_proxies".into())],
+            ));
         }
         if let Some(token) = &self.engine.config().sidecar.proxy_token {
             let sent = req.header(PROXY_TOKEN_HEADER).unwrap_or("");
             if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), token.expose().as_bytes())) {
-                log::event_limited(Level::Warn, "decision request without the proxy token refused", &[
-                    ("peer", req.peer.to_string().into()),
-                    ("hint", "route decisions only through the snippets `oidc-edge render` writes".into()),
-                ]);
-                let r = oidc_edge::pages::json(403, "forbidden", "Decisions are for the proxy only.", &[]);
-                return Err(Answer::from_response(r));
+                return Err(Answer::refused(
+                    403,
+                    "forbidden",
+                    "Decisions are for the proxy only.",
+                    Level::Warn,
+                    "decision request without the proxy token refused",
+                    &[
+                        ("peer", req.peer.to_string().into()),
+                        ("hint", "route decisions only through the snippets `oidc-edge render` writes".into()),
+                    ],
+                ));
             }
         }
         let method = fwd("x-forwarded-method").or_else(|| fwd("x-original-method")).unwrap_or("GET").to_ascii_uppercase();
@@ -254,26 +272,28 @@ impl App {
                 None => url.to_owned(),
             }
         } else {
-            log::event_limited(Level::Warn, "auth request without the original URI refused", &[(
-                "hint",
-                "send X-Forwarded-Uri (nginx: proxy_set_header X-Forwarded-Uri $request_uri) or X-Original-URL".into(),
-            )]);
-            let r = oidc_edge::pages::json(
+            return Err(Answer::refused(
                 400,
                 "bad_request",
                 "The proxy did not say which request to decide: send X-Forwarded-Uri or X-Original-URL.",
-                &[],
-            );
-            return Err(Answer::from_response(r));
+                Level::Warn,
+                "auth request without the original URI refused",
+                &[("hint", "send X-Forwarded-Uri (nginx: proxy_set_header X-Forwarded-Uri $request_uri) or X-Original-URL".into())],
+            ));
         };
         // A browser that reaches a decision endpoint through the proxy's
         // public /oauth2/ route must not read a decision (it would show the
         // route's injected secrets): no proxy asks to decide those paths.
         let paths = &self.engine.config().paths;
         if oidc_edge::path::normalize(path_only(&path)).is_ok_and(|p| p == paths.auth.as_str() || p == paths.forward_auth.as_str()) {
-            log::event_limited(Level::Info, "decision about a decision endpoint refused", &[("peer", req.peer.to_string().into())]);
-            let r = oidc_edge::pages::json(404, "not_found", "Not found.", &[]);
-            return Err(Answer::from_response(r));
+            return Err(Answer::refused(
+                404,
+                "not_found",
+                "Not found.",
+                Level::Info,
+                "decision about a decision endpoint refused",
+                &[("peer", req.peer.to_string().into())],
+            ));
         }
         Ok(Original { method, scheme, authority, path, headers })
     }
@@ -437,9 +457,7 @@ impl App {
             "# HELP oidc_edge_provider_ready 1 when discovery and JWKS are loaded.\n# TYPE oidc_edge_provider_ready gauge\noidc_edge_provider_ready {}\n",
             u8::from(self.ready())
         ));
-        let mut a = Answer::plain(200, &out);
-        a.headers[0].1 = "text/plain; version=0.0.4; charset=utf-8".into();
-        a
+        Answer::text(200, "text/plain; version=0.0.4; charset=utf-8", &out)
     }
 
     /// Fetches discovery and JWKS and installs them.

@@ -40,6 +40,11 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     /// Every header (names in any case).
     pub headers: &'a [(String, String)],
+    /// Whether the host forwards [`Allow::set_path`] in place of the received
+    /// path (Envoy does). Where it does not (nginx, forward-auth proxies), a
+    /// path that normalization changes is never forwarded: the upstream would
+    /// read the spelling, not the decision.
+    pub rewrites_path: bool,
 }
 
 impl RequestHead<'_> {
@@ -222,6 +227,9 @@ impl Engine {
                 return Step::Respond(pages::page(400, "Bad request", msg, None));
             }
         };
+        if path.as_ref() != raw_path && !head.rewrites_path {
+            return Self::to_decided_path(head.method, &path, query, env);
+        }
         let paths = &self.config.paths;
         if path == paths.callback.as_str() {
             return self.callback(head, query.unwrap_or(""), env);
@@ -316,6 +324,30 @@ impl Engine {
             }
         }
         self.decide(route, allow, &api, &opened, env)
+    }
+
+    /// Answers a request whose path normalization changed, on a host that
+    /// would forward the path as received: `/admin/%2e%2e/public/x` decided as
+    /// `/public/x` must not reach an upstream that routes it under `/admin/`.
+    /// GET and HEAD are sent to the normalized path (308 keeps the method);
+    /// other methods are refused, since a redirect would replay their body.
+    fn to_decided_path(method: &str, path: &str, query: Option<&str>, env: &mut Env<'_>) -> Step {
+        if !(method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")) {
+            env.events.push(Event::Denied("path not in normalized form"));
+            return Step::Respond(pages::page(
+                400,
+                "Bad request",
+                "The request path has dot segments, repeated slashes or needless escapes; send it in normalized form.",
+                None,
+            ));
+        }
+        env.events.push(Event::PathRedirected);
+        // `path` starts with one '/' and never two: a same-site location.
+        let location = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        Step::Respond(Response { status: 308, ..pages::redirect(&location) })
     }
 
     /// Applies the route's rule to an authenticated user. `api` says whether

@@ -14,6 +14,9 @@ pub enum Event {
     TokenRejected(String),
     /// Request forwarded upstream.
     Allowed,
+    /// Browser sent to the canonical spelling of its path (the host forwards
+    /// paths as received, so it could not be forwarded as decided).
+    PathRedirected,
     /// Request refused (403/400).
     Denied(&'static str),
     /// API-style request without a session (401).
@@ -62,6 +65,7 @@ impl Event {
             Event::LoginFailed(_) => &[2],
             Event::TokenRejected(_) => &[],
             Event::Allowed => &[3],
+            Event::PathRedirected => &[5],
             Event::Denied(_) => &[4],
             Event::Unauthorized => &[6],
             Event::InvalidCookie(_) => &[7],

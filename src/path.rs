@@ -18,7 +18,11 @@ pub enum PathError {
 
 /// Normalizes the path part of a request target (no query): decodes escaped
 /// unreserved characters (`%2e` → `.`, `%41` → `A`), upper-cases the other
-/// escapes, merges repeated slashes and resolves `.` and `..` segments.
+/// escapes, resolves `.` and `..` segments as RFC 3986 §5.2.4 does (an empty
+/// segment is a segment: `/admin//../x` is `/admin/x`), then merges the empty
+/// segments that remain. Merging only after `..` is resolved keeps the result
+/// at least as long as what an RFC 3986 upstream resolves; a gate that cannot
+/// forward this result redirects to it instead (see `Engine::on_request`).
 /// Returns the input unchanged (borrowed) in the common case of a clean path.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
@@ -67,12 +71,11 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         if seg.contains(';') {
             return Err(PathError::Ambiguous);
         }
+        trailing_slash = n == last;
         match *seg {
-            "" => trailing_slash = n == last,
-            "." => trailing_slash = n == last,
+            "." => {}
             ".." => {
                 out.pop();
-                trailing_slash = n == last;
             }
             s => {
                 out.push(s);
@@ -80,12 +83,15 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             }
         }
     }
+    if out.last() == Some(&"") {
+        trailing_slash = true;
+    }
     let mut result = String::with_capacity(decoded.len());
-    for seg in &out {
+    for seg in out.iter().filter(|s| !s.is_empty()) {
         result.push('/');
         result.push_str(seg);
     }
-    if out.is_empty() || trailing_slash {
+    if result.is_empty() || trailing_slash {
         result.push('/');
     }
     Ok(Cow::Owned(result))
@@ -121,6 +127,30 @@ mod tests {
         assert_eq!(n("/%252e%252e/admin").unwrap(), "/%252e%252e/admin");
         assert_eq!(n("/").unwrap(), "/");
         assert_eq!(n("/..").unwrap(), "/");
+    }
+
+    #[test]
+    fn an_empty_segment_before_dot_dot_is_a_segment() {
+        // RFC 3986 §5.2.4: merging slashes first would give /public/x, shorter
+        // than what an upstream resolves.
+        assert_eq!(n("/admin//../public/x").unwrap(), "/admin/public/x");
+        assert_eq!(n("/admin/x//../../public/x").unwrap(), "/admin/public/x");
+        assert_eq!(n("/admin/%2e%2e/public/x").unwrap(), "/public/x");
+        assert_eq!(n("/admin/.%2E/public/x").unwrap(), "/public/x");
+        assert_eq!(n("/admin/%2e./public/x").unwrap(), "/public/x");
+        assert_eq!(n("/a//b//").unwrap(), "/a/b/");
+        assert_eq!(n("/a//").unwrap(), "/a/");
+        assert_eq!(n("/a/b//..").unwrap(), "/a/b/");
+        assert_eq!(n("//").unwrap(), "/");
+    }
+
+    #[test]
+    fn normalizing_twice_changes_nothing() {
+        // A redirect to the normalized path must not be redirected again.
+        for p in ["/admin//../public/x", "/a/./b/../c//d/", "/%61%2e%2E/x", "/a%c3%a9/%7e", "//..//a", "/a/b//.."] {
+            let once = n(p).unwrap();
+            assert_eq!(n(&once).unwrap(), once, "{p}");
+        }
     }
 
     #[test]

@@ -262,6 +262,7 @@ pub struct Req {
     pub authority: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub rewrites_path: bool,
 }
 
 impl Req {
@@ -278,7 +279,14 @@ impl Req {
             authority: APP_HOST.to_owned(),
             path: path.to_owned(),
             headers: vec![("accept".to_owned(), "text/html,application/xhtml+xml,*/*;q=0.8".to_owned())],
+            rewrites_path: true,
         }
+    }
+
+    /// As seen by a host that forwards the path as received (nginx, forward-auth proxies).
+    pub fn forwarded_as_received(mut self) -> Req {
+        self.rewrites_path = false;
+        self
     }
 
     /// Adds a header.
@@ -312,6 +320,7 @@ impl Req {
             authority: &self.authority,
             path: &self.path,
             headers: &self.headers,
+            rewrites_path: self.rewrites_path,
         }
     }
 }

@@ -201,6 +201,8 @@ impl App {
             authority: &original.authority,
             path: &original.path,
             headers: &original.headers,
+            // The proxy forwards its own request line, not ours.
+            rewrites_path: false,
         };
         let step = self.run(mode, |engine, env| engine.on_request(&head, env));
         let step = self.finish(mode, step).await;
@@ -350,7 +352,7 @@ impl App {
 
     fn shape(&self, step: Step, mode: Mode, original: &Original) -> Answer {
         let allow = match step {
-            Step::Respond(r) => return self.refusal(r, mode),
+            Step::Respond(r) => return self.refusal(r, mode, original),
             Step::Fetch { .. } => return Answer::plain(500, "internal error\n"),
             Step::Allow(a) => a,
         };
@@ -363,14 +365,8 @@ impl App {
             // browser (and Pocket ID revokes a reused refresh token). Send the
             // browser back to the same URL with the new cookie; 307 keeps the
             // method and body.
-            // Absolute: Traefik resolves a relative Location against the
-            // sidecar's own URL, which the browser cannot reach.
-            let path = if original.path.starts_with('/') && !original.path.starts_with("//") { original.path.as_str() } else { "/" };
-            let plain_host = !original.authority.is_empty()
-                && original.authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
-            let location =
-                if plain_host { format!("{}://{}{path}", original.scheme, original.authority) } else { path.to_owned() };
-            let mut headers = vec![("location".to_owned(), location), ("cache-control".to_owned(), "no-store".to_owned())];
+            let mut headers =
+                vec![("location".to_owned(), original.absolute(&original.path)), ("cache-control".to_owned(), "no-store".to_owned())];
             headers.extend(allow.set_cookies.into_iter().map(|c| ("set-cookie".to_owned(), c)));
             return Answer { status: 307, headers, body: Vec::new() };
         }
@@ -396,7 +392,7 @@ impl App {
         Answer { status: 200, headers, body: Vec::new() }
     }
 
-    fn refusal(&self, r: Response, mode: Mode) -> Answer {
+    fn refusal(&self, mut r: Response, mode: Mode, original: &Original) -> Answer {
         if mode != Mode::Direct && (200..300).contains(&r.status) {
             // A page of ours (sign-in, the SameSite=Strict continue page) asked
             // for through a decision: a forward-auth proxy would read its 2xx as
@@ -413,6 +409,13 @@ impl App {
                 None,
             );
             return Answer::from_response(r);
+        }
+        if mode == Mode::ForwardAuth {
+            for (name, value) in &mut r.headers {
+                if name.eq_ignore_ascii_case("location") {
+                    *value = original.absolute(value);
+                }
+            }
         }
         if mode != Mode::AuthRequest {
             return Answer::from_response(r);
@@ -491,4 +494,25 @@ struct Original {
     authority: String,
     path: String,
     headers: Vec<(String, String)>,
+}
+
+impl Original {
+    /// `target` as an absolute URL on the original request's site when it is
+    /// a path. A forward-auth proxy hands the sidecar's Location to the
+    /// browser as it is, and Traefik resolves a relative one against the
+    /// sidecar's own URL, which the browser cannot reach. An absolute URL (the
+    /// IdP) is kept; a path that could leave the site becomes `/`.
+    fn absolute(&self, target: &str) -> String {
+        if !target.starts_with('/') && target.contains("://") {
+            return target.to_owned();
+        }
+        let path = if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") { target } else { "/" };
+        let plain_host =
+            !self.authority.is_empty() && self.authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+        if plain_host {
+            format!("{}://{}{path}", self.scheme, self.authority)
+        } else {
+            path.to_owned()
+        }
+    }
 }

@@ -1206,12 +1206,43 @@ fn pages_and_events_never_carry_secrets() {
 }
 
 #[test]
+fn a_host_that_forwards_the_received_path_sends_the_browser_to_the_decided_one() {
+    let mut g = Gate::new();
+    let bob = g.login_as(&bob()).0;
+    for (path, decided) in [
+        ("/admin/%2e%2e/public/x", "/public/x"),
+        ("/admin/.%2E/public/x?a=1&b", "/public/x?a=1&b"),
+        ("/admin/%2e./public/x", "/public/x"),
+        ("/admin/./../public/x", "/public/x"),
+        ("/admin//../public/x", "/admin/public/x"),
+        ("//public/x", "/public/x"),
+        ("/%70ublic/x", "/public/x"),
+        ("/public/%2e%2e/admin/", "/admin/"),
+    ] {
+        for method in ["GET", "HEAD"] {
+            let step = g.send(&Req::new(method, path).cookie(COOKIE, &bob).forwarded_as_received());
+            let Step::Respond(r) = step else { panic!("{method} {path}: {step:?}") };
+            assert_eq!((r.status, r.header("location")), (308, Some(decided)), "{method} {path}");
+        }
+        let step = g.send(&Req::new("POST", path).cookie(COOKIE, &bob).forwarded_as_received());
+        let Step::Respond(r) = step else { panic!("POST {path}: {step:?}") };
+        assert_eq!(r.status, 400, "POST {path}");
+    }
+    // The decided path itself is forwarded as it is.
+    let Step::Allow(a) = g.send(&Req::get("/public/x?a=1").forwarded_as_received()) else { panic!("public refused") };
+    assert_eq!(a.set_path, None);
+    // A host that rewrites the path gets the rewrite instead of a redirect.
+    let Step::Allow(a) = g.send(&Req::get("/admin/%2e%2e/public/x")) else { panic!("rewrite refused") };
+    assert_eq!(a.set_path.as_deref(), Some("/public/x"));
+}
+
+#[test]
 fn cookie_header_parsing_is_strict_about_names() {
     let headers = vec![
         ("Cookie".to_owned(), "a=1; _oidc_edge_x=2".to_owned()),
         ("cookie".to_owned(), " _oidc_edge=\"v\" ;b=3".to_owned()),
     ];
-    let head = RequestHead { method: "GET", scheme: "https", authority: APP_HOST, path: "/", headers: &headers };
+    let head = RequestHead { method: "GET", scheme: "https", authority: APP_HOST, path: "/", headers: &headers, rewrites_path: true };
     assert_eq!(head.cookie("_oidc_edge"), Some("v"));
     assert_eq!(head.cookie("b"), Some("3"));
     assert_eq!(head.cookie("_oidc"), None);

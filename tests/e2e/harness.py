@@ -44,9 +44,13 @@ def free_port() -> int:
             return port
 
 
+# Placeholders most tests leave as they are.
+TEMPLATE_DEFAULTS = {"NORMALIZE_PATH": "true"}
+
+
 def render(template: Path, values: dict) -> str:
     text = template.read_text()
-    for k, v in values.items():
+    for k, v in {**TEMPLATE_DEFAULTS, **values}.items():
         text = text.replace("{{" + k + "}}", str(v))
     left = re.findall(r"\{\{[A-Z_]+\}\}", text)
     if left:

@@ -2,13 +2,14 @@
 cookies, bad callbacks, open redirects and path tricks. Each must end in a
 clear local answer: never a pass, never a 500, never a redirect loop."""
 
+import re
 import time
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
 from cookies import b64url, b64url_decode, seal, session_payload
-from harness import COOKIE_SECRET, Browser, login, to_callback
+from harness import COOKIE_SECRET, Browser, free_port, login, to_callback
 
 SPOOFS = [
     ("Remote-User", "admin"), ("remote_user", "admin"), ("Remote.User", "admin"), ("REMOTE-USER", "admin"),
@@ -166,11 +167,11 @@ def test_open_redirect_through_the_original_url_after_login(gate, stack):
     # the original URL, the post-login Location stays on this site.
     for raw in ["//evil.example/app/", "/app/..//evil.example", "/app//evil.example", "/app/?next=//evil.example"]:
         b = Browser()
-        r = b.get(gate.url(raw))
+        r = _after_canonical_redirect(gate, b, raw)
         if r.status != 302:
             assert r.status in (400, 403), (raw, r.status)
             continue
-        done = b.get(to_callback(b, gate.url(raw), "alice"))
+        done = b.get(to_callback(b, r.url, "alice"))
         assert done.status == 302, raw
         assert done.location.startswith("/") and not done.location.startswith("//"), (raw, done.location)
         assert "\\" not in done.location
@@ -188,15 +189,110 @@ PATH_TRICKS = [
 @pytest.mark.parametrize("trick", PATH_TRICKS)
 def test_path_tricks_never_reach_admin_unchecked(gate, stack, trick):
     bob = _bob(gate, stack)
-    r = bob.get(gate.url(trick))
+    r = _after_canonical_redirect(gate, bob, trick)
     if r.status == 200:
         seen = r.json()["path"]
         assert not seen.lower().startswith("/admin"), f"{trick} reached {seen} as bob"
     else:
         assert r.status in (400, 403, 404), (trick, r.status)
-    anon = Browser().get(gate.url(trick))
+    anon = _after_canonical_redirect(gate, Browser(), trick)
     if anon.status == 200:
         assert not anon.json()["path"].lower().startswith("/admin"), trick
+
+
+def _after_canonical_redirect(gate, browser, path):
+    """GET `path`; a 308 must point at the same site, and is followed once."""
+    r = browser.get(gate.url(path))
+    if r.status == 308:
+        target = r.location if r.location.startswith("/") else r.location.removeprefix(gate.url(""))
+        assert target.startswith("/") and not target.startswith("//"), (path, r.location)
+        r = browser.get(gate.url(target))
+        assert r.status != 308, (path, "redirected twice")
+    return r
+
+
+# Spellings under the protected /admin/ that normalize into the public /public/
+# (or stay under /admin/ by RFC 3986 §5.2.4). Routers that match the undecoded
+# path (Express, werkzeug) would run the /admin/ handler for these if a gate
+# decided on /public/x and forwarded the raw spelling.
+INTO_PUBLIC = {
+    "/admin/%2e%2e/public/x": "/public/x",
+    "/admin/%2E%2E/public/x": "/public/x",
+    "/admin/.%2e/public/x": "/public/x",
+    "/admin/%2e./public/x": "/public/x",
+    "/admin/%2E./public/x?q=1": "/public/x?q=1",
+    "/admin/./../public/x": "/public/x",
+    "/admin/x/%2e%2e/%2e%2e/public/x": "/public/x",
+    "/admin/../public/x": "/public/x",
+    "/%61dmin/%2e%2e/public/x": "/public/x",
+    # An empty segment before ".." is a segment: this stays under /admin/.
+    "/admin//../public/x": "/admin/public/x",
+    "/admin/.//../public/x": "/admin/public/x",
+}
+
+
+def _normal(path):
+    """Whether every upstream reads `path` the same way: no dot segments, no
+    repeated slashes, no escaped unreserved characters."""
+    p = path.split("?")[0]
+    segments = p.split("/")[1:]
+    escapes = re.findall(r"%([0-9A-Fa-f]{2})", p)
+    return ("" not in segments[:-1] and "." not in segments and ".." not in segments
+            and not any(chr(int(e, 16)).isalnum() or chr(int(e, 16)) in "-._~" for e in escapes))
+
+
+@pytest.mark.parametrize("spelling", INTO_PUBLIC)
+def test_the_upstream_receives_the_decided_path(gate, stack, spelling):
+    """Every gate forwards exactly the path it decided on, or does not forward:
+    a GET is redirected to the decided path (308) or forwarded with it, a POST
+    is refused (400) or forwarded with it. The echo's received path is the proof:
+    a path that reaches it is in normal form, so no upstream reads it otherwise
+    than the gate did. (Traefik cleans paths itself, merging slashes before
+    resolving "..", and decides and forwards its own result.)"""
+    decided = INTO_PUBLIC[spelling]
+    b = Browser()
+    r = b.get(gate.url(spelling))
+    if r.status == 308:
+        assert r.location in (decided, gate.url(decided)), (spelling, r.location)
+        r = b.get(gate.url(decided))
+    if r.status == 200:
+        seen = r.json()["path"]
+        assert _normal(seen) and seen.startswith("/public/"), (spelling, seen)
+        assert gate.name == "traefik" or seen == decided, (spelling, seen)
+        assert r.upstream_header("Remote-User") is None
+    else:
+        # Still protected: an anonymous browser is sent to log in, never forwarded.
+        assert not decided.startswith("/public/") and r.status == 302, (spelling, r.status)
+    post = Browser().request("POST", gate.url(spelling), body=b"x=1",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    if post.status == 200:
+        seen = post.json()["path"]
+        assert _normal(seen) and seen.startswith("/public/"), (spelling, seen)
+        assert gate.name == "traefik" or seen == decided, (spelling, seen)
+    elif decided.startswith("/public/"):
+        assert post.status == 400, (spelling, post.status)
+    else:
+        assert post.status in (302, 400, 401), (spelling, post.status)
+
+
+def test_envoy_forwards_the_filters_path_without_its_own_normalization(stack):
+    """Envoy is the host that forwards the `:path` the filter sets: even with
+    Envoy's own normalize_path and merge_slashes off, the upstream receives
+    the decided path, and no redirect is needed."""
+    port = free_port()
+    stack.envoy("envoy-raw-paths", port, NORMALIZE_PATH="false").wait_provider_loaded(port)
+    for spelling, decided in {**INTO_PUBLIC, "/public//x": "/public/x", "/%70ublic/./x": "/public/x"}.items():
+        r = Browser().get(f"http://127.0.0.1:{port}{spelling}")
+        if decided.startswith("/public/"):
+            assert r.status == 200 and r.json()["path"] == decided, (spelling, r.status, r.body[:200])
+        else:
+            assert r.status == 302 and "/auth?" in r.location, (spelling, r.status, r.location)
+
+
+def test_normal_form_check_itself():
+    assert _normal("/public/x") and _normal("/public/a%20b") and _normal("/public/x/")
+    for p in ("/admin/%2e%2e/public/x", "/a//b", "/a/./b", "/a/../b", "/%61", "/a/%7E"):
+        assert not _normal(p), p
 
 
 _BOB = {}  # per gate: bob's browser

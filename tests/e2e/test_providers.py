@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (COOKIE_SECRET, ENVOY, ROOT, RUN, WASM, Browser, Envoy, Idp, free_port, idp_client, login, render,
+from harness import (COOKIE_SECRET, ENVOY, ROOT, RUN, TEMPLATE_DEFAULTS, WASM, Browser, Envoy, Idp, free_port, idp_client, login, render,
                      to_callback)
 
 
@@ -116,7 +116,7 @@ def test_every_shipped_envoy_config_validates(config):
     values.update({k: v for k, v in {
         "WASM": WASM, "TRIVIAL_WASM": WASM.parent / "oidc_edge_trivial_filter.wasm", "CLIENT_ID": "oidc-edge",
         "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h",
-        "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000}.items() if k in names})
+        "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000, **TEMPLATE_DEFAULTS}.items() if k in names})
     _validate(render(ROOT / "envoy" / config, values), config)
 
 

@@ -64,6 +64,32 @@ impl SecureRandom for FilterRng {
     }
 }
 
+/// Whether the host forwards a `:path` the filter sets. Envoy does (the
+/// filter's rewrite is what the upstream receives). ngx_wasm_module 0.6.0
+/// changes nginx's `$uri` but `proxy_pass` still sends the original request
+/// line; a host we cannot identify is assumed to do the same.
+pub fn host_rewrites_path() -> bool {
+    let has = |path: Vec<&str>| matches!(hostcalls::get_property(path), Ok(Some(_)));
+    let rewrites = !has(vec!["ngx", "pid"]) && (has(vec!["xds", "node"]) || has(vec!["node"]));
+    if rewrites {
+        log::info!("oidc-edge: the host forwards rewritten paths; paths are forwarded in normal form");
+    } else {
+        log::info!("oidc-edge: the host forwards paths as received; paths not in normal form are redirected (GET, HEAD) or refused");
+    }
+    rewrites
+}
+
+/// The request target as received on the wire (`request.path`: nginx's
+/// `$request_uri`), which is what a host that does not rewrite paths forwards.
+/// Bytes that are not UTF-8 become U+FFFD one sequence at a time, never
+/// swallowing a `/` or `.`, so segments and dot segments read as on the wire.
+pub fn received_request_target() -> Option<String> {
+    match hostcalls::get_property(vec!["request", "path"]) {
+        Ok(Some(raw)) if !raw.is_empty() => Some(String::from_utf8_lossy(&raw).into_owned()),
+        _ => None,
+    }
+}
+
 /// Secrets from the VM's environment (Envoy: `vm_config.environment_variables`).
 pub struct HostSecrets;
 

@@ -45,6 +45,9 @@ struct Worker {
     keys: shared::Keys,
     /// Reused for each request's events.
     events: Vec<oidc_edge::Event>,
+    /// Whether the host forwards the path the filter sets; asked at the
+    /// first request (ngx_wasm_module answers properties in request phases).
+    rewrites_path: Option<bool>,
 }
 
 impl Worker {
@@ -190,6 +193,7 @@ impl RootContext for Root {
             metrics,
             keys,
             events: Vec::with_capacity(4),
+            rewrites_path: None,
         };
         HostShared::create_shards(self, &worker.keys.claims);
         let worker = Rc::new(RefCell::new(worker));
@@ -331,12 +335,18 @@ impl Request {
         // The Host header first: ngx_wasm_module's `:authority` is the
         // server's own name, Envoy folds Host into `:authority`.
         let authority = find("host").filter(|a| !a.is_empty()).or_else(|| find(":authority")).unwrap_or("");
-        let path = find(":path").unwrap_or("");
-        let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all };
+        let rewrites_path =
+            self.worker.as_ref().is_some_and(|w| *w.borrow_mut().rewrites_path.get_or_insert_with(host::host_rewrites_path));
+        // Where the host forwards its own request line, decide on that line:
+        // ngx_wasm_module's `:path` is nginx's decoded and resolved `$uri`,
+        // while `proxy_pass` sends `$request_uri`.
+        let received = if rewrites_path { None } else { host::received_request_target() };
+        let path = received.as_deref().or_else(|| find(":path")).unwrap_or("");
         let callback = self.worker.as_ref().is_some_and(|w| {
             let path_only = path.split('?').next().unwrap_or("");
             path_only == w.borrow().engine.config().paths.callback.as_str()
         });
+        let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all, rewrites_path };
         self.run(resumed, callback, now, |engine, env| engine.on_request(&head, env))
     }
 

@@ -70,6 +70,21 @@ impl RequestHead<'_> {
             })
     }
 
+    /// Whether the request was made by one of our own pages or by the user
+    /// (a typed URL, a bookmark), never by another site: Fetch Metadata where
+    /// the browser sends it, else an `Origin` equal to ours. A request with
+    /// neither (an old browser's `<img>`, a script) is not.
+    fn same_origin(&self) -> bool {
+        match self.header("sec-fetch-site") {
+            Some(site) => site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"),
+            None => self.header("origin").is_some_and(|origin| {
+                origin.split_once("://").is_some_and(|(scheme, host)| {
+                    scheme.eq_ignore_ascii_case(self.scheme) && host.eq_ignore_ascii_case(self.authority)
+                })
+            }),
+        }
+    }
+
     fn looks_like_api(&self) -> bool {
         let accept = self.header("accept").unwrap_or("");
         (accept.contains("application/json") && !accept.contains("text/html"))
@@ -952,6 +967,12 @@ impl Engine {
     }
 
     fn sign_out(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
+        // Signing out also ends the IdP session: another site must not be
+        // able to do it with an `<img>` or an auto-submitted form.
+        if !head.same_origin() {
+            let action = if query.is_empty() { self.config.paths.sign_out.clone() } else { format!("{}?{query}", self.config.paths.sign_out) };
+            return Step::Respond(pages::confirm("Sign out?", "Do you want to sign out?", &action, "Sign out"));
+        }
         let s = &self.config.session;
         let idt_name = self.id_token_cookie_name();
         if let Some(v) = head.cookie(&s.cookie_name) {

@@ -60,13 +60,29 @@ pub fn page(status: u16, title: &str, message: &str, link: Option<(&str, &str)>)
     let link_html = link
         .map(|(href, label)| format!("<p><a href=\"{}\">{}</a></p>", html_escape(href), html_escape(label)))
         .unwrap_or_default();
+    html(status, title, message, &link_html)
+}
+
+/// An HTML page whose button POSTs to `action` (a safe relative URL): how a
+/// state-changing request that arrived cross-site is confirmed by the user.
+pub fn confirm(title: &str, message: &str, action: &str, button: &str) -> Response {
+    let form = format!(
+        "<form method=\"post\" action=\"{}\"><button type=\"submit\">{}</button></form>",
+        html_escape(action),
+        html_escape(button)
+    );
+    html(200, title, message, &form)
+}
+
+/// The page skeleton: `title` and `message` are escaped, `extra` is trusted HTML.
+fn html(status: u16, title: &str, message: &str, extra: &str) -> Response {
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <title>{t}</title><style>body{{font:16px system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}}\
          h1{{font-size:1.4em}}</style></head><body><h1>{t}</h1><p>{m}</p>{l}</body></html>\n",
         t = html_escape(title),
         m = html_escape(message),
-        l = link_html
+        l = extra
     );
     common(status, "text/html; charset=utf-8", body.into_bytes())
         .with_header("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'")

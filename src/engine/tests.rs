@@ -1111,7 +1111,7 @@ fn sign_out_ends_the_provider_session() {
         String::from_utf8(bytes).unwrap()
     };
     g.host.take_events();
-    let req = Req::get("/oauth2/sign_out").cookie(COOKIE, &session).cookie("_oidc_edge_idt", &idt);
+    let req = Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "same-origin").cookie(COOKIE, &session).cookie("_oidc_edge_idt", &idt);
     let r = respond(g.send(&req));
     assert_eq!(r.status, 302);
     let (base, params) = split_location(r.header("location").unwrap());
@@ -1131,14 +1131,14 @@ fn sign_out_ends_the_provider_session() {
 fn sign_out_without_id_token_or_provider() {
     let mut g = Gate::new();
     // No ID-token cookie (or a forged one): no hint, still a sign-out.
-    let r = respond(g.send(&Req::get("/oauth2/sign_out").cookie("_oidc_edge_idt", "forged")));
+    let r = respond(g.send(&Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "none").cookie("_oidc_edge_idt", "forged")));
     let (_, params) = split_location(r.header("location").unwrap());
     assert!(!params.iter().any(|(k, _)| k == "id_token_hint"));
     assert!(set_cookie(&r, COOKIE).unwrap().clears());
     // Without an end-session endpoint (or provider), a local redirect, never to another site.
     g.host.provider = None;
     for (rd, to) in [("/bye", "/bye"), ("//evil.example", "/"), ("https://evil.example/", "/"), ("https://grafana.example.com/", "https://grafana.example.com/")] {
-        let r = respond(g.send(&Req::get(&format!("/oauth2/sign_out?{}", build_query(&[("rd", rd)])))));
+        let r = respond(g.send(&Req::get(&format!("/oauth2/sign_out?{}", build_query(&[("rd", rd)]))).header("Sec-Fetch-Site", "same-origin")));
         assert_eq!((r.status, r.header("location")), (302, Some(to)), "rd={rd}");
     }
 }
@@ -1148,9 +1148,42 @@ fn configured_post_logout_url_is_used() {
     let mut cfg = config_json();
     cfg["post_logout_redirect_url"] = json!("https://home.example.com/signed-out");
     let mut g = Gate::with_config(&cfg);
-    let r = respond(g.send(&Req::get("/oauth2/sign_out")));
+    let r = respond(g.send(&Req::get("/oauth2/sign_out").header("Origin", "https://app.example.com")));
     let (_, params) = split_location(r.header("location").unwrap());
     assert_eq!(param(&params, "post_logout_redirect_uri"), "https://home.example.com/signed-out");
+}
+
+#[test]
+fn sign_out_from_another_site_asks_first() {
+    let mut g = Gate::new();
+    let (session, _) = g.login_as(&alice());
+    g.host.take_events();
+    let cross_site: [&[(&str, &str)]; 5] = [
+        &[("Sec-Fetch-Site", "cross-site")],
+        &[("Sec-Fetch-Site", "same-site")],
+        &[("Origin", "https://evil.example")],
+        &[("Origin", "http://app.example.com")],
+        &[],
+    ];
+    for headers in cross_site {
+        for method in ["GET", "POST"] {
+            let mut req = Req::new(method, "/oauth2/sign_out?rd=%2Fbye").cookie(COOKIE, &session);
+            for (n, v) in headers {
+                req = req.header(n, v);
+            }
+            let r = respond(g.send(&req));
+            assert_eq!(r.status, 200, "{method} {headers:?}");
+            assert!(set_cookie(&r, COOKIE).is_none(), "{method} {headers:?}: cookies cleared");
+            let body = String::from_utf8(r.body.clone()).unwrap();
+            assert!(body.contains(r#"<form method="post" action="/oauth2/sign_out?rd=%2Fbye">"#), "{body}");
+        }
+    }
+    assert_eq!(g.host.take_events(), vec![]);
+    assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Allow(_)), "the session stays");
+    // The page's own POST is same-origin, and signs out.
+    let r = respond(g.send(&Req::new("POST", "/oauth2/sign_out?rd=%2Fbye").header("Sec-Fetch-Site", "same-origin").cookie(COOKIE, &session)));
+    assert_eq!(r.status, 302);
+    assert!(set_cookie(&r, COOKIE).unwrap().clears());
 }
 
 // ---------------------------------------------------------------------------

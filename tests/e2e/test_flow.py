@@ -146,7 +146,7 @@ def test_sign_out_clears_cookies_and_ends_idp_session(gate, stack):
     b = Browser()
     login(b, gate.url("/app/"), "alice")
     assert b.cookie("_oidc_edge") and b.cookie("_oidc_edge_idt")
-    r = b.get(gate.url("/oauth2/sign_out"))
+    r = b.get(gate.url("/oauth2/sign_out"), headers={"Sec-Fetch-Site": "same-origin"})
     assert r.status == 302
     cleared = {c.split("=", 1)[0] for c in r.all("set-cookie") if "Max-Age=0" in c}
     assert {"_oidc_edge", "_oidc_edge_idt"} <= cleared
@@ -161,6 +161,29 @@ def test_sign_out_clears_cookies_and_ends_idp_session(gate, stack):
     # The IdP session is gone too: a new visit shows the IdP's login page again.
     page = b.follow(gate.url("/app/"))
     assert page.status == 200 and b"choose a user" in page.body
+
+
+def test_sign_out_from_another_site_asks_first(gate, stack):
+    """An <img> or an auto-submitted form on another site must not end the
+    session here and at the IdP: the gate answers with a page whose button
+    POSTs from our own origin."""
+    b = Browser()
+    login(b, gate.url("/app/"), "alice")
+    for method, headers in [("GET", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "image"}),
+                            ("GET", {}),
+                            ("POST", {"Sec-Fetch-Site": "cross-site"}),
+                            ("POST", {"Origin": "http://evil.example"})]:
+        r = b.request(method, gate.url("/oauth2/sign_out?rd=%2Fbye"), headers=headers,
+                      body=b"" if method == "POST" else None)
+        assert r.status == 200, (method, headers, r.status)
+        assert not r.all("set-cookie"), (method, headers)
+        assert b'<form method="post" action="/oauth2/sign_out?rd=%2Fbye">' in r.body
+        assert b.get(gate.url("/app/")).upstream_header("Remote-User") == "alice"
+    # The page's button: a same-origin POST signs out.
+    r = b.request("POST", gate.url("/oauth2/sign_out?rd=%2Fbye"), body=b"",
+                  headers={"Sec-Fetch-Site": "same-origin", "Origin": gate.url("").rstrip("/")})
+    assert r.status == 302 and r.location.startswith(stack.idp.issuer)
+    assert b.cookie("_oidc_edge") is None
 
 
 def test_counters_are_exported(gate, stack, alice):

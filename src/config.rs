@@ -138,6 +138,9 @@ pub struct ProviderConfig {
     /// Unmapped IdP hosts are called at their own address (the sidecar);
     /// the filter can only reach mapped callout targets.
     pub direct_calls: bool,
+    /// Discovered endpoints may be plain `http`: the issuer is on loopback,
+    /// or `insecure_allow_http_issuer` is set.
+    pub http_endpoints_allowed: bool,
 }
 
 impl ProviderConfig {
@@ -831,6 +834,8 @@ impl Config {
                 user_claim: p.user_claim.clone().unwrap_or_else(|| "preferred_username".into()),
                 display_name: p.display_name.clone().unwrap_or_else(|| "your identity provider".into()),
                 direct_calls: front == Front::Sidecar,
+                http_endpoints_allowed: p.insecure_allow_http_issuer
+                    || split_url(&p.issuer).is_some_and(|(_, a, _)| is_loopback(crate::redirect::authority_host(a))),
             },
             session: SessionConfig {
                 cookie_name,

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::{OpenedSession, SessionCache};
 use crate::config::{ClientAuth, Config, HeaderNames, SameSite};
-use crate::encoding::{b64std, b64url, build_query, parse_query, percent_encode};
+use crate::encoding::{b64std, b64url, build_query, parse_query, percent_encode, split_url};
 use crate::events::Event;
 use crate::jose::{profile_claims, verify_id_token, Expected, IdClaims, Jwks, TokenError};
 use crate::pages::{self, Response};
@@ -255,7 +255,7 @@ impl Engine {
         if path == paths.start.as_str() || path == paths.sign_in.as_str() {
             let rd = parse_query(query.unwrap_or("")).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
             let return_to = rd
-                .and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts))
+                .and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts, head.scheme))
                 .unwrap_or_else(|| "/".to_owned());
             if path == paths.start.as_str() {
                 return self.start_login(head.scheme, head.authority, return_to, Vec::new(), env);
@@ -459,7 +459,7 @@ impl Engine {
         cookies: Vec<String>,
         env: &mut Env<'_>,
     ) -> Step {
-        let return_to = safe_redirect(&return_to, &[]).unwrap_or_else(|| "/".to_owned());
+        let return_to = safe_redirect(&return_to, &[], scheme).unwrap_or_else(|| "/".to_owned());
         if api {
             env.events.push(Event::Unauthorized);
             let login = format!("{}?{}", self.config.paths.start, build_query(&[("rd", &return_to)]));
@@ -606,8 +606,8 @@ impl Engine {
         if !bool::from(login.state.as_bytes().ct_eq(state.as_bytes())) {
             return self.login_failed(env, 400, "state mismatch", unknown, clear);
         }
-        if let Some(iss) = param("iss") {
-            if iss != self.config.provider.issuer {
+        match param("iss") {
+            Some(iss) if iss != self.config.provider.issuer => {
                 return self.login_failed(
                     env,
                     400,
@@ -616,6 +616,16 @@ impl Engine {
                     clear,
                 );
             }
+            None if env.provider.is_some_and(|p| p.discovery.authorization_response_iss_parameter_supported) => {
+                return self.login_failed(
+                    env,
+                    400,
+                    "callback without iss",
+                    "The sign-in response does not say which identity provider sent it.",
+                    clear,
+                );
+            }
+            _ => {}
         }
         let Some(code) = param("code").filter(|c| !c.is_empty()) else {
             return self.login_failed(env, 400, "callback without code", "The sign-in response is incomplete (no code).", clear);
@@ -757,7 +767,9 @@ impl Engine {
             cookies.push(idt_cookie);
         }
         env.events.push(Event::LoginCompleted);
-        let target = safe_redirect(&login.return_to, &self.config.allowed_redirect_hosts).unwrap_or_else(|| "/".into());
+        // The scheme the login started on, which the callback URL kept.
+        let scheme = split_url(&login.redirect_uri).map_or("https", |(scheme, _, _)| scheme);
+        let target = safe_redirect(&login.return_to, &self.config.allowed_redirect_hosts, scheme).unwrap_or_else(|| "/".into());
         let resp = if s.same_site == SameSite::Strict { pages::continue_page(&target) } else { pages::redirect(&target) };
         Step::Respond(resp.with_cookies(cookies))
     }
@@ -985,7 +997,7 @@ impl Engine {
         let cookies = vec![self.clear_cookie(&s.cookie_name, "/"), self.clear_cookie(&idt_name, &self.config.paths.sign_out)];
         env.events.push(Event::SignedOut);
         let rd = parse_query(query).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
-        let local = rd.and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts)).unwrap_or_else(|| "/".into());
+        let local = rd.and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts, head.scheme)).unwrap_or_else(|| "/".into());
         let end_session = env.provider.and_then(|p| p.discovery.end_session_endpoint.as_deref());
         let location = match end_session {
             Some(endpoint) => {

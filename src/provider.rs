@@ -70,6 +70,10 @@ pub struct Discovery {
     /// RP-initiated logout (optional).
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
+    /// RFC 9207: the provider puts `iss` in every authorization response, so
+    /// a callback without it is refused (a mix-up attack would strip it).
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 /// Why provider metadata was refused or not fetched.
@@ -114,14 +118,28 @@ impl Discovery {
                 d.issuer, config.issuer
             )));
         }
-        for (name, url) in [("authorization_endpoint", &d.authorization_endpoint), ("token_endpoint", &d.token_endpoint), ("jwks_uri", &d.jwks_uri)] {
-            if split_url(url).is_none() {
-                return Err(ProviderError(format!("discovery {name} {url:?} is not an http(s) URL")));
+        let required = [("authorization_endpoint", Some(&d.authorization_endpoint)), ("token_endpoint", Some(&d.token_endpoint)), ("jwks_uri", Some(&d.jwks_uri))];
+        let optional = [("userinfo_endpoint", d.userinfo_endpoint.as_ref()), ("end_session_endpoint", d.end_session_endpoint.as_ref())];
+        for (name, url) in required.into_iter().chain(optional).filter_map(|(n, u)| Some((n, u?))) {
+            match split_url(url) {
+                None => return Err(ProviderError(format!("discovery {name} {url:?} is not an http(s) URL"))),
+                // Tokens and codes travel to these: never in clear to a remote host.
+                Some(("http", _, _)) if !config.http_endpoints_allowed => {
+                    return Err(ProviderError(format!(
+                        "discovery {name} {url:?} uses http://; the provider must advertise https endpoints \
+                         (or set provider.insecure_allow_http_issuer for a provider on a trusted network)"
+                    )))
+                }
+                Some(_) => {}
             }
         }
-        // Calls to these go through callouts: fail now, naming the fix, rather than at login.
+        // Calls to these go through callouts: fail now, naming the fix, rather
+        // than at the first login or refresh.
         get(config, &d.token_endpoint, "token_endpoint")?;
         get(config, &d.jwks_uri, "jwks_uri")?;
+        if let Some(userinfo) = &d.userinfo_endpoint {
+            get(config, userinfo, "userinfo_endpoint")?;
+        }
         Ok(d)
     }
 
@@ -197,3 +215,72 @@ pub fn retry_delay(failures: u32) -> u64 {
 
 /// Minimum time between JWKS refetches triggered by an unknown `kid`.
 pub const JWKS_REFETCH_COOLDOWN: u64 = 60;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Front};
+    use crate::testing::{discovery, EnvSecrets};
+    use serde_json::json;
+
+    fn config(issuer: &str, callouts: serde_json::Value, extra: serde_json::Value) -> ProviderConfig {
+        let mut provider = json!({"issuer": issuer, "client_id": "c", "client_secret": {"env": "CLIENT_SECRET"}, "callouts": callouts});
+        if let (Some(p), Some(e)) = (provider.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        let cfg = json!({"provider": provider, "session": {"secrets": [{"env": "COOKIE_SECRET"}]}, "routes": [{"path": "/"}]});
+        match Config::parse(&cfg.to_string(), &EnvSecrets::standard(), Front::Filter) {
+            Ok(c) => c.provider,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn doc(issuer: &str, edit: impl FnOnce(&mut Discovery)) -> Vec<u8> {
+        let mut d = discovery();
+        for url in [&mut d.authorization_endpoint, &mut d.token_endpoint, &mut d.jwks_uri] {
+            *url = url.replace(crate::testing::ISSUER, issuer);
+        }
+        d.userinfo_endpoint = Some(format!("{issuer}/api/oidc/userinfo"));
+        d.end_session_endpoint = Some(format!("{issuer}/api/oidc/end-session"));
+        d.issuer = issuer.to_owned();
+        edit(&mut d);
+        serde_json::json!({
+            "issuer": d.issuer, "authorization_endpoint": d.authorization_endpoint, "token_endpoint": d.token_endpoint,
+            "jwks_uri": d.jwks_uri, "userinfo_endpoint": d.userinfo_endpoint, "end_session_endpoint": d.end_session_endpoint,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn endpoints_must_be_https_unless_the_issuer_is_on_loopback_or_allowed() {
+        let https = config("https://id.example.com", json!({"id.example.com": "idp"}), json!({}));
+        assert!(Discovery::parse(&doc("https://id.example.com", |_| {}), &https).is_ok());
+        for field in ["authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint", "end_session_endpoint"] {
+            let bytes = doc("https://id.example.com", |d| {
+                let url = match field {
+                    "authorization_endpoint" => &mut d.authorization_endpoint,
+                    "token_endpoint" => &mut d.token_endpoint,
+                    "jwks_uri" => &mut d.jwks_uri,
+                    "userinfo_endpoint" => d.userinfo_endpoint.get_or_insert_with(String::new),
+                    _ => d.end_session_endpoint.get_or_insert_with(String::new),
+                };
+                *url = url.replacen("https://", "http://", 1);
+            });
+            let err = Discovery::parse(&bytes, &https).map(|_| ()).unwrap_err().0;
+            assert!(err.contains(field) && err.contains("https"), "{field}: {err}");
+        }
+        let loopback = config("http://127.0.0.1:9000", json!({"127.0.0.1:9000": "idp"}), json!({}));
+        assert!(Discovery::parse(&doc("http://127.0.0.1:9000", |_| {}), &loopback).is_ok());
+        let lan = config("http://idp.lan", json!({"idp.lan": "idp"}), json!({"insecure_allow_http_issuer": true}));
+        assert!(Discovery::parse(&doc("http://idp.lan", |_| {}), &lan).is_ok());
+    }
+
+    #[test]
+    fn an_unmapped_userinfo_host_is_reported_at_load() {
+        let https = config("https://id.example.com", json!({"id.example.com": "idp"}), json!({}));
+        let bytes = doc("https://id.example.com", |d| d.userinfo_endpoint = Some("https://internal.example.com/userinfo".into()));
+        let err = Discovery::parse(&bytes, &https).map(|_| ()).unwrap_err().0;
+        assert!(err.contains("userinfo_endpoint") && err.contains("internal.example.com") && err.contains("provider.callouts"), "{err}");
+    }
+}

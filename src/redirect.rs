@@ -6,7 +6,10 @@ use crate::encoding::{percent_decode, split_url};
 use crate::policy::HostPattern;
 
 /// Returns `candidate` if it is a safe redirect target, else `None`.
-pub fn safe_redirect(candidate: &str, allowed_hosts: &[HostPattern]) -> Option<String> {
+/// `scheme` is the scheme the request came in on: from `https`, an absolute
+/// target on `http` is refused (it would hand the browser's next request, and
+/// any token in its URL, to the network in clear).
+pub fn safe_redirect(candidate: &str, allowed_hosts: &[HostPattern], scheme: &str) -> Option<String> {
     if candidate.is_empty() || candidate.len() > 2048 || has_bad_bytes(candidate) {
         return None;
     }
@@ -24,7 +27,10 @@ pub fn safe_redirect(candidate: &str, allowed_hosts: &[HostPattern]) -> Option<S
         }
         return Some(candidate.to_owned());
     }
-    let (_, authority, _) = split_url(candidate)?;
+    let (target_scheme, authority, _) = split_url(candidate)?;
+    if target_scheme == "http" && !scheme.eq_ignore_ascii_case("http") {
+        return None;
+    }
     let host = authority_host(authority);
     allowed_hosts.iter().any(|p| p.matches(host)).then(|| candidate.to_owned())
 }
@@ -55,7 +61,7 @@ mod tests {
     #[test]
     fn relative_paths_pass() {
         for ok in ["/", "/app?x=1", "/a/b#frag", "/?next=//evil.example"] {
-            assert_eq!(safe_redirect(ok, &allowed()).as_deref(), Some(ok), "{ok}");
+            assert_eq!(safe_redirect(ok, &allowed(), "https").as_deref(), Some(ok), "{ok}");
         }
     }
 
@@ -88,14 +94,22 @@ mod tests {
             "evil.example",
             "",
         ] {
-            assert_eq!(safe_redirect(bad, &allowed()), None, "{bad:?}");
+            assert_eq!(safe_redirect(bad, &allowed(), "https"), None, "{bad:?}");
         }
     }
 
     #[test]
     fn allow_listed_hosts_pass() {
-        assert!(safe_redirect("https://grafana.example.com/d/1", &allowed()).is_some());
-        assert!(safe_redirect("https://app.test:8443/", &allowed()).is_some());
-        assert!(safe_redirect("https://example.com/", &allowed()).is_none());
+        assert!(safe_redirect("https://grafana.example.com/d/1", &allowed(), "https").is_some());
+        assert!(safe_redirect("https://app.test:8443/", &allowed(), "https").is_some());
+        assert!(safe_redirect("https://example.com/", &allowed(), "https").is_none());
+    }
+
+    #[test]
+    fn allow_listed_hosts_are_never_a_downgrade_to_http() {
+        assert_eq!(safe_redirect("http://grafana.example.com/d/1", &allowed(), "https"), None);
+        assert_eq!(safe_redirect("HTTP://grafana.example.com/d/1", &allowed(), "https"), None);
+        assert!(safe_redirect("http://grafana.example.com/d/1", &allowed(), "http").is_some());
+        assert!(safe_redirect("https://grafana.example.com/d/1", &allowed(), "http").is_some());
     }
 }

@@ -190,6 +190,7 @@ pub fn discovery() -> Discovery {
         jwks_uri: format!("{ISSUER}/.well-known/jwks.json"),
         userinfo_endpoint: Some(format!("{ISSUER}/api/oidc/userinfo")),
         end_session_endpoint: Some(format!("{ISSUER}/api/oidc/end-session")),
+        authorization_response_iss_parameter_supported: false,
     }
 }
 

@@ -490,6 +490,8 @@ fn request_table() -> Vec<Case> {
         case("start: CRLF rd", Anonymous, "/oauth2/start?rd=/%0d%0aSet-Cookie:x=y", Login { return_to: "/" }),
         case("start: allow-listed host", Anonymous, "/oauth2/start?rd=https%3A%2F%2Fgrafana.example.com%2Fd%2F1",
              Login { return_to: "https://grafana.example.com/d/1" }),
+        case("start: allow-listed host, downgraded to http", Anonymous, "/oauth2/start?rd=http%3A%2F%2Fgrafana.example.com%2Fd%2F1",
+             Login { return_to: "/" }),
         case("start: lookalike host", Anonymous, "/oauth2/start?rd=https%3A%2F%2Fexample.com.evil.example%2F", Login { return_to: "/" }),
     ]
 }
@@ -787,6 +789,30 @@ fn callback_failures() -> Vec<CallbackCase> {
         ("error without state", |_| ("error=server_error".into(), vec![]), 400),
         ("nothing at all", |_| (String::new(), vec![]), 400),
     ]
+}
+
+#[test]
+fn callback_without_iss_is_refused_when_the_provider_always_sends_it() {
+    for (supported, with_iss, refused) in [(true, false, true), (true, true, false), (false, false, false)] {
+        let mut g = Gate::new();
+        if let Some(p) = g.host.provider.as_mut() {
+            p.discovery.authorization_response_iss_parameter_supported = supported;
+        }
+        let login = g.start("/app/");
+        g.host.take_events();
+        let mut query = vec![("code", "c"), ("state", login.state.as_str())];
+        if with_iss {
+            query.push(("iss", ISSUER));
+        }
+        let step = g.callback(&build_query(&query), &[(&login.cookie.name, &login.cookie.value)]);
+        let case = format!("supported={supported} with_iss={with_iss}");
+        if refused {
+            assert!(matches!(&step, Step::Respond(r) if r.status == 400), "{case}: {step:?}");
+            assert_eq!(g.host.take_events(), vec![Event::LoginFailed("callback without iss")], "{case}");
+        } else {
+            assert!(matches!(step, Step::Fetch { .. }), "{case}: the code exchange starts");
+        }
+    }
 }
 
 #[test]

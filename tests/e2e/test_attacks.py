@@ -123,6 +123,16 @@ def test_callback_refusals_are_clear_pages(gate, stack):
     b3 = Browser()
     s3 = _start_login(gate, stack, b3)
     _assert_clear_page(b3.get(f"{cb}?code=abc&state={s3}&iss=https%3A%2F%2Fevil.example"), "iss mismatch")
+    # The IdP sends iss in every authorization response (RFC 9207), so a real
+    # callback with iss stripped is refused, though its code and state are good.
+    meta = Browser().get(f"{stack.idp.issuer}/.well-known/openid-configuration").json()
+    assert meta.get("authorization_response_iss_parameter_supported") is True
+    b4 = Browser()
+    real = to_callback(b4, gate.url("/app/"), "alice")
+    parts = urlsplit(real)
+    stripped = "&".join(p for p in parts.query.split("&") if not p.startswith("iss="))
+    assert stripped != parts.query
+    _assert_clear_page(b4.get(gate.url(f"{parts.path}?{stripped}")), "iss stripped")
 
 
 def test_reused_state_is_refused(gate, stack):

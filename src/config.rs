@@ -264,6 +264,9 @@ pub struct Config {
     pub routes: RouteTable,
     /// Sidecar settings.
     pub sidecar: SidecarConfig,
+    /// Settings that work but should be changed, each naming its field and
+    /// the fix (`oidc-edge check` prints them, the gates log them at start).
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Debug for Config {
@@ -423,12 +426,17 @@ pub fn parse_duration(text: &str) -> Option<u64> {
 
 struct Checker<'a> {
     errors: Vec<String>,
+    warnings: Vec<String>,
     secrets: &'a dyn SecretSource,
 }
 
 impl Checker<'_> {
     fn err(&mut self, field: &str, msg: impl fmt::Display) {
         self.errors.push(format!("{field}: {msg}"));
+    }
+
+    fn warn(&mut self, field: &str, msg: impl fmt::Display) {
+        self.warnings.push(format!("{field}: {msg}"));
     }
 
     fn secret(&mut self, field: &str, raw: &RawSecret) -> Option<String> {
@@ -585,7 +593,7 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, secrets: &dyn SecretSource, front: Front) -> Result<Config, ConfigErrors> {
-        let mut c = Checker { errors: Vec::new(), secrets };
+        let mut c = Checker { errors: Vec::new(), warnings: Vec::new(), secrets };
         let p = &raw.provider;
 
         match split_url(&p.issuer) {
@@ -680,6 +688,16 @@ impl Config {
         for (i, raw_secret) in s.secrets.iter().enumerate() {
             let field = format!("session.secrets[{i}]");
             let Some(value) = c.secret(&field, raw_secret) else { continue };
+            if looks_human_made(&value) {
+                c.warn(
+                    &field,
+                    format!(
+                        "is used as {} raw characters and looks chosen by a person, which makes it guessable; \
+                         generate a random one with: oidc-edge secret",
+                        value.len()
+                    ),
+                );
+            }
             match decode_cookie_secret(&value) {
                 Some(bytes) => keys.push(bytes),
                 None => c.err(
@@ -855,6 +873,7 @@ impl Config {
             strip: StripSet::new(strip_names.iter().map(String::as_str)),
             routes: RouteTable::new(routes),
             sidecar,
+            warnings: c.warnings,
         })
     }
 }
@@ -867,6 +886,16 @@ fn decode_cookie_secret(value: &str) -> Option<Vec<u8>> {
         return Some(bytes);
     }
     ok(value.len()).then(|| value.as_bytes().to_vec())
+}
+
+/// A secret taken as raw characters (not base64 of 16/24/32 bytes) made only
+/// of printable ASCII other than hex digits: oauth2-proxy accepted such
+/// strings, and people typed them. Hex (`openssl rand -hex 16`) is random.
+fn looks_human_made(value: &str) -> bool {
+    let raw = b64_any_decode(value).is_none_or(|b| !matches!(b.len(), 16 | 24 | 32));
+    raw && matches!(value.len(), 16 | 24 | 32)
+        && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        && !value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]

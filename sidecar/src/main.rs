@@ -162,9 +162,15 @@ fn main() -> ExitCode {
             config.sidecar.listen,
             config.provider.issuer
         );
+        for warning in &config.warnings {
+            println!("warning: {warning}");
+        }
         return ExitCode::SUCCESS;
     }
     log::set_level(config.sidecar.log_level);
+    for warning in &config.warnings {
+        log::event(log::Level::Warn, "configuration warning", &[("detail", warning.as_str().into())]);
+    }
     // One thread: a decision is a map lookup and a few header copies, and
     // one core answers tens of thousands per second with a small footprint.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -360,6 +360,21 @@ fn cookie_secret_forms() {
 }
 
 #[test]
+fn human_made_cookie_secrets_are_accepted_with_a_warning() {
+    for secret in ["correcthorsebatterystaple!!!!!!!", "my-super-secret-cookie-1", "Password1234567!"] {
+        let v = patched(|v| v["session"]["secrets"] = json!([secret]));
+        let c = parse(&v).unwrap_or_else(|e| panic!("{secret}: {e}"));
+        assert_eq!(c.warnings.len(), 1, "{secret}: {:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert!(w.starts_with("session.secrets[0]:") && w.contains("oidc-edge secret") && !w.contains(secret), "{w}");
+    }
+    for secret in [cookie_secret(), "0123456789abcdef0123456789abcdef".to_owned(), "MDEyMzQ1Njc4OWFiY2RlZg==".to_owned()] {
+        let v = patched(|v| v["session"]["secrets"] = json!([secret]));
+        assert_eq!(parse(&v).map(|c| c.warnings).ok(), Some(vec![]), "{secret}");
+    }
+}
+
+#[test]
 fn loopback_http_issuers_are_fine_and_others_need_an_insecure_flag() {
     for (issuer, callout) in [("http://127.0.0.1:9000", "127.0.0.1:9000"), ("http://localhost:9000", "localhost"), ("http://[::1]:9000", "[::1]:9000")] {
         let v = patched(|v| {

@@ -159,7 +159,13 @@ def test_sidecar_config_errors_name_the_field(tmp_path):
            "DEMO_API_KEY": "k", "PATH": "/usr/bin:/bin"}
     ok = subprocess.run([str(SIDECAR), "check", "--config", str(ROOT / "sidecar/demo.yaml")], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
-    assert "valid" in ok.stdout
+    assert "valid" in ok.stdout and "warning" not in ok.stdout
+    # A secret a person typed still works (oauth2-proxy took such strings) but is named.
+    typed = subprocess.run([str(SIDECAR), "check", "--config", str(ROOT / "sidecar/demo.yaml")], capture_output=True,
+                           text=True, env={**env, "OIDC_EDGE_COOKIE_SECRET": "my-homelab-cookie-secret"})
+    assert typed.returncode == 0, typed.stderr
+    assert "warning: session.secrets[0]:" in typed.stdout and "oidc-edge secret" in typed.stdout
+    assert "my-homelab-cookie-secret" not in typed.stdout + typed.stderr
     (tmp_path / "client-secret").write_text("from-a-file\n")
     bad = (ROOT / "sidecar/demo.yaml").read_text().replace("{env: OIDC_EDGE_CLIENT_SECRET}", "{file: client-secret}")
     bad = bad.replace("listen: 127.0.0.1:4180", "listen: localhost")

@@ -174,6 +174,9 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for warning in &config.warnings {
+            log::warn!("oidc-edge: {warning}");
+        }
         let keys = shared::Keys::for_issuer(&config.provider.issuer);
         let rng = FilterRng::new(&config.session.rng_key);
         let metrics = match &self.worker {

@@ -15,6 +15,10 @@ case "$proxy" in
 esac
 
 mkdir -p .run
+# Run as root, nginx would start its workers as `nobody`, which cannot read a
+# checkout in a directory only root may enter: keep them the invoking user.
+nginx_globals='daemon off;'
+[ "$(id -u)" -eq 0 ] && nginx_globals='daemon off; user root;'
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -52,7 +56,7 @@ nginx)
   mkdir -p "$prefix/tmp"
   sed -e "s|{{MODULE}}|$module|" -e "s|{{PREFIX}}|$prefix|g" \
       -e "s|{{WASM}}|$PWD/target/wasm32-wasip1/release/oidc_edge_filter.wasm|" nginx/demo.conf >"$prefix/nginx.conf"
-  /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g 'daemon off;' \
+  /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g "$nginx_globals" \
     >.run/demo-nginx.log 2>&1 & pids+=($!)
   ;;
 nginx-sidecar)
@@ -60,7 +64,7 @@ nginx-sidecar)
   mkdir -p "$prefix/tmp"
   cp -r nginx/oidc-edge "$prefix/"
   sed -e "s|{{PREFIX}}|$prefix|g" -e "s|{{SITE}}|$PWD/nginx/www|g" nginx/sidecar-demo.conf >"$prefix/nginx.conf"
-  /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g 'daemon off;' \
+  /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g "$nginx_globals" \
     >.run/demo-nginx.log 2>&1 & pids+=($!)
   ;;
 caddy)

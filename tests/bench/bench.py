@@ -83,7 +83,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from harness import (API_KEY, CADDY, CLIENT_SECRET, COOKIE_SECRET, ENVOY, ROOT, RUN, WASM, Browser, Envoy,  # noqa: E402
+from harness import (API_KEY, CADDY, CLIENT_SECRET, COOKIE_SECRET, ENVOY, NGINX_GLOBALS, ROOT, RUN, WASM, Browser, Envoy,  # noqa: E402
                      Idp, Proc, Sidecar, free_port, idp_client, login, render, wait_login_ready, wait_port)
 
 TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
@@ -198,7 +198,7 @@ class PinnedNginx:
         if self.sidecar:
             self.sidecar.start(self.cpu)
         argv = [nginx_binary(), "-p", str(self.prefix), "-c", str(self.config_path), "-e",
-                str(self.prefix / "error.log"), "-g", "daemon off;"]
+                str(self.prefix / "error.log"), "-g", NGINX_GLOBALS]
         if self.cpu is not None:
             argv = ["taskset", "-c", str(self.cpu)] + argv
         self.proc = Proc(self.name, argv, env=self.env)

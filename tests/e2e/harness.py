@@ -23,6 +23,12 @@ RUN = Path(os.environ.get("OIDC_EDGE_RUN_DIR", ROOT / ".run"))
 WASM = ROOT / "target/wasm32-wasip1/release/oidc_edge_filter.wasm"
 ENVOY = ROOT / ".venv/bin/envoy"
 
+# nginx's global directives for every instance the tests start. Run as root,
+# nginx would start its workers as `nobody`, which cannot read a checkout in a
+# directory only root may enter (the static site, the temp paths under .run/):
+# the workers stay the invoking user.
+NGINX_GLOBALS = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+
 CLIENT_SECRET = "e2e-client-secret"
 COOKIE_SECRET = "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols="  # base64 of 32 bytes
 API_KEY = "sk-upstream-secret-123"
@@ -466,7 +472,7 @@ class Nginx:
 
     def start(self) -> "Nginx":
         self.proc = Proc(self.name, ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
-                                     "-e", str(self.prefix / "error.log"), "-g", "daemon off;"], env=self.env)
+                                     "-e", str(self.prefix / "error.log"), "-g", NGINX_GLOBALS], env=self.env)
         wait_port(self.port, proc=self.proc)
         return self
 
@@ -621,7 +627,7 @@ class SidecarGate:
             self.config_path = self.prefix / "nginx.conf"
             self.config_path.write_text(render(ROOT / "nginx/sidecar-e2e.conf", fill))
             self.argv = ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
-                         "-e", str(self.prefix / "error.log"), "-g", "daemon off;"]
+                         "-e", str(self.prefix / "error.log"), "-g", NGINX_GLOBALS]
         elif kind == "traefik":
             dynamic = self.prefix / "dynamic"
             self.sidecar.render("traefik", dynamic)

@@ -366,6 +366,21 @@ def test_routing_override_headers_never_reach_upstream(gate, stack, alice):
     assert not leaked, f"{leaked} reached the upstream"
 
 
+def test_separate_cookie_lines_keep_the_other_cookies(gate, stack, alice):
+    """HTTP/1.1 clients may send several Cookie lines (HTTP/2 always splits
+    them): the session in either line opens, ours are hidden, and every other
+    cookie still reaches the upstream."""
+    good = alice.cookie("_oidc_edge")
+    for lines in ([f"theme=dark", f"_oidc_edge={good}; lang=en"], [f"_oidc_edge={good}", "theme=dark; lang=en"]):
+        r = Browser().request("GET", gate.url("/app/"), raw_headers=[("Cookie", c) for c in lines], send_cookies=False)
+        assert r.status == 200 and r.upstream_header("Remote-User") == "alice", lines
+        sent = "; ".join(v for n, v in r.upstream_headers() if n.lower() == "cookie")
+        assert "theme=dark" in sent and "lang=en" in sent and "_oidc_edge" not in sent, (lines, sent)
+    r = Browser().request("GET", gate.url("/public/"), raw_headers=[("Cookie", "a=1"), ("Cookie", "b=2")], send_cookies=False)
+    sent = "; ".join(v for n, v in r.upstream_headers() if n.lower() == "cookie")
+    assert r.status == 200 and "a=1" in sent and "b=2" in sent, sent
+
+
 def test_large_cookie_headers_pass_and_ours_stay_hidden(gate, stack, alice):
     """Apps on a shared domain set many cookies: a 6.5 KB Cookie header works
     (nginx's default 4 KB proxy buffer would not hold the sidecar's answer)."""

@@ -204,9 +204,16 @@ impl App {
             // The proxy forwards its own request line, not ours.
             rewrites_path: false,
         };
-        let step = self.run(mode, |engine, env| engine.on_request(&head, env));
-        let step = self.finish(mode, step).await;
+        let mut events = Vec::new();
+        let step = self.run(&mut events, |engine, env| engine.on_request(&head, env));
+        let step = self.finish(&mut events, step).await;
         let answer = self.shape(step, mode, &original);
+        // nginx follows an auth_request refusal with a second decision (its
+        // error_page asks the forward-auth endpoint for the browser's answer):
+        // that one is counted and logged, so each request counts once.
+        if !(mode == Mode::AuthRequest && matches!(answer.status, 401 | 403)) {
+            self.record(&events);
+        }
         if log::enabled(Level::Debug) {
             log::event(Level::Debug, "decision", &[
                 ("mode", mode.name().into()),
@@ -301,7 +308,7 @@ impl App {
     }
 
     /// One engine call with the shared state lent for its duration.
-    fn run(&self, mode: Mode, f: impl FnOnce(&Engine, &mut Env<'_>) -> Step) -> Step {
+    fn run(&self, events: &mut Vec<Event>, f: impl FnOnce(&Engine, &mut Env<'_>) -> Step) -> Step {
         let now = now();
         let mut guard = self.lock();
         let state = &mut *guard;
@@ -320,7 +327,7 @@ impl App {
             fetched_jwks: None,
         };
         let step = f(&self.engine, &mut env);
-        let events = std::mem::take(&mut env.events);
+        events.append(&mut env.events);
         let fetched = env.fetched_jwks.take();
         if let Some(jwks) = fetched {
             let raw = SharedProvider { fetched_at: now, discovery: state.discovery_raw.clone(), jwks };
@@ -330,12 +337,11 @@ impl App {
             }
         }
         drop(guard);
-        self.record(mode, &events);
         step
     }
 
     /// Performs IdP calls until the engine has an answer.
-    async fn finish(&self, mode: Mode, mut step: Step) -> Step {
+    async fn finish(&self, events: &mut Vec<Event>, mut step: Step) -> Step {
         while let Step::Fetch { call, pending } = step {
             let (response, failure) = self.idp.call(&call).await;
             if let Some(why) = failure {
@@ -345,7 +351,7 @@ impl App {
                     ("reason", why.into()),
                 ]);
             }
-            step = self.run(mode, |engine, env| engine.on_fetched(pending, response, env));
+            step = self.run(events, |engine, env| engine.on_fetched(pending, response, env));
         }
         step
     }
@@ -431,11 +437,8 @@ impl App {
         Answer { status, headers: vec![("cache-control".into(), "no-store".into())], body: Vec::new() }
     }
 
-    fn record(&self, mode: Mode, events: &[Event]) {
+    fn record(&self, events: &[Event]) {
         for e in events {
-            // An auth_request answer is a bare 401 (the login starts in the
-            // error_page's second request): count what the browser got.
-            let e = if mode == Mode::AuthRequest && *e == Event::LoginStarted { &Event::Unauthorized } else { e };
             for &i in e.counters() {
                 if let Some(c) = self.counters.get(i) {
                     c.fetch_add(1, Ordering::Relaxed);

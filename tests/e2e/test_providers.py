@@ -195,6 +195,7 @@ def test_nginx_reload_keeps_sessions(stack):
     deadline = time.time() + 20
     while "gracefully shutting down" not in ngx.log_text() and time.time() < deadline:
         time.sleep(0.2)
+    assert "gracefully shutting down" in ngx.log_text(), "nginx did not reload"
     time.sleep(0.5)
     r = b.get(stack.url("/admin/", stack.nginx_port))
     assert r.status == 200 and r.upstream_header("Remote-User") == "alice"

@@ -8,7 +8,7 @@ import hmac
 import os
 import struct
 
-from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt, crypto_aead_xchacha20poly1305_ietf_encrypt
 
 
 def b64url(b: bytes) -> str:
@@ -70,3 +70,58 @@ def session_payload(user="mallory", sub="sub-mallory", email=None, verified=Fals
     out += _varint(len(groups)) + b"".join(_str(g) for g in groups)
     out += _varint(login_at) + _varint(checked_at) + _opt(refresh)
     return out
+
+
+def unseal(secret: str, name: str, value: str):
+    """(expires_at, payload) of a cookie sealed under `secret`."""
+    key, _ = _key(secret)
+    raw = b64url_decode(value)
+    aad = b"oidc-edge/v1\0" + raw[:2] + name.encode()
+    plain = crypto_aead_xchacha20poly1305_ietf_decrypt(raw[26:], aad, raw[2:26], key)
+    return struct.unpack(">Q", plain[:8])[0], plain[8:]
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def byte(self) -> int:
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def varint(self) -> int:
+        n, shift = 0, 0
+        while True:
+            b = self.byte()
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    def str(self) -> str:
+        n = self.varint()
+        self.pos += n
+        return self.data[self.pos - n:self.pos].decode()
+
+    def opt(self):
+        return self.str() if self.byte() else None
+
+
+def decode_session(payload: bytes) -> dict:
+    r = _Reader(payload)
+    assert r.byte() == 1, "session format version"
+    out = {"sub": r.str(), "user": r.str(), "email": r.opt(), "verified": r.byte() == 1, "name": r.opt()}
+    out["groups"] = [r.str() for _ in range(r.varint())]
+    out["login_at"], out["checked_at"], out["refresh"] = r.varint(), r.varint(), r.opt()
+    assert r.pos == len(payload), "trailing bytes"
+    return out
+
+
+def due_for_refresh(secret: str, value: str, name: str = "_oidc_edge", by: int = 7200) -> str:
+    """The same session, resealed as if the IdP last confirmed it `by` seconds
+    earlier: a refresh test needs no wait for the refresh interval."""
+    expires_at, payload = unseal(secret, name, value)
+    s = decode_session(payload)
+    s["checked_at"] -= by
+    return seal(secret, name, expires_at, session_payload(s["user"], s["sub"], s["email"], s["verified"], s["name"],
+                                                          s["groups"], s["login_at"], s["checked_at"], s["refresh"]))

@@ -8,6 +8,7 @@ import base64
 import http.client
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -35,19 +36,43 @@ API_KEY = "sk-upstream-secret-123"
 
 
 _ISSUED_PORTS: set = set()
+_PORT_HOLDS: list = []  # sockets holding the ports handed out, for the whole run
+
+
+def _ephemeral_range() -> tuple:
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port() -> int:
-    """A port free now and never handed out before in this run: ports are
-    often chosen long before the process that binds them starts, and the
-    kernel may offer the same free port twice in the meantime."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _ISSUED_PORTS:
-            _ISSUED_PORTS.add(port)
-            return port
+    """A port for a server the tests start later, with no window in which
+    someone else can take it: it lies outside the kernel's ephemeral range (no
+    outgoing connection is ever given it), and a socket bound to it with
+    SO_REUSEADDR holds it until the run ends without listening, which lets the
+    server (every one here sets SO_REUSEADDR) bind and listen on it while any
+    other bind, from this run or another, fails."""
+    lo, _ = _ephemeral_range()
+    low, high = (10000, lo - 1) if lo > 12000 else (61000, 65535)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(low, high)
+        if port in _ISSUED_PORTS:
+            continue
+        try:
+            with socket.socket() as probe:  # no SO_REUSEADDR: fails if anything holds the port
+                probe.bind(("127.0.0.1", port))
+            hold = socket.socket()
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hold.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _PORT_HOLDS.append(hold)
+        _ISSUED_PORTS.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 # Placeholders most tests leave as they are.

@@ -1,4 +1,4 @@
-"""Sessions through real life: refresh after the interval (group changes
+"""Sessions through real life: refresh once a session is due (group changes
 reach the upstream), single-flight refresh across Envoy workers against an IdP
 with strict refresh-token rotation, revoked grants, a hung IdP, IdP key
 rotation, cookie-secret rotation and a listener reload."""
@@ -12,14 +12,20 @@ import time
 import pytest
 import yaml
 
-from harness import (RUN, WASM, Browser, Envoy, Idp, Nginx, TcpGate, free_port, idp_client, login, render, to_callback)
+from cookies import due_for_refresh
+from harness import (COOKIE_SECRET, RUN, WASM, Browser, Envoy, Idp, Nginx, TcpGate, free_port, idp_client, login, render,
+                     to_callback)
 
-REFRESH = 2  # seconds: the refresh interval of the Envoys in this file
+
+def _due(session):
+    """`session` as if the IdP last confirmed it two hours ago: past the
+    gates' one-hour refresh interval, so the next request refreshes it. No
+    test here waits for the interval to pass."""
+    return due_for_refresh(COOKIE_SECRET, session)
 
 
 def _refreshing_envoy(stack, name, **values):
     port = free_port()
-    values.setdefault("REFRESH_INTERVAL", f"{REFRESH}s")
     envoy = stack.envoy(name, port, **values)
     envoy.wait_provider_loaded(port)
     return envoy, port
@@ -70,16 +76,18 @@ def test_refresh_brings_group_changes_to_the_upstream(stack):
     assert Browser().get(stack.url("/admin/", port), headers=cookie).status == 403
     stack.idp.put_user("erin", {"groups": ["admins"]})
     before = _refreshes(stack)
-    time.sleep(REFRESH + 0.5)
+    # Not yet due: the session is used as it is, no IdP call.
+    assert Browser().get(stack.url("/admin/", port), headers=cookie).status == 403
+    assert _refreshes(stack) == before
+    cookie = {"Cookie": f"_oidc_edge={_due(cookie['Cookie'].split('=', 1)[1])}"}
     r = Browser().get(stack.url("/admin/", port), headers=cookie)
     assert r.status == 200, r.body[:300]
     assert r.upstream_header("Remote-Groups") == "admins"
     assert _session_cookie(r), "the refreshed session must be sent back"
     assert _refreshes(stack) == before + 1
     # Removed from a group: loses the route after the next refresh.
-    new_cookie = {"Cookie": f"_oidc_edge={_session_cookie(r)}"}
+    new_cookie = {"Cookie": f"_oidc_edge={_due(_session_cookie(r))}"}
     stack.idp.put_user("erin", {"groups": ["users"]})
-    time.sleep(REFRESH + 0.5)
     r = Browser().get(stack.url("/admin/", port), headers=new_cookie)
     assert r.status == 403
     assert envoy.counter("oidc_edge_refreshes_succeeded", 2) == 2
@@ -93,12 +101,11 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack, proxy):
         workers_before = envoy.stats(r"worker_[01]\.downstream_cx_total")
     else:
         port = free_port()
-        envoy = Nginx(stack.values(port, REFRESH_INTERVAL=f"{REFRESH}s"), name="nginx-refresh-burst")
+        envoy = Nginx(stack.values(port), name="nginx-refresh-burst")
         stack.envoys.append(envoy)
         envoy.start().wait_provider_loaded(port)
     user = f"frank{proxy}"
-    old = _session_of_new_user(stack, user, ["users"])
-    time.sleep(REFRESH + 0.5)
+    old = _due(_session_of_new_user(stack, user, ["users"]))
     before = _refreshes(stack)
     results = _burst(stack.url("/users/x", port), old)
     assert [r.status for r in results] == [200] * 20, [r.status for r in results]
@@ -120,7 +127,7 @@ def test_twenty_concurrent_requests_cause_one_refresh(stack, proxy):
     assert _refreshes(stack) - before == 1
     assert stack.idp.stats()["token"]["refresh_failed"] == 0
     # The session is still refreshable afterwards (the rotated token was kept).
-    time.sleep(REFRESH + 0.5)
+    new = _due(new)
     r = Browser().get(stack.url("/users/", port), headers={"Cookie": f"_oidc_edge={new}"})
     assert r.status == 200 and _session_cookie(r) not in (None, new)
     assert _refreshes(stack) - before == 2
@@ -134,12 +141,11 @@ def test_refresh_through_the_sidecar(stack, kind):
     only copies headers into the upstream request, so the sidecar sends the
     browser back to the same URL (307) with the new cookie."""
     port = free_port()
-    gate = stack.proxy(kind, f"{kind}-refresh", port, REFRESH_INTERVAL=f"{REFRESH}s")
+    gate = stack.proxy(kind, f"{kind}-refresh", port)
     try:
         gate.wait_provider_loaded(port)
         user = f"hal{kind.replace('-', '')}"
-        old = _session_of_new_user(stack, user, ["users"])
-        time.sleep(REFRESH + 0.5)
+        old = _due(_session_of_new_user(stack, user, ["users"]))
         before = _refreshes(stack)
         results = _burst(stack.url("/users/x?a=1", port), old)
         assert _refreshes(stack) - before == 1, "one refresh for one session, however many requests"
@@ -155,8 +161,13 @@ def test_refresh_through_the_sidecar(stack, kind):
             assert again and all(r.location == stack.url("/users/x?a=1", port) and _session_cookie(r) == new
                                  for r in again), [(r.location, _session_cookie(r) == new) for r in again]
             assert all(r.upstream_header("Remote-User") == user for r in results if r.status == 200)
+        # The new session is not due: used as it is, no refresh and no new cookie.
         r = Browser().get(stack.url("/users/x", port), headers={"Cookie": f"_oidc_edge={new}"})
-        assert r.status in (200, 307) and _session_cookie(r) != new
+        assert r.status == 200 and _session_cookie(r) is None and r.upstream_header("Remote-User") == user
+        assert _refreshes(stack) - before == 1
+        r = Browser().get(stack.url("/users/x", port), headers={"Cookie": f"_oidc_edge={_due(new)}"})
+        assert r.status in (200, 307) and _session_cookie(r) not in (None, new)
+        assert _refreshes(stack) - before == 2
         if r.status == 200:
             assert r.upstream_header("Remote-User") == user
         assert stack.idp.stats()["token"]["refresh_failed"] == 0
@@ -167,9 +178,8 @@ def test_refresh_through_the_sidecar(stack, kind):
 
 def test_revoked_session_goes_back_to_login(stack):
     envoy, port = _refreshing_envoy(stack, "envoy-refresh-revoked")
-    cookie = {"Cookie": f"_oidc_edge={_session_of_new_user(stack, 'gina', ['users'])}"}
+    cookie = {"Cookie": f"_oidc_edge={_due(_session_of_new_user(stack, 'gina', ['users']))}"}
     stack.idp.put_user("gina", {"disabled": True})
-    time.sleep(REFRESH + 0.5)
     r = Browser().get(stack.url("/users/", port), headers=cookie)
     assert r.status == 302 and r.location.startswith(stack.idp.issuer)
     assert any(c.startswith("_oidc_edge=;") for c in r.all("set-cookie"))
@@ -191,8 +201,7 @@ def test_idp_outage_during_refresh_keeps_the_session_and_retries(stack, outage):
     envoy, port = _refreshing_envoy(stack, f"envoy-outage-{outage}", IDP_CLUSTER_PORT=gate.port, TIMEOUT_MS=1000)
     try:
         user = f"ivan{outage}"
-        cookie = {"Cookie": f"_oidc_edge={_session_of_new_user(stack, user, ['users'])}"}
-        time.sleep(REFRESH + 0.5)
+        cookie = {"Cookie": f"_oidc_edge={_due(_session_of_new_user(stack, user, ['users']))}"}
         getattr(gate, outage)()
         t0 = time.time()
         r = Browser().get(stack.url("/users/", port), headers=cookie)
@@ -271,7 +280,7 @@ def test_cookie_secret_rotation(stack):
     r = Browser().get(stack.url("/users/", both_port), headers=old)
     assert r.status == 200 and _session_cookie(r) is None  # old cookies still open
     assert Browser().get(stack.url("/users/", only_new_port), headers=old).status == 302
-    time.sleep(REFRESH + 0.5)
+    old = {"Cookie": f"_oidc_edge={_due(old['Cookie'].split('=', 1)[1])}"}
     r = Browser().get(stack.url("/users/", both_port), headers=old)
     resealed = _session_cookie(r)
     assert r.status == 200 and resealed, "the next refresh re-seals with the new secret"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: lint, core and sidecar unit tests (the core also on wasm32 under
-# Node's WASI), the filter's lint for the wasm target, then the end-to-end
+# Node's WASI), the filter's lint for the wasm target, a brief pass of every
+# fuzz target, then the end-to-end
 # conformance suite through five real gates — Envoy + filter, nginx +
 # ngx_wasm_module + filter, stock nginx + auth_request + sidecar, Caddy +
 # forward_auth + sidecar, Traefik + forwardAuth + sidecar — with the real
@@ -23,6 +24,8 @@ step "core and sidecar unit tests (native)"
 cargo test -q -p oidc-edge -p oidc-edge-sidecar
 step "core unit tests (wasm32-wasip1 under Node's WASI)"
 cargo test -q -p oidc-edge --lib --target wasm32-wasip1
+step "fuzz targets, 3 s each (libFuzzer on nightly, else bounded property tests on stable)"
+./scripts/fuzz.sh 3
 step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"
 ./scripts/build-ngx-wasm.sh >/dev/null
 step "end-to-end (Envoy, nginx + ngx_wasm_module, nginx + sidecar, Caddy + sidecar, Traefik + sidecar; real OpenID provider)"

@@ -578,6 +578,16 @@ impl Config {
         Config::parse(text, secrets, Front::Filter)
     }
 
+    /// Parses and validates a YAML (or JSON, which is YAML) configuration for
+    /// `front`: it becomes JSON for the one parser, so every error names its
+    /// field the same way whichever format it came in.
+    #[cfg(feature = "yaml")]
+    pub fn parse_yaml(text: &str, secrets: &dyn SecretSource, front: Front) -> Result<Config, ConfigErrors> {
+        let value: serde_json::Value =
+            serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![format!("configuration: not valid YAML: {e}")]))?;
+        Config::parse(&value.to_string(), secrets, front)
+    }
+
     /// Parses and validates a JSON configuration for `front`.
     pub fn parse(text: &str, secrets: &dyn SecretSource, front: Front) -> Result<Config, ConfigErrors> {
         let de = &mut serde_json::Deserializer::from_str(text);

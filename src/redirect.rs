@@ -31,8 +31,31 @@ pub fn safe_redirect(candidate: &str, allowed_hosts: &[HostPattern], scheme: &st
     if target_scheme == "http" && !scheme.eq_ignore_ascii_case("http") {
         return None;
     }
+    if !plain_authority(authority) {
+        return None;
+    }
     let host = authority_host(authority);
     allowed_hosts.iter().any(|p| p.matches(host)).then(|| candidate.to_owned())
+}
+
+/// `host[:port]` with a DNS name or an IPv4 or bracketed IPv6 address and a
+/// numeric port: nothing a browser could read as another host, or refuse.
+fn plain_authority(authority: &str) -> bool {
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, after)) => (!ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'), after),
+            None => return false,
+        },
+        None => {
+            let (host, after) = authority.find(':').map_or((authority, ""), |i| authority.split_at(i));
+            (!host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'), after)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+        });
+    host_ok && port_ok
 }
 
 fn has_bad_bytes(s: &str) -> bool {
@@ -91,6 +114,10 @@ mod tests {
             "https://evil.example%23.example.com/",
             "https://evil.example#.example.com/",
             "https://evil.example%2F.example.com/",
+            "https://app.test:evil",
+            "https://app.test:99999/",
+            "https://app.test:/",
+            "https://[::1/",
             "evil.example",
             "",
         ] {

@@ -99,7 +99,11 @@ impl Session {
         let sub = r.str()?;
         let user = r.str()?;
         let email = r.opt()?;
-        let email_verified = r.byte()? == 1;
+        let email_verified = match r.byte()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
         let name = r.opt()?;
         let count = r.varint()?;
         if count > 4096 {
@@ -197,6 +201,11 @@ impl Reader<'_> {
         let mut n = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
+            // One spelling per number: no bits beyond 64, no zero last byte
+            // after the first (what `Writer::varint` never writes is refused).
+            if (shift == 63 && b > 1) || (shift > 0 && b == 0) {
+                return None;
+            }
             n |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 return Some(n);
@@ -264,5 +273,27 @@ mod tests {
         extra.push(0);
         assert_eq!(Session::decode(&extra), None);
         assert_eq!(Session::decode(&[SESSION_V1, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn each_session_has_one_encoding() {
+        // Found by the session fuzz target: other spellings of the same
+        // session decoded. Only what `encode` writes decodes now.
+        let s = Session { email: None, name: None, groups: vec![], refresh_token: None, ..sample() };
+        let enc = s.encode();
+        let verified_at = 1 + 1 + s.sub.len() + 1 + s.user.len() + 1;
+        let mut other_bool = enc.clone();
+        other_bool[verified_at] = 5;
+        assert_eq!(Session::decode(&other_bool), None);
+        let groups_at = verified_at + 2;
+        let mut long_zero = enc.clone();
+        long_zero.splice(groups_at..groups_at + 1, [0x80, 0x00]);
+        assert_eq!(Session::decode(&long_zero), None);
+        let mut too_wide = enc[..groups_at + 1].to_vec();
+        too_wide.extend_from_slice(&[0xff; 9]);
+        too_wide.push(0x02);
+        too_wide.extend_from_slice(&enc[groups_at + 1 + 5..]);
+        assert_eq!(Session::decode(&too_wide), None);
+        assert_eq!(Session::decode(&enc), Some(s));
     }
 }

@@ -46,20 +46,14 @@ impl SecretSource for ProcessSecrets {
     }
 }
 
-/// Reads a YAML or JSON config: both become JSON for the core's one parser,
-/// so every error names its field the same way for the filter and the sidecar.
+/// Reads a YAML or JSON config: both go through the core's one parser, so
+/// every error names its field the same way for the filter and the sidecar.
 fn load_config(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let json = if is_json {
-        text
-    } else {
-        let value: serde_json::Value =
-            serde_yaml::from_str(&text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
-        value.to_string()
-    };
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Config::parse(&json, &ProcessSecrets { base }, Front::Sidecar).map_err(|e| format!("{}: {e}", path.display()))
+    let secrets = ProcessSecrets { base: path.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let parsed = if is_json { Config::parse(&text, &secrets, Front::Sidecar) } else { Config::parse_yaml(&text, &secrets, Front::Sidecar) };
+    parsed.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The value of `--name VALUE` or `--name=VALUE`.

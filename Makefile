@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 
-.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy run-traefik test unit e2e lint bench fuzz ngx-wasm clean
+.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy run-traefik test unit e2e lint bench soak fuzz ngx-wasm clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ lint: ## clippy for native and wasm32
 bench: ## Throughput and latency: Envoy, nginx and Caddy with no auth vs the filter, the sidecar, oauth2
 	./scripts/setup.sh --bench
 	.venv/bin/python tests/bench/bench.py
+
+soak: ## 10 minutes of mixed traffic through Envoy + filter and nginx + sidecar, IdP restarted once (SOAK_SECONDS=600)
+	./scripts/setup.sh
+	.venv/bin/python tests/soak/soak.py
 
 FUZZ_SECONDS ?= 60
 fuzz: ## Every fuzz target for FUZZ_SECONDS each: libFuzzer on nightly, else bounded property tests on stable

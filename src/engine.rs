@@ -19,7 +19,8 @@ use crate::provider::{jwks_call, jwks_from_response, HttpCall, HttpResponse, Pro
 use crate::redirect::{authority_host, safe_redirect};
 use crate::seal::{hmac_sha256, Reject};
 use crate::session::{LoginState, Session};
-use crate::{SecureRandom, SharedState};
+use crate::store::{RecordKey, SharedState};
+use crate::SecureRandom;
 
 /// Largest cookie we ever write; browsers drop cookies above ~4096 bytes.
 pub const MAX_COOKIE_BYTES: usize = 4000;
@@ -634,8 +635,7 @@ impl Engine {
             env.events.push(Event::LoginFailed("provider unavailable at callback"));
             return self.unavailable(env, clear);
         };
-        let mut key = b"state:".to_vec();
-        key.extend_from_slice(&sha256(state.as_bytes())[..16]);
+        let key = RecordKey::LoginState(shared_key(b"state", state.as_bytes()));
         if !env.shared.claim(&key, env.now + s.login_timeout, env.now) {
             return self.login_failed(env, 400, "state replayed", unknown, clear);
         }
@@ -735,7 +735,7 @@ impl Engine {
             Ok(c) => c,
             Err(TokenError::UnknownKey) if !refetched => {
                 let call = env.provider.and_then(|pr| jwks_call(p, &pr.discovery).ok());
-                let allowed = env.shared.claim(b"jwks-refetch", env.now + JWKS_REFETCH_COOLDOWN, env.now);
+                let allowed = env.shared.claim(&RecordKey::JwksCooldown, env.now + JWKS_REFETCH_COOLDOWN, env.now);
                 return match call {
                     Some(call) if allowed => {
                         let csrf_cookie = self.csrf_cookie_name(&login.state).unwrap_or_default();
@@ -801,8 +801,7 @@ impl Engine {
     /// worker finished, start one if nobody holds the lock, else serve the
     /// request on the still-valid session while the other refresh runs.
     fn refresh(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
-        let successor_key = [b"successor:".as_slice(), &refresh.generation].concat();
-        if let Some(record) = env.shared.get(&successor_key, env.now) {
+        if let Some(record) = env.shared.get(&RecordKey::Successor(refresh.generation), env.now) {
             env.events.push(Event::RefreshCoalesced);
             return match record.strip_prefix(b"ok:").and_then(|v| std::str::from_utf8(v).ok()) {
                 Some(cookie) => match self.open_session(cookie, env) {
@@ -813,7 +812,7 @@ impl Engine {
             };
         }
         let timeout = u64::from(self.config.provider.timeout_ms).div_ceil(1000);
-        let lock_key = [b"refresh-lock:".as_slice(), &refresh.generation].concat();
+        let lock_key = RecordKey::RefreshLock(refresh.generation);
         // Held across the refresh and a possible userinfo call (two callouts),
         // and it spaces out retries while the IdP is unreachable.
         if !env.shared.claim(&lock_key, env.now + 2 * timeout + REFRESH_RETRY, env.now) {
@@ -871,8 +870,7 @@ impl Engine {
     }
 
     fn end_refreshed_session(&self, refresh: Refresh, why: &'static str, env: &mut Env<'_>) -> Step {
-        let key = [b"successor:".as_slice(), &refresh.generation].concat();
-        env.shared.put(&key, b"dead", env.now + self.successor_grace(), env.now);
+        env.shared.put(&RecordKey::Successor(refresh.generation), b"dead", env.now + self.successor_grace(), env.now);
         env.events.push(Event::RefreshFailed(why));
         self.session_ended(refresh, env)
     }
@@ -967,7 +965,7 @@ impl Engine {
             // A browser would drop the cookie and keep sending the old one.
             return self.end_refreshed_session(refresh, "refreshed session too large for a cookie (too many groups): session ended", env);
         }
-        let key = [b"successor:".as_slice(), &refresh.generation].concat();
+        let key = RecordKey::Successor(refresh.generation);
         let mut record = b"ok:".to_vec();
         record.extend_from_slice(sealed.as_bytes());
         env.shared.put(&key, &record, env.now + self.successor_grace(), env.now);

@@ -26,6 +26,7 @@ pub mod records;
 pub mod redirect;
 pub mod seal;
 pub mod session;
+pub mod store;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -36,24 +37,11 @@ pub use engine::{Allow, Engine, Env, Pending, RequestHead, Step};
 pub use events::Event;
 pub use pages::Response;
 pub use provider::{HttpCall, HttpResponse, ProviderSnapshot, SharedProvider};
+pub use store::{MemoryStore, Pool, RecordKey, SharedState};
 
 /// A cryptographically secure random source. Hosts must provide one: Envoy's
 /// WASI `random_get` is; ngx_wasm_module's is not (the filter keys its own DRBG).
 pub trait SecureRandom {
     /// Fills `buf` with random bytes.
     fn fill(&mut self, buf: &mut [u8]);
-}
-
-/// Short-lived records shared by every worker of the host: claims (single-use
-/// `state` values, the JWKS refetch cooldown, the refresh lock) and small
-/// values (the successor of a refreshed session).
-pub trait SharedState {
-    /// Claims `key` until `until` (unix seconds). Returns `true` if nobody
-    /// holds an unexpired claim on it, `false` otherwise. Hosts that cannot
-    /// record the claim must return `false` (fail closed).
-    fn claim(&mut self, key: &[u8], until: u64, now: u64) -> bool;
-    /// The unexpired value stored under `key`.
-    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>>;
-    /// Stores `value` under `key` until `until`; `false` if it could not.
-    fn put(&mut self, key: &[u8], value: &[u8], until: u64, now: u64) -> bool;
 }

@@ -15,7 +15,8 @@ use crate::events::Event;
 use crate::jose::Jwks;
 use crate::pages::Response;
 use crate::provider::{Discovery, ProviderSnapshot};
-use crate::{SecureRandom, SharedState};
+use crate::store::{MemoryStore, RecordKey, SharedState};
+use crate::SecureRandom;
 
 /// ChaCha20 seeded from a number: repeatable randomness for tests.
 pub struct SeededRng(rand_chacha::ChaCha20Rng);
@@ -32,44 +33,19 @@ impl SecureRandom for SeededRng {
     }
 }
 
-/// Claims in a map, as one process would hold them.
-#[derive(Default)]
-pub struct MemoryShared(pub HashMap<Vec<u8>, (u64, Vec<u8>)>);
-
-impl SharedState for MemoryShared {
-    fn claim(&mut self, key: &[u8], until: u64, now: u64) -> bool {
-        match self.0.get(key) {
-            Some((held, _)) if *held > now => false,
-            _ => {
-                self.0.insert(key.to_vec(), (until, Vec::new()));
-                true
-            }
-        }
-    }
-
-    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
-        self.0.get(key).filter(|(until, _)| *until > now).map(|(_, v)| v.clone())
-    }
-
-    fn put(&mut self, key: &[u8], value: &[u8], until: u64, _now: u64) -> bool {
-        self.0.insert(key.to_vec(), (until, value.to_vec()));
-        true
-    }
-}
-
 /// Shared state that cannot record anything: must make every claim fail (fail closed).
 pub struct UnavailableShared;
 
 impl SharedState for UnavailableShared {
-    fn claim(&mut self, _key: &[u8], _until: u64, _now: u64) -> bool {
+    fn claim(&mut self, _key: &RecordKey, _until: u64, _now: u64) -> bool {
         false
     }
 
-    fn get(&mut self, _key: &[u8], _now: u64) -> Option<Vec<u8>> {
+    fn get(&mut self, _key: &RecordKey, _now: u64) -> Option<Vec<u8>> {
         None
     }
 
-    fn put(&mut self, _key: &[u8], _value: &[u8], _until: u64, _now: u64) -> bool {
+    fn put(&mut self, _key: &RecordKey, _value: &[u8], _until: u64, _now: u64) -> bool {
         false
     }
 }
@@ -211,7 +187,7 @@ pub fn snapshot() -> ProviderSnapshot {
 pub struct Host {
     pub now: u64,
     pub rng: SeededRng,
-    pub shared: MemoryShared,
+    pub shared: MemoryStore,
     pub sessions: SessionCache,
     pub provider: Option<ProviderSnapshot>,
     pub events: Vec<Event>,
@@ -224,7 +200,7 @@ impl Host {
         Host {
             now: NOW,
             rng: SeededRng::new(seed),
-            shared: MemoryShared::default(),
+            shared: MemoryStore::new(4096),
             sessions: SessionCache::new(64),
             provider: Some(snapshot()),
             events: Vec::new(),

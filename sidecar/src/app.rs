@@ -9,13 +9,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use oidc_edge::events::COUNTERS;
 use oidc_edge::provider::{discovery_call, jwks_call, Discovery};
-use oidc_edge::{Engine, Env, Event, HttpResponse, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
+use oidc_edge::{Engine, Env, Event, HttpResponse, MemoryStore, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::idp::IdpClient;
 use crate::log::{self, Level};
-use crate::store::{OsRandom, SharedRecords};
+use crate::random::OsRandom;
 
 /// Opened sessions kept per process.
 const SESSION_CACHE: usize = 10_000;
@@ -47,7 +47,7 @@ impl Mode {
 
 struct State {
     sessions: SessionCache,
-    records: SharedRecords,
+    records: MemoryStore,
     provider: Option<Arc<ProviderSnapshot>>,
     /// The discovery document the snapshot was built from, to rebuild it
     /// when a login fetches a rotated JWKS.
@@ -139,7 +139,7 @@ impl App {
             engine,
             state: Mutex::new(State {
                 sessions: SessionCache::new(SESSION_CACHE),
-                records: SharedRecords::new(RECORDS),
+                records: MemoryStore::new(RECORDS),
                 provider: None,
                 discovery_raw: Vec::new(),
             }),

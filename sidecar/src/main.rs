@@ -6,9 +6,9 @@
 mod app;
 mod idp;
 mod log;
+mod random;
 mod render;
 mod server;
-mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     match command {
         "secret" => {
             let mut bytes = [0u8; 32];
-            oidc_edge::SecureRandom::fill(&mut store::OsRandom, &mut bytes);
+            oidc_edge::SecureRandom::fill(&mut random::OsRandom, &mut bytes);
             use base64::Engine as _;
             println!("{}", base64::engine::general_purpose::STANDARD.encode(bytes));
             return ExitCode::SUCCESS;

@@ -4,8 +4,8 @@ gates at once, Envoy + filter (2 workers) and stock nginx + auth_request +
 sidecar, both with the real test IdP and the echo upstream:
 
 - signed-in requests with valid sessions (one per user, several users),
-- new logins (the whole redirect chain through the IdP),
-- refreshes every few seconds (each session's latest cookie, resealed as due),
+- new logins every 2 s per client thread (the whole redirect chain through the IdP),
+- refreshes every 3 s per client thread (a session's latest cookie, resealed as due),
 - tampered cookies (must go back to login, never 5xx, never pass),
 - path tricks (must be redirected to or forwarded as the decided path, or refused),
 - the IdP restarted once, half-way (same keys, its sessions and refresh tokens lost).
@@ -101,7 +101,7 @@ def traffic(name: str, base: str, stop: threading.Event, tally: Tally, window: W
         assert login(b, f"{base}/users/", user).status == 200, f"{name}: {user} cannot log in"
         sessions[user] = b.cookie("_oidc_edge")
     minted = {user: time.time() for user in users}
-    last_refresh = time.time()
+    last_refresh = last_login = time.time()
     while not stop.is_set():
         now = time.time()
         user = rng.choice(users)
@@ -123,19 +123,20 @@ def traffic(name: str, base: str, stop: threading.Event, tally: Tally, window: W
                     b = Browser()
                     if login(b, f"{base}/users/", user).status == 200:
                         sessions[user], minted[user] = b.cookie("_oidc_edge"), time.time()
-            elif roll < 0.55:
-                kind = "session"
-                r = Browser().get(f"{base}/users/x", headers={"Cookie": f"_oidc_edge={sessions[user]}"})
-                ok = r.status == 200 and r.upstream_header("Remote-User") == user
-                if r.status == 302 and time.time() in window:
-                    ok = True
-            elif roll < 0.65:
+            elif now - last_login > 2:
+                last_login = now
                 kind = "login"
                 b = Browser()
                 r = login(b, f"{base}/users/", user)
                 ok = r.status == 200 or (r.status in (302, 503) and time.time() in window)
                 if r.status == 200:
                     sessions[user], minted[user] = b.cookie("_oidc_edge"), time.time()
+            elif roll < 0.65:
+                kind = "session"
+                r = Browser().get(f"{base}/users/x", headers={"Cookie": f"_oidc_edge={sessions[user]}"})
+                ok = r.status == 200 and r.upstream_header("Remote-User") == user
+                if r.status == 302 and time.time() in window:
+                    ok = True
             elif roll < 0.8:
                 kind = "tampered"
                 good = sessions[user]

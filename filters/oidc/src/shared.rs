@@ -1,10 +1,11 @@
 //! Cross-worker state in the host's shared data: the provider metadata, the
-//! fetch schedule, and short-lived records (single-use `state`, the JWKS
-//! refetch cooldown, the refresh lock and a refreshed session's successor).
+//! fetch schedule, and the core's short-lived records (`oidc_edge::store`),
+//! each pool in shards of its own, so the pools are bounded apart as in the
+//! sidecar's store.
 
 use oidc_edge::engine::shared_key;
 use oidc_edge::records::{self, Write};
-use oidc_edge::SharedState;
+use oidc_edge::{Pool, RecordKey, SharedState};
 use proxy_wasm::traits::Context;
 use proxy_wasm::types::Status;
 
@@ -73,21 +74,25 @@ impl HostShared<'_> {
     /// Creates the shard entries if missing, before traffic arrives: the
     /// host's compare-and-swap only protects entries that already exist.
     pub fn create_shards(ctx: &dyn Context, prefix: &str) {
-        for shard in 0..SHARDS {
-            let key = format!("{prefix}{shard}");
-            if ctx.get_shared_data(&key).1.is_none() {
-                let _ = ctx.set_shared_data(&key, Some(&[]), None);
+        for pool in Pool::ALL {
+            for shard in 0..SHARDS {
+                let key = shard_name(prefix, pool, shard);
+                if ctx.get_shared_data(&key).1.is_none() {
+                    let _ = ctx.set_shared_data(&key, Some(&[]), None);
+                }
             }
         }
     }
 
-    fn shard_key(&self, digest: &[u8; 16]) -> String {
-        format!("{}{}", self.prefix, digest[0] % SHARDS)
+    /// The record's digest and the shard entry that holds it.
+    fn locate(&self, key: &RecordKey) -> ([u8; 16], String) {
+        let digest = shared_key(b"record", &key.to_bytes());
+        let name = shard_name(self.prefix, key.pool(), digest[0] % SHARDS);
+        (digest, name)
     }
 
-    fn write(&mut self, key: &[u8], value: &[u8], until: u64, now: u64, mode: Write) -> bool {
-        let digest = shared_key(b"record", key);
-        let shard_key = self.shard_key(&digest);
+    fn write(&mut self, key: &RecordKey, value: &[u8], until: u64, now: u64, mode: Write) -> bool {
+        let (digest, shard_key) = self.locate(key);
         for _ in 0..16 {
             let (data, cas) = self.ctx.get_shared_data(&shard_key);
             let data = data.unwrap_or_default();
@@ -95,7 +100,7 @@ impl HostShared<'_> {
                 return false;
             };
             if evicted {
-                log::warn!("oidc-edge: shared record store full; evicted the record closest to expiry");
+                log::warn!("oidc-edge: shared {} records full; evicted the one closest to expiry", key.pool().name());
             }
             match self.ctx.set_shared_data(&shard_key, Some(&next), cas) {
                 Ok(()) => return true,
@@ -111,17 +116,21 @@ impl HostShared<'_> {
 }
 
 impl SharedState for HostShared<'_> {
-    fn claim(&mut self, key: &[u8], until: u64, now: u64) -> bool {
+    fn claim(&mut self, key: &RecordKey, until: u64, now: u64) -> bool {
         self.write(key, &[], until, now, Write::IfAbsent)
     }
 
-    fn get(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
-        let digest = shared_key(b"record", key);
-        let (data, _) = self.ctx.get_shared_data(&self.shard_key(&digest));
+    fn get(&mut self, key: &RecordKey, now: u64) -> Option<Vec<u8>> {
+        let (digest, shard_key) = self.locate(key);
+        let (data, _) = self.ctx.get_shared_data(&shard_key);
         records::lookup(&data?, &digest, now)
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], until: u64, now: u64) -> bool {
+    fn put(&mut self, key: &RecordKey, value: &[u8], until: u64, now: u64) -> bool {
         self.write(key, value, until, now, Write::Always)
     }
+}
+
+fn shard_name(prefix: &str, pool: Pool, shard: u8) -> String {
+    format!("{prefix}{}-{shard}", pool.name())
 }

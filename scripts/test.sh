@@ -22,8 +22,8 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy --target wasm32-wasip1 -p oidc-edge-filter -q -- -D warnings -D clippy::unwrap_used -D clippy::expect_used
 step "core and sidecar unit tests (native)"
 cargo test -q -p oidc-edge -p oidc-edge-sidecar
-step "core unit tests (wasm32-wasip1 under Node's WASI)"
-cargo test -q -p oidc-edge --lib --target wasm32-wasip1
+step "core unit tests and the filter's adapter tests (wasm32-wasip1 under Node's WASI; the filter's against a fake host)"
+cargo test -q -p oidc-edge -p oidc-edge-filter --lib --target wasm32-wasip1
 step "fuzz targets, 3 s each (libFuzzer on nightly, else bounded property tests on stable)"
 ./scripts/fuzz.sh 3
 step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"

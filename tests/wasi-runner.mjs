@@ -1,3 +1,4 @@
+#!/usr/bin/env -S node --disable-warning=ExperimentalWarning
 // Runs a wasm32-wasip1 test binary under Node's WASI (preview1), for
 // `cargo test --target wasm32-wasip1` (see .cargo/config.toml):
 //
@@ -42,8 +43,21 @@ const wasi = new WASI({
 let code;
 try {
   const module = await WebAssembly.compile(await readFile(wasmPath));
-  const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
-  code = wasi.start(instance);
+  // The filter's tests link proxy-wasm's host calls; a test that reaches one
+  // (instead of a fake host) traps, naming it.
+  const imports = wasi.getImportObject();
+  for (const imp of WebAssembly.Module.imports(module)) {
+    if (imp.kind !== "function" || imports[imp.module]?.[imp.name]) continue;
+    imports[imp.module] ??= {};
+    imports[imp.module][imp.name] = () => {
+      throw new WebAssembly.RuntimeError(`host call ${imp.module}.${imp.name} is not available in unit tests`);
+    };
+  }
+  const instance = await WebAssembly.instantiate(module, imports);
+  // A proxy-wasm module also exports the reactor's `_initialize` (the
+  // filter's entry point for a host); a test binary starts at `_start`.
+  const exports = Object.fromEntries(Object.entries(instance.exports).filter(([name]) => name !== "_initialize"));
+  code = wasi.start({ exports });
 } catch (err) {
   const what = err instanceof WebAssembly.RuntimeError ? `trapped (${err.message})` : `failed: ${err && err.stack ? err.stack : err}`;
   stderr.write(

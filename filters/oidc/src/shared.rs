@@ -134,3 +134,95 @@ impl SharedState for HostShared<'_> {
 fn shard_name(prefix: &str, pool: Pool, shard: u8) -> String {
     format!("{prefix}{}-{shard}", pool.name())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use proxy_wasm::types::Bytes;
+
+    use super::*;
+
+    /// Shared data as proxy-wasm hosts keep it: entries with a version that a
+    /// compare-and-swap must match. `interfere` makes the next N writes lose
+    /// their CAS, as when another worker writes first.
+    #[derive(Default)]
+    struct FakeHost {
+        data: RefCell<HashMap<String, (Bytes, u32)>>,
+        interfere: RefCell<u32>,
+    }
+
+    impl Context for FakeHost {
+        fn get_shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>) {
+            match self.data.borrow().get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+
+        fn set_shared_data(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> Result<(), Status> {
+            let mut data = self.data.borrow_mut();
+            let current = data.get(key).map(|(_, c)| *c);
+            let mut interfere = self.interfere.borrow_mut();
+            if *interfere > 0 {
+                *interfere -= 1;
+                if let Some((_, c)) = data.get_mut(key) {
+                    *c += 1;
+                }
+                return Err(Status::CasMismatch);
+            }
+            if cas.is_some() && cas != current {
+                return Err(Status::CasMismatch);
+            }
+            let next = current.unwrap_or(0) + 1;
+            data.insert(key.to_owned(), (value.unwrap_or_default().to_vec(), next));
+            Ok(())
+        }
+    }
+
+    fn store(host: &FakeHost) -> HostShared<'_> {
+        HostShared::create_shards(host, "t-");
+        HostShared { ctx: host, prefix: "t-" }
+    }
+
+    #[test]
+    fn claims_are_single_use_across_workers_sharing_the_data() {
+        let host = FakeHost::default();
+        let key = RecordKey::LoginState([1; 16]);
+        assert!(store(&host).claim(&key, 100, 10));
+        assert!(!store(&host).claim(&key, 100, 20), "a second worker's claim of the same state fails");
+        let successor = RecordKey::Successor([2; 16]);
+        assert!(store(&host).put(&successor, b"ok:c", 100, 10));
+        assert_eq!(store(&host).get(&successor, 50), Some(b"ok:c".to_vec()));
+        assert_eq!(store(&host).get(&successor, 100), None, "expired");
+    }
+
+    #[test]
+    fn a_lost_compare_and_swap_is_retried_and_never_double_claims() {
+        let host = FakeHost::default();
+        let key = RecordKey::RefreshLock([3; 16]);
+        *host.interfere.borrow_mut() = 3;
+        assert!(store(&host).claim(&key, 100, 10), "retried past three lost races");
+        *host.interfere.borrow_mut() = 1000;
+        assert!(!store(&host).claim(&RecordKey::RefreshLock([4; 16]), 100, 10), "gives up, refusing (fail closed)");
+        *host.interfere.borrow_mut() = 0;
+        assert!(!store(&host).claim(&key, 100, 20), "the first claim holds");
+    }
+
+    #[test]
+    fn login_states_never_touch_the_session_pool() {
+        let host = FakeHost::default();
+        let lock = RecordKey::RefreshLock([5; 16]);
+        assert!(store(&host).claim(&lock, 1000, 10));
+        let sessions_before: Vec<_> = (0..SHARDS).map(|s| host.get_shared_data(&shard_name("t-", Pool::Sessions, s))).collect();
+        for i in 0..2000u32 {
+            let mut d = [0u8; 16];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            assert!(store(&host).claim(&RecordKey::LoginState(d), 600, 10));
+        }
+        let sessions_after: Vec<_> = (0..SHARDS).map(|s| host.get_shared_data(&shard_name("t-", Pool::Sessions, s))).collect();
+        assert_eq!(sessions_before, sessions_after, "a login-state flood rewrote a session shard");
+        assert!(!store(&host).claim(&lock, 1000, 11), "the refresh lock is still held");
+    }
+}

@@ -84,7 +84,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from harness import (API_KEY, CADDY, CLIENT_SECRET, COOKIE_SECRET, ENVOY, NGINX_GLOBALS, ROOT, RUN, WASM, Browser, Envoy,  # noqa: E402
-                     Idp, Proc, Sidecar, free_port, idp_client, login, render, wait_login_ready, wait_port)
+                     Idp, Proc, Sidecar, child_pids, free_port, idp_client, login, render, rss_kib, wait_login_ready,
+                     wait_port)
 
 TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
 ENVOY_CPU, LOAD_CPU = 0, 1
@@ -212,15 +213,7 @@ class PinnedNginx:
         pid = self.proc.pid
         deadline = time.monotonic() + 10  # the master listens before it forks its worker
         while True:
-            kids = []
-            for task in Path(f"/proc/{pid}/task").glob("*"):
-                try:
-                    kids += [int(x) for x in (task / "children").read_text().split()]
-                except OSError:
-                    pass
-            if not kids:
-                r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-                kids = [int(x) for x in r.stdout.split()]
+            kids = child_pids(pid)
             if len(kids) == 1 or time.monotonic() > deadline or not self.proc.alive():
                 break
             time.sleep(0.05)
@@ -536,11 +529,6 @@ def cpu_times(cpu: int) -> tuple:
     return 0, 0, 0
 
 
-def vm_rss_kib(pid: int) -> int:
-    m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    return int(m.group(1)) if m else 0
-
-
 def measure_once(cfg: Config, args, pin: bool) -> Run:
     e = cfg.proxy
     url = f"http://127.0.0.1:{e.port}{cfg.path}"
@@ -558,8 +546,8 @@ def measure_once(cfg: Config, args, pin: bool) -> Run:
     proxy_cpu = (ticks1 - ticks0) / hz / (t1 - t0)
     load_cpu = 1 - (load1[1] - load0[1]) / (load1[0] - load0[0]) if load1[0] > load0[0] else 0.0
     steal = (cpu1[2] - cpu0[2]) / (cpu1[0] - cpu0[0]) if cpu1[0] > cpu0[0] else 0.0
-    cfg.rss_kib = vm_rss_kib(busy[0])
-    cfg.sidecar_rss_kib = vm_rss_kib(busy[-1]) if len(busy) > 1 or isinstance(e, DirectSidecar) else 0
+    cfg.rss_kib = rss_kib(busy[0])
+    cfg.sidecar_rss_kib = rss_kib(busy[-1]) if len(busy) > 1 or isinstance(e, DirectSidecar) else 0
     return Run(w["requests"], w["seconds"], w["requests"] / w["seconds"], w["p50"], w["p99"], proxy_cpu, load_cpu,
                steal, w["errors"])
 

@@ -89,6 +89,29 @@ def render(template: Path, values: dict) -> str:
     return text
 
 
+def child_pids(pid: int) -> list:
+    """The processes `pid` started (an nginx master's workers)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    if not kids:
+        r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+        kids = [int(x) for x in r.stdout.split()]
+    return kids
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of `pid` in KiB (0 once it is gone)."""
+    try:
+        m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    except OSError:
+        return 0
+    return int(m.group(1)) if m else 0
+
+
 class Proc:
     """A child process with its output in a log file."""
 

@@ -375,7 +375,7 @@ def test_separate_cookie_lines_keep_the_other_cookies(gate, stack, alice):
     them): the session in either line opens, ours are hidden, and every other
     cookie still reaches the upstream."""
     good = alice.cookie("_oidc_edge")
-    for lines in ([f"theme=dark", f"_oidc_edge={good}; lang=en"], [f"_oidc_edge={good}", "theme=dark; lang=en"]):
+    for lines in (["theme=dark", f"_oidc_edge={good}; lang=en"], [f"_oidc_edge={good}", "theme=dark; lang=en"]):
         r = Browser().request("GET", gate.url("/app/"), raw_headers=[("Cookie", c) for c in lines], send_cookies=False)
         assert r.status == 200 and r.upstream_header("Remote-User") == "alice", lines
         sent = "; ".join(v for n, v in r.upstream_headers() if n.lower() == "cookie")

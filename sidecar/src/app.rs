@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use oidc_edge::events::COUNTERS;
 use oidc_edge::provider::{discovery_call, jwks_call, Discovery};
+use oidc_edge::events::Severity;
 use oidc_edge::{Engine, Env, Event, HttpResponse, MemoryStore, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -445,9 +446,9 @@ impl App {
                 }
             }
             if let Some(line) = e.log_line() {
-                let level = match e {
-                    Event::ProviderUnavailable | Event::RefreshFailed(_) => Level::Warn,
-                    _ => Level::Info,
+                let level = match e.severity() {
+                    Severity::Warn => Level::Warn,
+                    Severity::Info => Level::Info,
                 };
                 log::event(level, &line, &[]);
             }

@@ -423,6 +423,9 @@ const provider = new Provider(config.issuer, {
 // oidc-provider answers a bug in this file or in itself with a bare server_error;
 // print the cause so a failing test shows it.
 provider.on('server_error', (ctx, err) => console.error(`server_error on ${ctx.method} ${ctx.path}:`, err));
+// A refused token request: the error code and description (never a token or secret).
+provider.on('grant.error', (ctx, err) =>
+  console.error(`grant.error: ${err.error ?? err.name}: ${err.error_description ?? err.message}`));
 
 // Plain http on 127.0.0.1, no reverse proxy in front: trust no X-Forwarded-* header.
 provider.proxy = false;

@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use oidc_edge::drbg::KeyedDrbg;
-use oidc_edge::events::COUNTERS;
+use oidc_edge::events::{Severity, COUNTERS};
 use oidc_edge::{Event, HttpCall, HttpResponse, SecretSource, SecureRandom};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::Context;
@@ -126,7 +126,10 @@ impl Metrics {
             }
         }
         if let Some(line) = event.log_line() {
-            log::warn!("oidc-edge: {line}");
+            match event.severity() {
+                Severity::Warn => log::warn!("oidc-edge: {line}"),
+                Severity::Info => log::info!("oidc-edge: {line}"),
+            }
         }
     }
 

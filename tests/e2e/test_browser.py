@@ -1,0 +1,100 @@
+"""What only a real browser shows: headless Chromium (Debian's, driven by
+Playwright) logs in through each gate, then visits a page on another origin
+that tries to sign it out with an <img> and with an auto-submitted form.
+The browser itself sets Fetch Metadata (`Sec-Fetch-Site`) on those
+requests; the session must survive both, and the "Sign out?" page's own
+button must then sign out."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from harness import free_port
+
+CHROMIUM = "/usr/bin/chromium"
+# The flags Chromium needs on a machine with no outside network (see the
+# project's DESIGN notes): no background fetches, no first-run work.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def other_site():
+    """Pages on another origin (another port: same site, other origin)."""
+    pages = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pages.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield port, pages
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _upstream_user(page):
+    text = page.locator("body").inner_text()
+    return next((v for k, v in json.loads(text)["headers"] if k.lower() == "remote-user"), None)
+
+
+def test_another_site_cannot_sign_the_browser_out(gate, stack, chromium, other_site):
+    port, pages = other_site
+    sign_out = gate.url("/oauth2/sign_out")
+    pages["/img"] = f'<!doctype html><title>cats</title><img src="{sign_out}">'
+    pages["/form"] = (f'<!doctype html><title>cats</title><form id=f method=post action="{sign_out}"></form>'
+                      '<script>document.getElementById("f").submit()</script>')
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(gate.url("/app/"))
+        page.click("text=alice")
+        page.wait_for_url(gate.url("/app/"))
+        assert _upstream_user(page) == "alice"
+
+        page.goto(f"http://127.0.0.1:{port}/img")
+        page.wait_for_load_state("networkidle")
+        page.goto(gate.url("/app/"))
+        assert _upstream_user(page) == "alice", "an <img> on another site signed the browser out"
+
+        page.goto(f"http://127.0.0.1:{port}/form")
+        page.wait_for_url(sign_out)
+        assert page.title() == "Sign out?"
+        assert any(c["name"] == "_oidc_edge" for c in context.cookies(gate.url("/")))
+        page.goto(gate.url("/app/"))
+        assert _upstream_user(page) == "alice", "a form on another site signed the browser out"
+
+        # The confirmation page's own button: a same-origin POST, which signs out.
+        page.goto(f"http://127.0.0.1:{port}/form")
+        page.wait_for_url(sign_out)
+        with page.expect_navigation():
+            page.click("button")
+        assert not any(c["name"] == "_oidc_edge" for c in context.cookies(gate.url("/")))
+        assert page.url.startswith(stack.idp.issuer), page.url
+    finally:
+        context.close()

@@ -58,9 +58,20 @@ def other_site():
         server.server_close()
 
 
+def _has_session(context):
+    # Chromium keeps `Secure` cookies for http://127.0.0.1 (a trustworthy
+    # origin) but leaves them out of a listing by an http URL: list them all.
+    return any(c["name"] == "_oidc_edge" for c in context.cookies())
+
+
 def _upstream_user(page):
-    text = page.locator("body").inner_text()
-    return next((v for k, v in json.loads(text)["headers"] if k.lower() == "remote-user"), None)
+    """Who the echo upstream saw, or None when the page is not its echo (a
+    login page, say)."""
+    try:
+        echo = json.loads(page.locator("body").inner_text())
+    except ValueError:
+        return None
+    return next((v for k, v in echo["headers"] if k.lower() == "remote-user"), None)
 
 
 def test_another_site_cannot_sign_the_browser_out(gate, stack, chromium, other_site):
@@ -85,16 +96,17 @@ def test_another_site_cannot_sign_the_browser_out(gate, stack, chromium, other_s
         page.goto(f"http://127.0.0.1:{port}/form")
         page.wait_for_url(sign_out)
         assert page.title() == "Sign out?"
-        assert any(c["name"] == "_oidc_edge" for c in context.cookies(gate.url("/")))
+        assert _has_session(context)
         page.goto(gate.url("/app/"))
         assert _upstream_user(page) == "alice", "a form on another site signed the browser out"
 
         # The confirmation page's own button: a same-origin POST, which signs out.
         page.goto(f"http://127.0.0.1:{port}/form")
         page.wait_for_url(sign_out)
-        with page.expect_navigation():
-            page.click("button")
-        assert not any(c["name"] == "_oidc_edge" for c in context.cookies(gate.url("/")))
-        assert page.url.startswith(stack.idp.issuer), page.url
+        page.click("button")
+        # Out through the IdP's end-session endpoint and back to this site's
+        # post-logout URL (which, in this configuration, serves no route).
+        page.wait_for_url(gate.url("/"))
+        assert not _has_session(context)
     finally:
         context.close()

@@ -145,6 +145,23 @@ pub fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     Some((scheme, authority, if path.is_empty() { "/" } else { path }))
 }
 
+/// `text` with every byte that is not visible ASCII percent-encoded, and
+/// nothing else changed: a URL a header can carry (a raw UTF-8 path or query
+/// from the request line stays the same resource).
+pub fn escape_non_visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x21..0x7f).contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,3 +208,4 @@ mod tests {
         assert_eq!(html_escape("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
     }
 }
+

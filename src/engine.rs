@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::{OpenedSession, SessionCache};
 use crate::config::{ClientAuth, Config, HeaderNames, SameSite};
-use crate::encoding::{b64std, b64url, build_query, parse_query, percent_encode, split_url};
+use crate::encoding::{b64std, b64url, build_query, escape_non_visible, parse_query, percent_encode, split_url};
 use crate::events::Event;
 use crate::jose::{profile_claims, verify_id_token, Expected, IdClaims, Jwks, TokenError};
 use crate::pages::{self, Response};
@@ -359,10 +359,11 @@ impl Engine {
         }
         env.events.push(Event::PathRedirected);
         // `path` starts with one '/' and never two: a same-site location.
-        let location = match query {
+        // Raw UTF-8 from the request line is escaped so a header can carry it.
+        let location = escape_non_visible(&match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
-        };
+        });
         Step::Respond(Response { status: 308, ..pages::redirect(&location) })
     }
 

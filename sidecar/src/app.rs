@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use oidc_edge::events::COUNTERS;
+use oidc_edge::events::{Severity, COUNTERS};
 use oidc_edge::provider::{discovery_call, jwks_call, Discovery};
-use oidc_edge::events::Severity;
 use oidc_edge::{Engine, Env, Event, HttpResponse, MemoryStore, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
 use serde_json::json;
 use tokio::sync::Notify;

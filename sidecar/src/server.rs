@@ -136,7 +136,7 @@ fn build(answer: Answer) -> Response<Full<Bytes>> {
     *resp.status_mut() = hyper::StatusCode::from_u16(answer.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = resp.headers_mut();
     for (n, v) in answer.headers {
-        if let (Ok(name), Ok(value)) = (hyper::header::HeaderName::from_bytes(n.as_bytes()), hyper::header::HeaderValue::from_str(&v)) {
+        if let (Ok(name), Ok(value)) = (hyper::header::HeaderName::from_bytes(n.as_bytes()), hyper::header::HeaderValue::from_bytes(v.as_bytes())) {
             headers.append(name, value);
         }
     }

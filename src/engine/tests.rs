@@ -1277,6 +1277,7 @@ fn a_host_that_forwards_the_received_path_sends_the_browser_to_the_decided_one()
         ("//public/x", "/public/x"),
         ("/%70ublic/x", "/public/x"),
         ("/public/%2e%2e/admin/", "/admin/"),
+        ("/public/./caf\u{e9}?q=\u{e9}t\u{e9}", "/public/caf%C3%A9?q=%C3%A9t%C3%A9"),
     ] {
         for method in ["GET", "HEAD"] {
             let step = g.send(&Req::new(method, path).cookie(COOKIE, &bob).forwarded_as_received());

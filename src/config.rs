@@ -132,7 +132,7 @@ pub struct ProviderConfig {
     /// Let email rules match addresses the IdP has not verified.
     pub trust_unverified_email: bool,
     /// Claim used for the user header.
-    pub user_claim: String,
+    pub user_claim: UserClaim,
     /// Name shown on pages ("Continue with …").
     pub display_name: String,
     /// Unmapped IdP hosts are called at their own address (the sidecar);
@@ -141,6 +141,32 @@ pub struct ProviderConfig {
     /// Discovered endpoints may be plain `http`: the issuer is on loopback,
     /// or `insecure_allow_http_issuer` is set.
     pub http_endpoints_allowed: bool,
+}
+
+/// The ID-token claim that names the user in the user header (`sub` when
+/// the chosen claim is absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserClaim {
+    /// `preferred_username` (the default).
+    PreferredUsername,
+    /// `email`.
+    Email,
+    /// `name`.
+    Name,
+    /// `sub`, which never changes for a user.
+    Sub,
+}
+
+impl UserClaim {
+    fn parse(name: &str) -> Option<UserClaim> {
+        match name {
+            "preferred_username" => Some(UserClaim::PreferredUsername),
+            "email" => Some(UserClaim::Email),
+            "name" => Some(UserClaim::Name),
+            "sub" => Some(UserClaim::Sub),
+            _ => None,
+        }
+    }
 }
 
 impl ProviderConfig {
@@ -633,6 +659,13 @@ impl Config {
             c.err("provider.client_id", "is empty; copy the client id from the provider");
         }
         let client_secret = c.secret("provider.client_secret", &p.client_secret).unwrap_or_default();
+        let user_claim = match p.user_claim.as_deref() {
+            None => UserClaim::PreferredUsername,
+            Some(name) => UserClaim::parse(name).unwrap_or_else(|| {
+                c.err("provider.user_claim", format!("{name:?} is not a claim we can use; use preferred_username, email, name or sub"));
+                UserClaim::PreferredUsername
+            }),
+        };
         let client_auth = match p.client_auth.as_deref() {
             None | Some("client_secret_basic") => ClientAuth::Basic,
             Some("client_secret_post") => ClientAuth::Post,
@@ -859,7 +892,7 @@ impl Config {
                 timeout_ms,
                 clock_skew,
                 trust_unverified_email: p.trust_unverified_email,
-                user_claim: p.user_claim.clone().unwrap_or_else(|| "preferred_username".into()),
+                user_claim,
                 display_name: p.display_name.clone().unwrap_or_else(|| "your identity provider".into()),
                 direct_calls: front == Front::Sidecar,
                 http_endpoints_allowed: p.insecure_allow_http_issuer

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::cache::{OpenedSession, SessionCache};
-use crate::config::{ClientAuth, Config, HeaderNames, SameSite};
+use crate::config::{ClientAuth, Config, HeaderNames, SameSite, UserClaim};
 use crate::encoding::{b64std, b64url, build_query, escape_non_visible, parse_query, percent_encode, split_url};
 use crate::events::Event;
 use crate::jose::{profile_claims, verify_id_token, Expected, IdClaims, Jwks, TokenError};
@@ -784,11 +784,11 @@ impl Engine {
 
     fn session_from_claims(&self, c: &IdClaims, refresh_token: Option<String>, now: u64) -> Session {
         let clean = |v: &Option<String>| v.as_deref().map(clean_header_value);
-        let user = match self.config.provider.user_claim.as_str() {
-            "email" => c.email.clone(),
-            "name" => c.name.clone(),
-            "sub" => None,
-            _ => c.preferred_username.clone(),
+        let user = match self.config.provider.user_claim {
+            UserClaim::Email => c.email.clone(),
+            UserClaim::Name => c.name.clone(),
+            UserClaim::Sub => None,
+            UserClaim::PreferredUsername => c.preferred_username.clone(),
         }
         .map(|u| clean_header_value(&u))
         .unwrap_or_else(|| clean_header_value(&c.sub));

@@ -236,7 +236,7 @@ fn defaults() {
     assert_eq!(p.client_auth, ClientAuth::Basic);
     assert_eq!(p.timeout_ms, 5000);
     assert_eq!(p.clock_skew, 60);
-    assert_eq!(p.user_claim, "preferred_username");
+    assert_eq!(p.user_claim, UserClaim::PreferredUsername);
     assert!(!p.trust_unverified_email);
     assert_eq!(p.client_secret.expose(), CLIENT_SECRET);
     assert_eq!(c.paths.callback, "/oauth2/callback");
@@ -356,6 +356,17 @@ fn cookie_secret_forms() {
     ] {
         let v = patched(|v| v["session"]["secrets"] = json!([secret]));
         assert!(parse(&v).is_ok(), "{secret}");
+    }
+}
+
+#[test]
+fn an_unknown_user_claim_is_an_error_naming_the_field() {
+    let v = patched(|v| v["provider"]["user_claim"] = json!("preferred_name"));
+    let errors = errors_of(&v);
+    assert!(errors.iter().any(|e| e.starts_with("provider.user_claim:") && e.contains("preferred_username, email, name or sub")), "{errors:?}");
+    for (name, claim) in [("email", UserClaim::Email), ("name", UserClaim::Name), ("sub", UserClaim::Sub)] {
+        let v = patched(|v| v["provider"]["user_claim"] = json!(name));
+        assert_eq!(parse(&v).map(|c| c.provider.user_claim).ok(), Some(claim));
     }
 }
 

@@ -279,10 +279,7 @@ impl Engine {
                 .map(|(n, _)| n.clone())
                 .collect(),
             set: route.inject.iter().map(|(n, v)| (Arc::clone(n), v.expose_shared())).collect(),
-            set_path: (path.as_ref() != raw_path).then(|| match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path.clone().into_owned(),
-            }),
+            set_path: (path.as_ref() != raw_path).then(|| path_and_query(&path, query)),
             set_cookies: Vec::new(),
         };
         if route.rule == Rule::Public {
@@ -313,10 +310,7 @@ impl Engine {
             clear_cookie = Some(self.clear_cookie(name, "/"));
         }
         let opened = opened.map(|(o, _)| o);
-        let return_to = || match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone().into_owned(),
-        };
+        let return_to = || path_and_query(&path, query);
         let Some(opened) = opened else {
             return self.login_or_401(head, route, return_to(), clear_cookie.into_iter().collect(), env);
         };
@@ -360,10 +354,7 @@ impl Engine {
         env.events.push(Event::PathRedirected);
         // `path` starts with one '/' and never two: a same-site location.
         // Raw UTF-8 from the request line is escaped so a header can carry it.
-        let location = escape_non_visible(&match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        });
+        let location = escape_non_visible(&path_and_query(path, query));
         Step::Respond(Response { status: 308, ..pages::redirect(&location) })
     }
 
@@ -1022,6 +1013,14 @@ impl Engine {
             None => local,
         };
         Step::Respond(pages::redirect(&location).with_cookies(cookies))
+    }
+}
+
+/// The normalized path with the query as received.
+fn path_and_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     }
 }
 

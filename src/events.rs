@@ -46,44 +46,125 @@ pub enum Severity {
     Warn,
 }
 
-/// Every counter name, for hosts that define metrics up front.
-pub const COUNTERS: &[&str] = &[
-    "oidc_edge_logins_started",
-    "oidc_edge_logins_completed",
-    "oidc_edge_logins_failed",
-    "oidc_edge_requests_allowed",
-    "oidc_edge_requests_denied",
-    "oidc_edge_requests_redirected",
-    "oidc_edge_requests_unauthorized",
-    "oidc_edge_invalid_cookies",
-    "oidc_edge_provider_unavailable",
-    "oidc_edge_sign_outs",
-    "oidc_edge_refreshes_started",
-    "oidc_edge_refreshes_succeeded",
-    "oidc_edge_refreshes_failed",
-    "oidc_edge_refreshes_coalesced",
-];
+/// A counter every front end exports, under the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Browsers sent to the IdP.
+    LoginsStarted,
+    /// Callbacks that ended with a session cookie.
+    LoginsCompleted,
+    /// Callbacks or code exchanges that failed.
+    LoginsFailed,
+    /// Requests forwarded upstream.
+    RequestsAllowed,
+    /// Requests refused (400/403).
+    RequestsDenied,
+    /// Requests answered with a redirect (to the IdP or to the normalized path).
+    RequestsRedirected,
+    /// API requests without a session (401).
+    RequestsUnauthorized,
+    /// Session cookies that did not open.
+    InvalidCookies,
+    /// Logins answered 503 because the IdP was unreachable.
+    ProviderUnavailable,
+    /// Sign-outs.
+    SignOuts,
+    /// Refresh calls started.
+    RefreshesStarted,
+    /// Refreshes that produced a new session cookie.
+    RefreshesSucceeded,
+    /// Refreshes that failed (kept or ended the session).
+    RefreshesFailed,
+    /// Requests that joined another request's refresh.
+    RefreshesCoalesced,
+}
+
+impl Counter {
+    /// Every counter, for hosts that define metrics up front.
+    pub const ALL: [Counter; 14] = [
+        Counter::LoginsStarted,
+        Counter::LoginsCompleted,
+        Counter::LoginsFailed,
+        Counter::RequestsAllowed,
+        Counter::RequestsDenied,
+        Counter::RequestsRedirected,
+        Counter::RequestsUnauthorized,
+        Counter::InvalidCookies,
+        Counter::ProviderUnavailable,
+        Counter::SignOuts,
+        Counter::RefreshesStarted,
+        Counter::RefreshesSucceeded,
+        Counter::RefreshesFailed,
+        Counter::RefreshesCoalesced,
+    ];
+
+    /// The metric name (Envoy and ngx_wasm_module stats; the sidecar's
+    /// Prometheus name adds `_total`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::LoginsStarted => "oidc_edge_logins_started",
+            Counter::LoginsCompleted => "oidc_edge_logins_completed",
+            Counter::LoginsFailed => "oidc_edge_logins_failed",
+            Counter::RequestsAllowed => "oidc_edge_requests_allowed",
+            Counter::RequestsDenied => "oidc_edge_requests_denied",
+            Counter::RequestsRedirected => "oidc_edge_requests_redirected",
+            Counter::RequestsUnauthorized => "oidc_edge_requests_unauthorized",
+            Counter::InvalidCookies => "oidc_edge_invalid_cookies",
+            Counter::ProviderUnavailable => "oidc_edge_provider_unavailable",
+            Counter::SignOuts => "oidc_edge_sign_outs",
+            Counter::RefreshesStarted => "oidc_edge_refreshes_started",
+            Counter::RefreshesSucceeded => "oidc_edge_refreshes_succeeded",
+            Counter::RefreshesFailed => "oidc_edge_refreshes_failed",
+            Counter::RefreshesCoalesced => "oidc_edge_refreshes_coalesced",
+        }
+    }
+
+    /// One line of help, for `# HELP`.
+    pub fn help(self) -> &'static str {
+        match self {
+            Counter::LoginsStarted => "Browsers sent to the identity provider.",
+            Counter::LoginsCompleted => "Sign-ins that ended with a session cookie.",
+            Counter::LoginsFailed => "Sign-ins that failed at the callback or the code exchange.",
+            Counter::RequestsAllowed => "Requests forwarded upstream.",
+            Counter::RequestsDenied => "Requests refused (400 or 403).",
+            Counter::RequestsRedirected => "Requests answered with a redirect (to sign in, or to the normalized path).",
+            Counter::RequestsUnauthorized => "API requests without a session (401).",
+            Counter::InvalidCookies => "Session cookies that did not open (tampered, expired, or sealed with an unknown key).",
+            Counter::ProviderUnavailable => "Sign-ins answered 503 because the identity provider was unreachable.",
+            Counter::SignOuts => "Sign-outs.",
+            Counter::RefreshesStarted => "Session refreshes sent to the identity provider.",
+            Counter::RefreshesSucceeded => "Session refreshes that produced a new session cookie.",
+            Counter::RefreshesFailed => "Session refreshes that failed (the log line says whether the session was kept).",
+            Counter::RefreshesCoalesced => "Requests that joined a refresh made by another request or worker.",
+        }
+    }
+
+    /// Position in [`Counter::ALL`], for hosts that keep counters in an array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 impl Event {
-    /// Index into [`COUNTERS`] of each counter this event increments.
-    pub fn counters(&self) -> &'static [usize] {
+    /// The counters this event increments.
+    pub fn counters(&self) -> &'static [Counter] {
         match self {
             // A started login is also a redirected request.
-            Event::LoginStarted => &[0, 5],
-            Event::LoginCompleted => &[1],
-            Event::LoginFailed(_) => &[2],
+            Event::LoginStarted => &[Counter::LoginsStarted, Counter::RequestsRedirected],
+            Event::LoginCompleted => &[Counter::LoginsCompleted],
+            Event::LoginFailed(_) => &[Counter::LoginsFailed],
             Event::TokenRejected(_) => &[],
-            Event::Allowed => &[3],
-            Event::PathRedirected => &[5],
-            Event::Denied(_) => &[4],
-            Event::Unauthorized => &[6],
-            Event::InvalidCookie(_) => &[7],
-            Event::ProviderUnavailable => &[8],
-            Event::SignedOut => &[9],
-            Event::RefreshStarted => &[10],
-            Event::RefreshSucceeded => &[11],
-            Event::RefreshFailed(_) => &[12],
-            Event::RefreshCoalesced => &[13],
+            Event::Allowed => &[Counter::RequestsAllowed],
+            Event::PathRedirected => &[Counter::RequestsRedirected],
+            Event::Denied(_) => &[Counter::RequestsDenied],
+            Event::Unauthorized => &[Counter::RequestsUnauthorized],
+            Event::InvalidCookie(_) => &[Counter::InvalidCookies],
+            Event::ProviderUnavailable => &[Counter::ProviderUnavailable],
+            Event::SignedOut => &[Counter::SignOuts],
+            Event::RefreshStarted => &[Counter::RefreshesStarted],
+            Event::RefreshSucceeded => &[Counter::RefreshesSucceeded],
+            Event::RefreshFailed(_) => &[Counter::RefreshesFailed],
+            Event::RefreshCoalesced => &[Counter::RefreshesCoalesced],
         }
     }
 
@@ -109,5 +190,22 @@ impl Event {
             Event::RefreshFailed(why) => Some(format!("session refresh failed: {why}")),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counter;
+
+    #[test]
+    fn every_counter_sits_at_its_index_with_a_distinct_name() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert!(c.name().starts_with("oidc_edge_") && !c.help().is_empty());
+        }
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use oidc_edge::events::{Severity, COUNTERS};
+use oidc_edge::events::{Counter, Severity};
 use oidc_edge::provider::{discovery_call, jwks_call, Discovery};
 use oidc_edge::{Engine, Env, Event, HttpResponse, MemoryStore, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
 use serde_json::json;
@@ -143,7 +143,7 @@ impl App {
                 provider: None,
                 discovery_raw: Vec::new(),
             }),
-            counters: COUNTERS.iter().map(|_| AtomicU64::new(0)).collect(),
+            counters: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             idp: IdpClient::new(),
             wake_loader: Notify::new(),
         }
@@ -439,8 +439,8 @@ impl App {
 
     fn record(&self, events: &[Event]) {
         for e in events {
-            for &i in e.counters() {
-                if let Some(c) = self.counters.get(i) {
+            for counter in e.counters() {
+                if let Some(c) = self.counters.get(counter.index()) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -456,7 +456,8 @@ impl App {
 
     fn metrics(&self) -> Answer {
         let mut out = String::new();
-        for (name, c) in COUNTERS.iter().zip(&self.counters) {
+        for (counter, c) in Counter::ALL.iter().zip(&self.counters) {
+            let name = counter.name();
             out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", c.load(Ordering::Relaxed)));
         }
         out.push_str(&format!(

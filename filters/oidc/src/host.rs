@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use oidc_edge::drbg::KeyedDrbg;
-use oidc_edge::events::{Severity, COUNTERS};
+use oidc_edge::events::{Counter, Severity};
 use oidc_edge::{Event, HttpCall, HttpResponse, SecretSource, SecureRandom};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::Context;
@@ -114,14 +114,14 @@ pub struct Metrics {
 impl Metrics {
     pub fn define() -> Metrics {
         Metrics {
-            ids: COUNTERS.iter().map(|name| hostcalls::define_metric(MetricType::Counter, name).ok()).collect(),
-            pending: vec![0; COUNTERS.len()],
+            ids: Counter::ALL.iter().map(|c| hostcalls::define_metric(MetricType::Counter, c.name()).ok()).collect(),
+            pending: vec![0; Counter::ALL.len()],
         }
     }
 
     pub fn record(&mut self, event: &Event) {
-        for &i in event.counters() {
-            if let Some(n) = self.pending.get_mut(i) {
+        for c in event.counters() {
+            if let Some(n) = self.pending.get_mut(c.index()) {
                 *n += 1;
             }
         }

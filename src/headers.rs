@@ -2,6 +2,39 @@
 //! header we inject is removed, whatever its case and whether `-` was written
 //! as `_` or `.` (proxies and CGI-style upstreams fold those together).
 
+use std::sync::Arc;
+
+/// Names of the identity headers sent upstream; `None` disables one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// User name (from `provider.user_claim`, falling back to `sub`).
+    pub user: Option<Arc<str>>,
+    /// Email address.
+    pub email: Option<Arc<str>>,
+    /// Comma-joined groups.
+    pub groups: Option<Arc<str>>,
+    /// Display name.
+    pub name: Option<Arc<str>>,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        HeaderNames {
+            user: Some("Remote-User".into()),
+            email: Some("Remote-Email".into()),
+            groups: Some("Remote-Groups".into()),
+            name: Some("Remote-Name".into()),
+        }
+    }
+}
+
+impl HeaderNames {
+    /// The names in use.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        [&self.user, &self.email, &self.groups, &self.name].into_iter().flatten().map(|n| &**n)
+    }
+}
+
 /// Header names folded to one canonical spelling.
 #[derive(Debug, Clone, Default)]
 pub struct StripSet {

@@ -33,6 +33,34 @@ pub enum TokenError {
     MissingClaim(&'static str),
 }
 
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason())
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// Why a JWKS document was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    /// Not JSON of the JWKS shape (the parser's message).
+    NotJson(String),
+    /// No key we can verify with.
+    NoUsableKey,
+}
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksError::NotJson(e) => write!(f, "JWKS is not valid JSON: {e}"),
+            JwksError::NoUsableKey => f.write_str("JWKS holds no usable signing key (RSA ≥ 2048 bits, P-256, P-384 or Ed25519)"),
+        }
+    }
+}
+
+impl std::error::Error for JwksError {}
+
 impl TokenError {
     /// A reason for logs and error pages; never includes the token.
     pub fn reason(&self) -> String {
@@ -80,11 +108,11 @@ const MIN_RSA_BITS: usize = 2048;
 impl Jwks {
     /// Parses a JWKS document, keeping the signature keys we can use. Keys of
     /// other types are skipped; a document with none usable is an error.
-    pub fn parse(bytes: &[u8]) -> Result<Jwks, String> {
-        let raw: RawJwks = serde_json::from_slice(bytes).map_err(|e| format!("JWKS is not valid JSON: {e}"))?;
+    pub fn parse(bytes: &[u8]) -> Result<Jwks, JwksError> {
+        let raw: RawJwks = serde_json::from_slice(bytes).map_err(|e| JwksError::NotJson(e.to_string()))?;
         let keys: Vec<Jwk> = raw.keys.iter().filter_map(parse_jwk).collect();
         if keys.is_empty() {
-            return Err("JWKS holds no usable signing key (RSA ≥ 2048 bits, P-256, P-384 or Ed25519)".into());
+            return Err(JwksError::NoUsableKey);
         }
         Ok(Jwks { keys })
     }

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::config::{HeaderNames, SecretString};
+use crate::headers::HeaderNames;
+use crate::secret::SecretString;
 use crate::session::Session;
 
 /// A host pattern: `*` (any), `*.example.com` (any subdomain) or an exact host.

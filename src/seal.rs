@@ -43,6 +43,8 @@ impl Reject {
 /// A set of keys: the first seals, every one opens (rotation without logouts).
 pub struct Sealer {
     keys: Vec<(u8, XChaCha20Poly1305)>,
+    /// Root for other keys derived from the primary secret.
+    derivation_root: [u8; 32],
 }
 
 impl Sealer {
@@ -59,7 +61,14 @@ impl Sealer {
                 (id, XChaCha20Poly1305::new((&key).into()))
             })
             .collect();
-        Sealer { keys }
+        let derivation_root = secrets.first().map_or([0u8; 32], |s| derive_key(s, b"oidc-edge/v1/derivation-root"));
+        Sealer { keys, derivation_root }
+    }
+
+    /// A key for another purpose (`label`), derived from the primary secret:
+    /// independent of the sealing keys, stable across restarts.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        derive_key(&self.derivation_root, label)
     }
 
     /// Seals `payload` for the cookie or field `name`, valid until `expires_at`

@@ -87,6 +87,68 @@ pub trait SharedState {
     fn put(&mut self, key: &RecordKey, value: &[u8], until: u64, now: u64) -> bool;
 }
 
+/// A store operation whose answer the engine waits for. A host with a
+/// synchronous store answers it at once ([`StoreOp::perform`]); a host with a
+/// networked store performs it and hands the answer back later, as it does
+/// with HTTP calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Read the unexpired value under the key.
+    Read(RecordKey),
+    /// Claim the key until `until` unless someone holds an unexpired claim.
+    Claim {
+        /// The record.
+        key: RecordKey,
+        /// Unix seconds.
+        until: u64,
+    },
+}
+
+/// The answer to a [`StoreOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreAnswer {
+    /// What [`StoreOp::Read`] found.
+    Read(Option<Vec<u8>>),
+    /// Whether [`StoreOp::Claim`] got the claim. A store that cannot say
+    /// answers `false` (fail closed).
+    Claimed(bool),
+}
+
+/// A record to store; nothing waits for it. `Debug` omits the value (a
+/// successor record holds a sealed session).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreWrite {
+    /// The record.
+    pub key: RecordKey,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Unix seconds.
+    pub until: u64,
+}
+
+impl std::fmt::Debug for StoreWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWrite").field("key", &self.key).field("until", &self.until).finish_non_exhaustive()
+    }
+}
+
+impl StoreOp {
+    /// Performs the operation on a synchronous store.
+    pub fn perform(&self, store: &mut dyn SharedState, now: u64) -> StoreAnswer {
+        match self {
+            StoreOp::Read(key) => StoreAnswer::Read(store.get(key, now)),
+            StoreOp::Claim { key, until } => StoreAnswer::Claimed(store.claim(key, *until, now)),
+        }
+    }
+}
+
+impl StoreWrite {
+    /// Performs the write on a synchronous store.
+    pub fn perform(&self, store: &mut dyn SharedState, now: u64) -> bool {
+        store.put(&self.key, &self.value, self.until, now)
+    }
+}
+
 /// One pool's records, bounded: when full, the record closest to expiry
 /// goes first, so a full pool still takes new claims.
 struct Records {

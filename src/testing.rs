@@ -1,20 +1,20 @@
 //! Deterministic stand-ins for the host: a seeded RNG, in-memory shared state,
 //! an environment-variable map for secrets, signing keys and a hand-built
-//! provider, and a [`Host`] that lends the engine an [`Env`] at a fixed time.
+//! provider, and a [`Host`] that lends a driver its clock and store at a fixed time.
 
 use std::collections::HashMap;
 
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::cache::SessionCache;
-use crate::config::SecretSource;
+use crate::config::{Config, ProviderConfig, SecretSource};
+use crate::driver::{Driver, Lend, Outcome};
 use crate::encoding::{b64std, b64url, parse_query};
-use crate::engine::{Env, RequestHead};
+use crate::engine::Step;
+use crate::request::RequestHead;
 use crate::events::Event;
-use crate::jose::Jwks;
 use crate::pages::Response;
-use crate::provider::{Discovery, ProviderSnapshot};
+use crate::provider::{Discovery, SharedProvider};
 use crate::store::{MemoryStore, RecordKey, SharedState};
 use crate::SecureRandom;
 
@@ -170,65 +170,84 @@ pub fn discovery() -> Discovery {
     }
 }
 
-/// Discovery and [`jwks_json`], as a worker holds them once loaded.
-pub fn snapshot() -> ProviderSnapshot {
-    ProviderSnapshot {
-        discovery: discovery(),
-        jwks: Jwks::parse(jwks_json().to_string().as_bytes()).expect("test JWKS parses"),
-        fetched_at: NOW,
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The host side of one worker.
 
-/// What a host keeps between calls: clock, randomness, shared claims,
-/// provider metadata, session cache, and everything the engine reported.
+/// What a host keeps between turns: clock, randomness, shared records,
+/// and everything the driver reported.
 pub struct Host {
     pub now: u64,
     pub rng: SeededRng,
     pub shared: MemoryStore,
-    pub sessions: SessionCache,
-    pub provider: Option<ProviderSnapshot>,
     pub events: Vec<Event>,
-    pub fetched_jwks: Vec<Vec<u8>>,
+    /// Provider documents the driver asked to share.
+    pub published: Vec<SharedProvider>,
 }
 
 impl Host {
-    /// A worker at [`NOW`] with the provider loaded.
+    /// A worker at [`NOW`].
     pub fn new(seed: u64) -> Host {
-        Host {
-            now: NOW,
-            rng: SeededRng::new(seed),
-            shared: MemoryStore::new(4096),
-            sessions: SessionCache::new(64),
-            provider: Some(snapshot()),
-            events: Vec::new(),
-            fetched_jwks: Vec::new(),
-        }
+        Host { now: NOW, rng: SeededRng::new(seed), shared: MemoryStore::new(4096), events: Vec::new(), published: Vec::new() }
     }
 
-    /// Lends the engine an [`Env`] for one call and keeps what it reported.
-    pub fn with_env<T>(&mut self, f: impl FnOnce(&mut Env<'_>) -> T) -> T {
-        let mut env = Env {
-            now: self.now,
-            rng: &mut self.rng,
-            shared: &mut self.shared,
-            provider: self.provider.as_ref(),
-            sessions: &mut self.sessions,
-            events: Vec::new(),
-            fetched_jwks: None,
-        };
-        let out = f(&mut env);
-        self.events.extend(env.events);
-        self.fetched_jwks.extend(env.fetched_jwks);
-        out
+    /// Lends the clock, the RNG and the store (synchronous) for one turn.
+    pub fn lend(&mut self) -> Lend<'_> {
+        Lend { now: self.now, rng: &mut self.rng, store: Some(&mut self.shared) }
+    }
+
+    /// Keeps what a turn reported and returns its step. With a synchronous
+    /// store the driver performs every write itself.
+    pub fn keep(&mut self, out: Outcome) -> Step {
+        assert!(out.writes.is_empty(), "writes left to a synchronous host: {:?}", out.writes);
+        assert!(!matches!(out.step, Step::Store { .. }), "store operation left to a synchronous host");
+        self.events.extend(out.events);
+        self.published.extend(out.publish);
+        out.step
     }
 
     /// Events reported since the last call to this.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }
+}
+
+/// The discovery document of [`discovery`], as the provider serves it.
+pub fn discovery_json() -> Vec<u8> {
+    let d = discovery();
+    json!({
+        "issuer": d.issuer, "authorization_endpoint": d.authorization_endpoint, "token_endpoint": d.token_endpoint,
+        "jwks_uri": d.jwks_uri, "userinfo_endpoint": d.userinfo_endpoint, "end_session_endpoint": d.end_session_endpoint,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Discovery and JWKS as fetched at [`NOW`].
+pub fn docs() -> SharedProvider {
+    SharedProvider { fetched_at: NOW, discovery: discovery_json(), jwks: jwks_json().to_string().into_bytes() }
+}
+
+/// A minimal valid configuration's provider section.
+pub fn provider_config() -> ProviderConfig {
+    let cfg = json!({
+        "provider": {"issuer": ISSUER, "client_id": CLIENT_ID, "client_secret": {"env": "CLIENT_SECRET"}, "callouts": {"id.example.com": "idp"}},
+        "session": {"secrets": [{"env": "COOKIE_SECRET"}]},
+        "routes": [{"path": "/"}]
+    });
+    match Config::from_json(&cfg.to_string(), &EnvSecrets::standard()) {
+        Ok(c) => c.provider,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A driver for `config` with the provider loaded from [`docs`].
+pub fn driver(config: Config) -> Driver {
+    let mut d = Driver::new(config, 64);
+    if let Err(e) = d.install(docs()) {
+        panic!("test provider documents must install: {e}");
+    }
+    d
 }
 
 /// A request as a host would see it (owned, so tables can build it).

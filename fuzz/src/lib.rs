@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use oidc_edge::config::{Config, Front, SecretSource};
+use oidc_edge::config::{Config, IdpCalls, SecretSource};
 use oidc_edge::encoding::{build_query, parse_query};
 use oidc_edge::jose::{verify_id_token, Expected, Jwks};
 use oidc_edge::path::normalize;
@@ -340,7 +340,7 @@ impl SecretSource for NoSecrets {
 fn check_config(input: &str, result: Result<Config, oidc_edge::ConfigErrors>) {
     if let Err(e) = result {
         assert!(!e.0.is_empty(), "refused with no reason");
-        for line in &e.0 {
+        for line in e.0.iter().map(ToString::to_string) {
             assert!(!line.contains("K7gNU3sdo") || input.contains("K7gNU3sdo"), "an error shows a secret: {line}");
         }
     }
@@ -350,14 +350,14 @@ fn check_config(input: &str, result: Result<Config, oidc_edge::ConfigErrors>) {
 /// never show a secret; never a panic.
 pub fn config_json(data: &[u8]) {
     let input = text(data);
-    check_config(&input, Config::parse(&input, &NoSecrets, Front::Filter));
-    check_config(&input, Config::parse(&input, &NoSecrets, Front::Sidecar));
+    check_config(&input, Config::parse(&input, &NoSecrets, IdpCalls::Callouts));
+    check_config(&input, Config::parse(&input, &NoSecrets, IdpCalls::Direct));
 }
 
 /// The same for YAML, as the sidecar reads it.
 pub fn config_yaml(data: &[u8]) {
     let input = text(data);
-    check_config(&input, Config::parse_yaml(&input, &NoSecrets, Front::Sidecar));
+    check_config(&input, Config::parse_yaml_with::<()>(&input, &NoSecrets, IdpCalls::Direct).map(|(c, ())| c));
 }
 
 /// Shared-record shards and the provider blob decode from any bytes; every

@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use oidc_edge::events::{Counter, Severity};
-use oidc_edge::provider::{discovery_call, jwks_call, Discovery};
-use oidc_edge::{Engine, Env, Event, HttpResponse, MemoryStore, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
+use oidc_edge::provider::{Load, Progress, Schedule};
+use oidc_edge::{Config, Driver, Lend, MemoryStore, Outcome, Pending, RequestHead, Response, Step};
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::idp::IdpClient;
 use crate::log::{self, Level};
 use crate::random::OsRandom;
+use crate::settings::SidecarConfig;
 
 /// Opened sessions kept per process.
 const SESSION_CACHE: usize = 10_000;
@@ -46,16 +47,13 @@ impl Mode {
 }
 
 struct State {
-    sessions: SessionCache,
+    driver: Driver,
     records: MemoryStore,
-    provider: Option<Arc<ProviderSnapshot>>,
-    /// The discovery document the snapshot was built from, to rebuild it
-    /// when a login fetches a rotated JWKS.
-    discovery_raw: Vec<u8>,
 }
 
 pub struct App {
-    pub engine: Engine,
+    pub config: Arc<Config>,
+    pub settings: SidecarConfig,
     state: Mutex<State>,
     counters: Vec<AtomicU64>,
     pub idp: IdpClient,
@@ -125,7 +123,7 @@ const FORWARDING: &[&str] = &[
 /// Where the proxy sends `sidecar.proxy_token` with each decision request.
 pub const PROXY_TOKEN_HEADER: &str = "x-oidc-edge-proxy";
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -134,15 +132,12 @@ fn path_only(p: &str) -> &str {
 }
 
 impl App {
-    pub fn new(engine: Engine) -> App {
+    pub fn new(config: Config, settings: SidecarConfig) -> App {
+        let driver = Driver::new(config, SESSION_CACHE);
         App {
-            engine,
-            state: Mutex::new(State {
-                sessions: SessionCache::new(SESSION_CACHE),
-                records: MemoryStore::new(RECORDS),
-                provider: None,
-                discovery_raw: Vec::new(),
-            }),
+            config: driver.shared_config(),
+            settings,
+            state: Mutex::new(State { driver, records: MemoryStore::new(RECORDS) }),
             counters: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             idp: IdpClient::new(),
             wake_loader: Notify::new(),
@@ -156,17 +151,17 @@ impl App {
     }
 
     pub fn ready(&self) -> bool {
-        self.lock().provider.is_some()
+        self.lock().driver.provider().is_some()
     }
 
     pub fn trusted(&self, peer: IpAddr) -> bool {
-        self.engine.config().sidecar.trusted_proxies.iter().any(|n| n.contains(peer))
+        self.settings.trusted_proxies.iter().any(|n| n.contains(peer))
     }
 
     /// Answers one request.
     pub async fn handle(&self, req: Inbound) -> Answer {
         let path = path_only(&req.path_and_query);
-        let paths = &self.engine.config().paths;
+        let paths = &self.config.paths;
         match path {
             "/healthz" => return Answer::plain(200, "ok\n"),
             "/readyz" => {
@@ -205,7 +200,7 @@ impl App {
             rewrites_path: false,
         };
         let mut events = Vec::new();
-        let step = self.run(&mut events, |engine, env| engine.on_request(&head, env));
+        let step = self.run(&mut events, |driver, lend| driver.on_request(&head, lend));
         let step = self.finish(&mut events, step).await;
         let answer = self.shape(step, mode, &original);
         // nginx follows an auth_request refusal with a second decision (its
@@ -252,7 +247,7 @@ impl App {
                 &[("peer", req.peer.to_string().into()), ("hint", "add the proxy's address to sidecar.trusted_proxies".into())],
             ));
         }
-        if let Some(token) = &self.engine.config().sidecar.proxy_token {
+        if let Some(token) = &self.settings.proxy_token {
             let sent = req.header(PROXY_TOKEN_HEADER).unwrap_or("");
             if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), token.expose().as_bytes())) {
                 return Err(Answer::refused(
@@ -293,7 +288,7 @@ impl App {
         // A browser that reaches a decision endpoint through the proxy's
         // public /oauth2/ route must not read a decision (it would show the
         // route's injected secrets): no proxy asks to decide those paths.
-        let paths = &self.engine.config().paths;
+        let paths = &self.config.paths;
         if oidc_edge::path::normalize(path_only(&path)).is_ok_and(|p| p == paths.auth.as_str() || p == paths.forward_auth.as_str()) {
             return Err(Answer::refused(
                 404,
@@ -307,59 +302,36 @@ impl App {
         Ok(Original { method, scheme, authority, path, headers })
     }
 
-    /// One engine call with the shared state lent for its duration.
-    fn run(&self, events: &mut Vec<Event>, f: impl FnOnce(&Engine, &mut Env<'_>) -> Step) -> Step {
-        let now = now();
+    /// One turn of the driver with the in-memory store lent for its duration.
+    fn run(&self, events: &mut Vec<Counted>, turn: impl FnOnce(&mut Driver, Lend<'_>) -> Outcome) -> Step {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let provider = state.provider.clone();
-        if provider.is_none() {
+        if state.driver.provider().is_none() {
             self.wake_loader.notify_one();
         }
-        let mut rng = OsRandom;
-        let mut env = Env {
-            now,
-            rng: &mut rng,
-            shared: &mut state.records,
-            provider: provider.as_deref(),
-            sessions: &mut state.sessions,
-            events: Vec::new(),
-            fetched_jwks: None,
-        };
-        let step = f(&self.engine, &mut env);
-        events.append(&mut env.events);
-        let fetched = env.fetched_jwks.take();
-        if let Some(jwks) = fetched {
-            let raw = SharedProvider { fetched_at: now, discovery: state.discovery_raw.clone(), jwks };
-            match raw.snapshot(&self.engine.config().provider) {
-                Ok(s) => state.provider = Some(Arc::new(s)),
-                Err(e) => log::event(Level::Warn, "refetched JWKS refused", &[("reason", e.0.into())]),
-            }
-        }
+        let outcome = turn(&mut state.driver, Lend { now: now(), rng: &mut OsRandom, store: Some(&mut state.records) });
         drop(guard);
-        step
+        events.push(Counted::from(&outcome));
+        outcome.step
     }
 
-    /// Performs IdP calls until the engine has an answer.
-    async fn finish(&self, events: &mut Vec<Event>, mut step: Step) -> Step {
-        while let Step::Fetch { call, pending } = step {
-            let (response, failure) = self.idp.call(&call).await;
-            if let Some(why) = failure {
-                log::event(Level::Warn, "identity provider call failed", &[
-                    ("target", call.target.as_str().into()),
-                    ("path", path_only(&call.path).into()),
-                    ("reason", why.into()),
-                ]);
-            }
-            step = self.run(events, |engine, env| engine.on_fetched(pending, response, env));
+    /// Performs IdP calls until the driver has an answer.
+    async fn finish(&self, events: &mut Vec<Counted>, mut step: Step) -> Step {
+        loop {
+            let (pending, answer): (Pending, oidc_edge::Answer) = match step {
+                Step::Fetch { call, pending } => (pending, oidc_edge::Answer::Http(self.call_idp(&call).await)),
+                // The in-memory store answers within the turn.
+                Step::Store { .. } => return Step::Respond(oidc_edge::pages::page(500, "Error", "Internal error.", None)),
+                done => return done,
+            };
+            step = self.run(events, |driver, lend| driver.on_answer(pending, answer, lend));
         }
-        step
     }
 
     fn shape(&self, step: Step, mode: Mode, original: &Original) -> Answer {
         let allow = match step {
             Step::Respond(r) => return self.refusal(r, mode, original),
-            Step::Fetch { .. } => return Answer::plain(500, "internal error\n"),
+            Step::Fetch { .. } | Step::Store { .. } => return Answer::plain(500, "internal error\n"),
             Step::Allow(a) => a,
         };
         if mode == Mode::Direct {
@@ -437,19 +409,19 @@ impl App {
         Answer { status, headers: vec![("cache-control".into(), "no-store".into())], body: Vec::new() }
     }
 
-    fn record(&self, events: &[Event]) {
-        for e in events {
-            for counter in e.counters() {
+    fn record(&self, turns: &[Counted]) {
+        for turn in turns {
+            for counter in &turn.counters {
                 if let Some(c) = self.counters.get(counter.index()) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if let Some(line) = e.log_line() {
-                let level = match e.severity() {
+            for (severity, line) in &turn.lines {
+                let level = match severity {
                     Severity::Warn => Level::Warn,
                     Severity::Info => Level::Info,
                 };
-                log::event(level, &line, &[]);
+                log::event(level, line, &[]);
             }
         }
     }
@@ -467,27 +439,70 @@ impl App {
         Answer::text(200, "text/plain; version=0.0.4; charset=utf-8", &out)
     }
 
-    /// Fetches discovery and JWKS and installs them.
-    pub async fn load_provider(&self) -> Result<(), String> {
-        let config = &self.engine.config().provider;
-        let (resp, failure) = self.idp.call(&discovery_call(config).map_err(|e| e.0)?).await;
-        let discovery_resp = reachable(resp, failure)?;
-        let discovery = Discovery::from_response(&discovery_resp, config).map_err(|e| e.0)?;
-        let (resp, failure) = self.idp.call(&jwks_call(config, &discovery).map_err(|e| e.0)?).await;
-        let jwks_resp = reachable(resp, failure)?;
-        let raw = SharedProvider { fetched_at: now(), discovery: discovery_resp.body, jwks: jwks_resp.body };
-        let snapshot = raw.snapshot(config).map_err(|e| e.0)?;
-        let mut state = self.lock();
-        state.provider = Some(Arc::new(snapshot));
-        state.discovery_raw = raw.discovery;
-        Ok(())
+    /// Calls the provider. A call that got no answer is logged with its
+    /// cause and becomes status 0, which the core reads as "unreachable".
+    async fn call_idp(&self, call: &oidc_edge::HttpCall) -> oidc_edge::HttpResponse {
+        self.idp.call(call).await.unwrap_or_else(|e| {
+            log::event(Level::Warn, "identity provider call failed", &[
+                ("target", call.target.as_str().into()),
+                ("path", path_only(&call.path).into()),
+                ("reason", e.to_string().into()),
+            ]);
+            oidc_edge::HttpResponse { status: 0, body: Vec::new() }
+        })
+    }
+
+    /// When the provider metadata in use was fetched.
+    pub fn loaded_at(&self) -> Option<u64> {
+        self.lock().driver.loaded_at()
+    }
+
+    /// Runs one provider load to its end and installs what it fetched.
+    /// Returns the schedule for the next one.
+    pub async fn load_provider(&self, schedule: Schedule) -> Schedule {
+        let config = &self.config.provider;
+        let mut progress = Load::start(config, schedule, now());
+        loop {
+            match progress {
+                Progress::Fetch(load, call) => {
+                    let response = self.call_idp(&call).await;
+                    progress = load.advance(config, response, schedule, now());
+                }
+                Progress::Loaded { docs, schedule } => {
+                    return match self.lock().driver.install(docs) {
+                        Ok(()) => {
+                            log::event(Level::Info, "identity provider metadata loaded", &[("issuer", config.issuer.as_str().into())]);
+                            schedule
+                        }
+                        Err(e) => {
+                            log::event(Level::Warn, "identity provider metadata not loaded", &[("reason", e.to_string().into())]);
+                            schedule
+                        }
+                    };
+                }
+                Progress::Failed { error, schedule } => {
+                    log::event(Level::Warn, "identity provider metadata not loaded", &[
+                        ("reason", error.to_string().into()),
+                        ("retry_in_s", schedule.next_attempt.saturating_sub(now()).into()),
+                    ]);
+                    return schedule;
+                }
+            }
+        }
     }
 }
 
-fn reachable(resp: HttpResponse, failure: Option<String>) -> Result<HttpResponse, String> {
-    match failure {
-        Some(why) => Err(format!("unreachable: {why}")),
-        None => Ok(resp),
+/// What one turn asks to count and log; recorded once the request's answer
+/// is known (nginx's second decision after an `auth_request` refusal is not
+/// recorded twice).
+struct Counted {
+    counters: Vec<Counter>,
+    lines: Vec<(Severity, String)>,
+}
+
+impl From<&Outcome> for Counted {
+    fn from(outcome: &Outcome) -> Counted {
+        Counted { counters: outcome.counters().collect(), lines: outcome.log_lines().collect() }
     }
 }
 

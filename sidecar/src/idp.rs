@@ -17,6 +17,42 @@ use tokio::net::TcpStream;
 /// Largest IdP answer read (discovery, JWKS, token responses are a few KB).
 const MAX_BODY: usize = 1 << 20;
 
+/// Why a call to the provider got no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The TCP connection failed.
+    Connect { target: String, source: std::io::Error },
+    /// The host is not a name TLS can check a certificate against.
+    TlsName(String),
+    /// The TLS handshake failed (certificate, protocol).
+    Tls { host: String, source: std::io::Error },
+    /// The HTTP exchange failed (reset, malformed answer, oversized body).
+    Http(String),
+    /// No complete answer within the timeout.
+    Timeout { ms: u32 },
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Connect { target, source } => write!(f, "connect {target}: {source}"),
+            CallError::TlsName(host) => write!(f, "{host:?} is not a TLS server name"),
+            CallError::Tls { host, source } => write!(f, "TLS with {host}: {source}"),
+            CallError::Http(why) => f.write_str(why),
+            CallError::Timeout { ms } => write!(f, "timed out after {ms} ms"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Connect { source, .. } | CallError::Tls { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 pub struct IdpClient {
     tls: tokio_rustls::TlsConnector,
 }
@@ -48,28 +84,26 @@ impl IdpClient {
         IdpClient { tls: tokio_rustls::TlsConnector::from(Arc::new(config)) }
     }
 
-    /// Makes `call`. Any failure — refused, reset, TLS, timeout, oversized
-    /// answer — is `status: 0`, which the engine treats as "unreachable".
-    pub async fn call(&self, call: &HttpCall) -> (HttpResponse, Option<String>) {
+    /// Makes `call`, within its timeout.
+    pub async fn call(&self, call: &HttpCall) -> Result<HttpResponse, CallError> {
         let timeout = Duration::from_millis(u64::from(call.timeout_ms));
         match tokio::time::timeout(timeout, self.try_call(call)).await {
-            Ok(Ok(r)) => (r, None),
-            Ok(Err(why)) => (HttpResponse { status: 0, body: Vec::new() }, Some(why)),
-            Err(_) => (HttpResponse { status: 0, body: Vec::new() }, Some(format!("timed out after {} ms", call.timeout_ms))),
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout { ms: call.timeout_ms }),
         }
     }
 
-    async fn try_call(&self, call: &HttpCall) -> Result<HttpResponse, String> {
+    async fn try_call(&self, call: &HttpCall) -> Result<HttpResponse, CallError> {
         let https = call.scheme == "https";
         let target = with_port(&call.target, if https { 443 } else { 80 });
-        let tcp = TcpStream::connect(&target).await.map_err(|e| format!("connect {target}: {e}"))?;
+        let tcp = TcpStream::connect(&target).await.map_err(|source| CallError::Connect { target: target.clone(), source })?;
         let _ = tcp.set_nodelay(true);
         if !https {
             return exchange(tcp, call).await;
         }
         let host = oidc_edge::redirect::authority_host(&call.authority).trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_owned()).map_err(|_| format!("{host:?} is not a TLS server name"))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| format!("TLS with {host}: {e}"))?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| CallError::TlsName(host.to_owned()))?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|source| CallError::Tls { host: host.to_owned(), source })?;
         exchange(tls, call).await
     }
 }
@@ -86,12 +120,12 @@ fn with_port(target: &str, default: u16) -> String {
     }
 }
 
-async fn exchange<S>(stream: S, call: &HttpCall) -> Result<HttpResponse, String>
+async fn exchange<S>(stream: S, call: &HttpCall) -> Result<HttpResponse, CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| CallError::Http(format!("handshake: {e}")))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -99,13 +133,13 @@ where
     for (n, v) in &call.headers {
         req = req.header(n.as_str(), v.as_str());
     }
-    let req = req.body(Full::new(Bytes::from(call.body.clone()))).map_err(|e| format!("request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let req = req.body(Full::new(Bytes::from(call.body.clone()))).map_err(|e| CallError::Http(format!("request: {e}")))?;
+    let resp = sender.send_request(req).await.map_err(|e| CallError::Http(format!("request: {e}")))?;
     let status = resp.status().as_u16();
     let body = Limited::new(resp.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| format!("reading the answer: {e}"))?
+        .map_err(|e| CallError::Http(format!("reading the answer: {e}")))?
         .to_bytes();
     Ok(HttpResponse { status, body: body.to_vec() })
 }

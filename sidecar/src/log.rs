@@ -14,11 +14,11 @@ pub enum Level {
 
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 
-pub fn set_level(level: oidc_edge::config::LogLevel) {
+pub fn set_level(level: crate::settings::LogLevel) {
     let l = match level {
-        oidc_edge::config::LogLevel::Warn => Level::Warn,
-        oidc_edge::config::LogLevel::Info => Level::Info,
-        oidc_edge::config::LogLevel::Debug => Level::Debug,
+        crate::settings::LogLevel::Warn => Level::Warn,
+        crate::settings::LogLevel::Info => Level::Info,
+        crate::settings::LogLevel::Debug => Level::Debug,
     };
     MAX_LEVEL.store(l as u8, Ordering::Relaxed);
 }

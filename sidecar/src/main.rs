@@ -9,15 +9,17 @@ mod log;
 mod random;
 mod render;
 mod server;
+mod settings;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oidc_edge::config::{Front, SecretSource};
-use oidc_edge::provider::{retry_delay, METADATA_MAX_AGE};
-use oidc_edge::{Config, Engine};
+use oidc_edge::config::{IdpCalls, SecretSource};
+use oidc_edge::provider::Schedule;
+use oidc_edge::Config;
+use settings::SidecarConfig;
 
 const USAGE: &str = "\
 usage: oidc-edge serve  --config FILE   run the sidecar (YAML or JSON config)
@@ -48,11 +50,15 @@ impl SecretSource for ProcessSecrets {
 
 /// Reads a YAML or JSON config: both go through the core's one parser, so
 /// every error names its field the same way for the filter and the sidecar.
-fn load_config(path: &Path) -> Result<Config, String> {
+fn load_config(path: &Path) -> Result<(Config, SidecarConfig), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let secrets = ProcessSecrets { base: path.parent().map(Path::to_path_buf).unwrap_or_default() };
-    let parsed = if is_json { Config::parse(&text, &secrets, Front::Sidecar) } else { Config::parse_yaml(&text, &secrets, Front::Sidecar) };
+    let parsed = if is_json {
+        Config::parse_with::<SidecarConfig>(&text, &secrets, IdpCalls::Direct)
+    } else {
+        Config::parse_yaml_with::<SidecarConfig>(&text, &secrets, IdpCalls::Direct)
+    };
     parsed.map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -74,17 +80,17 @@ fn config_path(args: &[String]) -> Option<PathBuf> {
     option(args, "--config").or_else(|| option(args, "-c")).map(PathBuf::from).or_else(|| std::env::var_os("OIDC_EDGE_CONFIG").map(PathBuf::from))
 }
 
-fn render_command(args: &[String], config: &Config) -> ExitCode {
+fn render_command(args: &[String], config: &Config, settings: &SidecarConfig) -> ExitCode {
     let proxy = args.get(1).map(String::as_str).unwrap_or("");
     let Some(out) = option(args, "--out") else {
         eprintln!("render: pass --out DIR\n{USAGE}");
         return ExitCode::from(2);
     };
-    let sidecar = render::sidecar_address(config, option(args, "--sidecar"));
+    let sidecar = render::sidecar_address(settings, option(args, "--sidecar"));
     let files = match proxy {
-        "nginx" => render::nginx(config, &sidecar),
-        "caddy" => render::caddy(config, &sidecar),
-        "traefik" => render::traefik(config, &sidecar),
+        "nginx" => render::nginx(config, settings, &sidecar),
+        "caddy" => render::caddy(config, settings, &sidecar),
+        "traefik" => render::traefik(config, settings, &sidecar),
         other => {
             eprintln!("render: {other:?} is not a proxy this renders for; use nginx, caddy or traefik\n{USAGE}");
             return ExitCode::from(2);
@@ -138,7 +144,7 @@ fn main() -> ExitCode {
         eprintln!("no config file: pass --config FILE or set OIDC_EDGE_CONFIG\n{USAGE}");
         return ExitCode::from(2);
     };
-    let config = match load_config(&path) {
+    let (config, settings) = match load_config(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -146,14 +152,14 @@ fn main() -> ExitCode {
         }
     };
     if command == "render" {
-        return render_command(&args, &config);
+        return render_command(&args, &config, &settings);
     }
     if command == "check" {
         println!(
             "{}: valid ({} routes; listens on {}; issuer {})",
             path.display(),
             config.routes.iter().count(),
-            config.sidecar.listen,
+            settings.listen,
             config.provider.issuer
         );
         for warning in &config.warnings {
@@ -161,9 +167,9 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    log::set_level(config.sidecar.log_level);
+    log::set_level(settings.log_level);
     for warning in &config.warnings {
-        log::event(log::Level::Warn, "configuration warning", &[("detail", warning.as_str().into())]);
+        log::event(log::Level::Warn, "configuration warning", &[("field", warning.field.as_str().into()), ("detail", warning.message.as_str().into())]);
     }
     // One thread: a decision is a map lookup and a few header copies, and
     // one core answers tens of thousands per second with a small footprint.
@@ -174,11 +180,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, settings))
 }
 
-async fn serve(config: Config) -> ExitCode {
-    let listen = config.sidecar.listen;
+async fn serve(config: Config, settings: SidecarConfig) -> ExitCode {
+    let listen = settings.listen;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -190,7 +196,7 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if config.sidecar.proxy_token.is_none() {
+    if settings.proxy_token.is_none() {
         log::event(log::Level::Info, "sidecar.proxy_token is not set", &[(
             "hint",
             "decisions are then answered to any trusted peer's request: fine with the rendered snippets, which never \
@@ -198,7 +204,7 @@ async fn serve(config: Config) -> ExitCode {
                 .into(),
         )]);
     }
-    let app = Arc::new(app::App::new(Engine::new(config)));
+    let app = Arc::new(app::App::new(config, settings));
     tokio::spawn(keep_provider_loaded(Arc::clone(&app)));
     log::event(log::Level::Info, "listening", &[("address", listen.to_string().into())]);
     tokio::select! {
@@ -229,32 +235,18 @@ async fn shutdown_signal() {
 /// unreachable, retries after 2, 4, 8, 10, 10 … seconds, sooner (at most
 /// once a second) when a request needs the metadata.
 async fn keep_provider_loaded(app: Arc<app::App>) {
-    let mut failures = 0u32;
-    let mut loaded_once = false;
+    let mut schedule = Schedule::default();
     loop {
-        let wait = match app.load_provider().await {
-            Ok(()) => {
-                if failures > 0 || !loaded_once {
-                    loaded_once = true;
-                    log::event(log::Level::Info, "identity provider metadata loaded", &[]);
-                }
-                failures = 0;
-                Duration::from_secs(METADATA_MAX_AGE)
-            }
-            Err(reason) => {
-                failures = failures.saturating_add(1);
-                log::event(log::Level::Warn, "identity provider metadata not loaded", &[
-                    ("reason", reason.into()),
-                    ("retry_in_s", retry_delay(failures).into()),
-                ]);
-                Duration::from_secs(retry_delay(failures))
-            }
-        };
+        if schedule.due(app.loaded_at(), app::now()) {
+            schedule = app.load_provider(schedule).await;
+        }
+        let wait = Duration::from_secs(schedule.next_attempt.saturating_sub(app::now()).max(1));
         let loaded = app.ready();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = app.wake_loader.notified(), if !loaded => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                schedule.next_attempt = 0;
             }
         }
     }

@@ -124,7 +124,7 @@ async fn respond(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Respons
             .collect(),
     };
     // Generous: a decision may wait on up to three IdP calls in a row.
-    let limit = Duration::from_millis(u64::from(app.engine.config().provider.timeout_ms) * 3 + 5000);
+    let limit = Duration::from_millis(u64::from(app.config.provider.timeout_ms) * 3 + 5000);
     match tokio::time::timeout(limit, app.handle(inbound)).await {
         Ok(answer) => build(answer),
         Err(_) => build(Answer::plain(504, "the identity provider did not answer in time\n")),

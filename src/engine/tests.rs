@@ -6,6 +6,10 @@
 //! exchange, JWKS refetch, sign-out) have their own tests and tables below.
 
 use super::*;
+use crate::driver::{Answer, Driver, Lend};
+use crate::http::HttpCall;
+use crate::session::LoginState;
+use crate::store::{RecordKey, StoreAnswer, StoreOp};
 use crate::seal::Sealer;
 use crate::testing::*;
 use serde_json::{json, Value};
@@ -38,9 +42,9 @@ fn config_json() -> Value {
     })
 }
 
-fn engine_from(config: &Value) -> Engine {
+fn driver_from(config: &Value) -> Driver {
     match Config::from_json(&config.to_string(), &EnvSecrets::standard()) {
-        Ok(c) => Engine::new(c),
+        Ok(c) => driver(c),
         Err(e) => panic!("test config must parse: {e}"),
     }
 }
@@ -122,9 +126,9 @@ struct Login {
     sealed: LoginState,
 }
 
-/// The engine and one worker's host, driven like a proxy drives them.
+/// One worker's driver and host, driven like a proxy drives them.
 struct Gate {
-    engine: Engine,
+    driver: Driver,
     host: Host,
 }
 
@@ -134,23 +138,23 @@ impl Gate {
     }
 
     fn with_config(config: &Value) -> Gate {
-        Gate { engine: engine_from(config), host: Host::new(7) }
+        Gate { driver: driver_from(config), host: Host::new(7) }
     }
 
     fn send(&mut self, req: &Req) -> Step {
-        let engine = &self.engine;
-        self.host.with_env(|env| engine.on_request(&req.head(), env))
+        let out = self.driver.on_request(&req.head(), self.host.lend());
+        self.host.keep(out)
     }
 
     fn fetched(&mut self, pending: Pending, resp: HttpResponse) -> Step {
-        let engine = &self.engine;
-        self.host.with_env(|env| engine.on_fetched(pending, resp, env))
+        let out = self.driver.on_answer(pending, crate::driver::Answer::Http(resp), self.host.lend());
+        self.host.keep(out)
     }
 
     /// Opens a login cookie the way the callback does, or explains why not.
     fn open_login(&self, cookie: &SetCookie) -> Result<LoginState, String> {
         let (bytes, _) = self
-            .engine
+            .driver
             .config()
             .session
             .sealer
@@ -308,7 +312,7 @@ fn login_flow_from_first_request_to_allowed() {
     assert!(allow.set_cookies.is_empty());
     assert_eq!(g.host.take_events(), vec![Event::Allowed]);
     // Served from the per-worker cache the second time; same answer.
-    assert_eq!(g.host.sessions.len(), 1);
+    assert_eq!(g.driver.sessions().len(), 1);
     assert_eq!(allowed(g.send(&req)), allow);
 }
 
@@ -572,6 +576,7 @@ fn check(g: &Gate, c: &Case, step: Step) -> Result<(), String> {
         (want, Step::Respond(r)) => Err(format!("got {} ({:?}), expected {want:?}", r.status, r.header("location"))),
         (want, Step::Allow(a)) => Err(format!("got Allow {a:?}, expected {want:?}")),
         (want, Step::Fetch { call, .. }) => Err(format!("got Fetch to {}, expected {want:?}", call.path)),
+        (want, Step::Store { op, .. }) => Err(format!("got Store {op:?}, expected {want:?}")),
     }
 }
 
@@ -617,7 +622,7 @@ fn forged_session_cookies_are_no_session() {
     let mut g = Gate::new();
     let (good, idt) = g.login_as(&alice());
     let login_cookie = g.start("/").cookie;
-    let sealer = &g.engine.config().session.sealer;
+    let sealer = &g.driver.config().session.sealer;
     let mut rng = SeededRng::new(99);
     let payload = {
         let (bytes, _) = sealer.open(COOKIE, &good, NOW).unwrap();
@@ -680,7 +685,7 @@ fn session_expires_with_its_cookie_even_when_cached() {
     let mut g = Gate::new();
     let (good, _) = g.login_as(&alice());
     assert!(matches!(g.send(&Req::get("/").cookie(COOKIE, &good)), Step::Allow(_)));
-    assert_eq!(g.host.sessions.len(), 1);
+    assert_eq!(g.driver.sessions().len(), 1);
     g.host.now = NOW + 7 * 86400;
     g.host.take_events();
     let resp = respond(g.send(&Req::get("/").cookie(COOKIE, &good)));
@@ -694,7 +699,7 @@ fn session_keys_rotate_without_logging_anyone_out() {
     let old = Gate::new();
     let mut rng = SeededRng::new(5);
     let payload = crate::session::Session { sub: "s".into(), user: "dave".into(), ..Default::default() }.encode();
-    let sealed_old = old.engine.config().session.sealer.seal(COOKIE, NOW + 3600, &payload, &mut rng);
+    let sealed_old = old.driver.config().session.sealer.seal(COOKIE, NOW + 3600, &payload, &mut rng);
     let mut cfg = config_json();
     cfg["session"]["secrets"] = json!(["bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ=", {"env": "COOKIE_SECRET"}]);
     let mut both = Gate::with_config(&cfg);
@@ -795,7 +800,7 @@ fn callback_failures() -> Vec<CallbackCase> {
 fn callback_without_iss_is_refused_when_the_provider_always_sends_it() {
     for (supported, with_iss, refused) in [(true, false, true), (true, true, false), (false, false, false)] {
         let mut g = Gate::new();
-        if let Some(p) = g.host.provider.as_mut() {
+        if let Some(p) = g.driver.provider_slot().as_mut().and_then(std::sync::Arc::get_mut) {
             p.discovery.authorization_response_iss_parameter_supported = supported;
         }
         let login = g.start("/app/");
@@ -886,20 +891,53 @@ fn state_is_single_use() {
 
 #[test]
 fn state_claim_fails_closed_without_shared_state() {
-    let g = Gate::new();
-    let mut host = Host::new(3);
-    let engine = &g.engine;
-    let resp = host.with_env(|env| engine.on_request(&Req::get("/").head(), env));
-    let login = g.read_login(&respond(resp)).unwrap();
+    let mut g = Gate::new();
+    let login = g.start("/");
     let mut unavailable = UnavailableShared;
-    let mut sessions = crate::cache::SessionCache::new(4);
-    let snap = snapshot();
     let mut rng = SeededRng::new(4);
-    let mut env = Env { now: NOW, rng: &mut rng, shared: &mut unavailable, provider: Some(&snap), sessions: &mut sessions, events: vec![], fetched_jwks: None };
     let req = Req::get(&format!("/oauth2/callback?{}", build_query(&[("code", "c"), ("state", &login.state)])))
         .cookie(&login.cookie.name, &login.cookie.value);
-    let r = respond(engine.on_request(&req.head(), &mut env));
-    assert_eq!(r.status, 400);
+    let out = g.driver.on_request(&req.head(), Lend { now: NOW, rng: &mut rng, store: Some(&mut unavailable) });
+    assert_eq!(respond(out.step).status, 400);
+}
+
+/// A host whose store is networked performs store operations itself: the
+/// turn stops at each one, and the records to write come back to it.
+#[test]
+fn an_asynchronous_store_sees_every_operation_and_write() {
+    let mut g = Gate::new();
+    let login = g.start("/app/");
+    let mut rng = SeededRng::new(5);
+    let query = build_query(&[("code", "c"), ("state", &login.state), ("iss", ISSUER)]);
+    let req = Req::get(&format!("/oauth2/callback?{query}")).cookie(&login.cookie.name, &login.cookie.value);
+    let out = g.driver.on_request(&req.head(), Lend { now: NOW, rng: &mut rng, store: None });
+    let Step::Store { op, pending } = out.step else { panic!("expected the state claim, got {:?}", out.step) };
+    assert!(matches!(op, StoreOp::Claim { key: RecordKey::LoginState(_), until } if until == NOW + 600), "{op:?}");
+    // The claim is refused (another instance took it): a replay.
+    let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Claimed(false)), Lend { now: NOW, rng: &mut rng, store: None });
+    assert_eq!(respond(out.step).status, 400);
+    assert_eq!(out.events, vec![Event::LoginFailed("state replayed")]);
+
+    // A session due for refresh: read the successor, claim the lock, call the
+    // IdP; the successor record comes back as a write.
+    let (mut g, cookie) = stale_bob();
+    let now = g.host.now;
+    let req = Req::get("/").cookie(COOKIE, &cookie);
+    let out = g.driver.on_request(&req.head(), Lend { now, rng: &mut rng, store: None });
+    let Step::Store { op: StoreOp::Read(RecordKey::Successor(generation)), pending } = out.step else { panic!("{:?}", out.step) };
+    let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Read(None)), Lend { now, rng: &mut rng, store: None });
+    let Step::Store { op: StoreOp::Claim { key: RecordKey::RefreshLock(locked), .. }, pending } = out.step else { panic!("{:?}", out.step) };
+    assert_eq!(locked, generation);
+    let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Claimed(true)), Lend { now, rng: &mut rng, store: None });
+    let (call, pending) = fetch(out.step);
+    assert_eq!(call.path, "/api/oidc/token");
+    let answer = Answer::Http(refreshed(now, &bob(), "rt-rotated"));
+    let out = g.driver.on_answer(pending, answer, Lend { now, rng: &mut rng, store: None });
+    assert_eq!(out.writes.len(), 1);
+    assert_eq!(out.writes[0].key, RecordKey::Successor(generation));
+    assert!(out.writes[0].value.starts_with(b"ok:"));
+    let allow = allowed(out.step);
+    assert_eq!(allow.set_cookies.len(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -1036,21 +1074,28 @@ fn unknown_kid_refetches_jwks_once_per_cooldown() {
     assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("location"), Some("/app/"));
     assert!(set_cookie(&r, COOKIE).is_some());
-    assert_eq!(g.host.fetched_jwks, vec![new_jwks.into_bytes()], "handed to the host to share");
+    let published = g.host.published.pop().expect("the refetched JWKS is handed to the host to share");
+    assert_eq!(published.jwks, new_jwks.into_bytes());
+    assert_eq!(published.discovery, discovery_json());
+    assert_eq!(published.fetched_at, g.host.now);
 
-    // The host has not updated its snapshot; another login with the new key
-    // within the cooldown: no second fetch, a failure page.
+    // The driver installed the new keys: the next login with that key needs no fetch.
     let login = g.start("/app/");
     let (_, pending) = fetch(g.callback_for(&login, "c2"));
-    let r = respond(g.fetched(pending, rotated(&login.sealed, g.host.now)));
+    assert_eq!(respond(g.fetched(pending, rotated(&login.sealed, g.host.now))).status, 302);
+    // A token with yet another unknown key within the cooldown: no fetch, a failure page.
+    let unknown = |l: &LoginState, now: u64| token_response(&sign_ed(&ed_key(), Some("ed9"), &id_claims(&l.nonce, now, &alice())));
+    let login = g.start("/app/");
+    let (_, pending) = fetch(g.callback_for(&login, "c3"));
+    let r = respond(g.fetched(pending, unknown(&login.sealed, g.host.now)));
     assert_eq!(r.status, 502);
     assert!(r.header("location").is_none());
 
     // After the cooldown, one more fetch is allowed.
     g.host.now += crate::provider::JWKS_REFETCH_COOLDOWN + 1;
     let login = g.start("/app/");
-    let (_, pending) = fetch(g.callback_for(&login, "c3"));
-    let (_, pending) = fetch(g.fetched(pending, rotated(&login.sealed, g.host.now)));
+    let (_, pending) = fetch(g.callback_for(&login, "c4"));
+    let (_, pending) = fetch(g.fetched(pending, unknown(&login.sealed, g.host.now)));
     // A refetched JWKS that still lacks the key: refused, no further fetch.
     let r = respond(g.fetched(pending, body(200, &jwks_json().to_string())));
     assert_eq!(r.status, 400);
@@ -1067,7 +1112,7 @@ fn jwks_refetch_failures_are_pages() {
         let r = respond(g.fetched(pending, answer.clone()));
         assert_eq!(r.status, status, "{answer:?}");
         assert!(set_cookie(&r, COOKIE).is_none());
-        assert!(g.host.fetched_jwks.is_empty());
+        assert!(g.host.published.is_empty());
     }
 }
 
@@ -1079,7 +1124,7 @@ fn provider_down_login_is_503_sessions_still_work() {
     let mut g = Gate::new();
     let (session, _) = g.login_as(&alice());
     let login = g.start("/");
-    g.host.provider = None;
+    *g.driver.provider_slot() = None;
     g.host.take_events();
     for req in [Req::get("/app/"), Req::get("/oauth2/start?rd=/x")] {
         let r = respond(g.send(&req));
@@ -1133,7 +1178,7 @@ fn sign_out_ends_the_provider_session() {
     let mut g = Gate::new();
     let (session, idt) = g.login_as(&alice());
     let id_token = {
-        let (bytes, _) = g.engine.config().session.sealer.open("_oidc_edge_idt", &idt, NOW).unwrap();
+        let (bytes, _) = g.driver.config().session.sealer.open("_oidc_edge_idt", &idt, NOW).unwrap();
         String::from_utf8(bytes).unwrap()
     };
     g.host.take_events();
@@ -1150,7 +1195,7 @@ fn sign_out_ends_the_provider_session() {
     let i = set_cookie(&r, "_oidc_edge_idt").unwrap();
     assert!(i.clears() && i.attr("Path") == Some("/oauth2/sign_out"));
     assert_eq!(g.host.take_events(), vec![Event::SignedOut]);
-    assert!(g.host.sessions.is_empty(), "dropped from the cache");
+    assert!(g.driver.sessions().is_empty(), "dropped from the cache");
 }
 
 #[test]
@@ -1162,7 +1207,7 @@ fn sign_out_without_id_token_or_provider() {
     assert!(!params.iter().any(|(k, _)| k == "id_token_hint"));
     assert!(set_cookie(&r, COOKIE).unwrap().clears());
     // Without an end-session endpoint (or provider), a local redirect, never to another site.
-    g.host.provider = None;
+    *g.driver.provider_slot() = None;
     for (rd, to) in [("/bye", "/bye"), ("//evil.example", "/"), ("https://evil.example/", "/"), ("https://grafana.example.com/", "https://grafana.example.com/")] {
         let r = respond(g.send(&Req::get(&format!("/oauth2/sign_out?{}", build_query(&[("rd", rd)]))).header("Sec-Fetch-Site", "same-origin")));
         assert_eq!((r.status, r.header("location")), (302, Some(to)), "rd={rd}");
@@ -1381,13 +1426,13 @@ fn refresh_is_single_flight_and_later_requests_use_the_successor() {
 #[test]
 fn refreshed_session_keeps_the_absolute_lifetime() {
     let (mut g, old) = stale_bob();
-    let sealer = &g.engine.config().session.sealer;
+    let sealer = &g.driver.config().session.sealer;
     let (_, old_expiry) = sealer.open(COOKIE, &old, g.host.now).expect("old cookie opens");
     let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
     let now = g.host.now;
     let a = allowed(g.fetched(pending, refreshed(now, &bob(), "rt-2")));
     let new = SetCookie::parse(&a.set_cookies[0]);
-    let (_, new_expiry) = g.engine.config().session.sealer.open(COOKIE, &new.value, now).expect("opens");
+    let (_, new_expiry) = g.driver.config().session.sealer.open(COOKIE, &new.value, now).expect("opens");
     assert_eq!(new_expiry, old_expiry);
     assert_eq!(new.attr("Max-Age"), Some((old_expiry - now).to_string().as_str()));
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use oidc_edge::drbg::KeyedDrbg;
 use oidc_edge::events::{Counter, Severity};
-use oidc_edge::{Event, HttpCall, HttpResponse, SecretSource, SecureRandom};
+use oidc_edge::{HttpCall, HttpResponse, SecretSource, SecureRandom};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::Context;
 use proxy_wasm::types::MetricType;
@@ -119,17 +119,9 @@ impl Metrics {
         }
     }
 
-    pub fn record(&mut self, event: &Event) {
-        for c in event.counters() {
-            if let Some(n) = self.pending.get_mut(c.index()) {
-                *n += 1;
-            }
-        }
-        if let Some(line) = event.log_line() {
-            match event.severity() {
-                Severity::Warn => log::warn!("oidc-edge: {line}"),
-                Severity::Info => log::info!("oidc-edge: {line}"),
-            }
+    pub fn add(&mut self, counter: Counter) {
+        if let Some(n) = self.pending.get_mut(counter.index()) {
+            *n += 1;
         }
     }
 
@@ -140,6 +132,14 @@ impl Metrics {
                 *n = 0;
             }
         }
+    }
+}
+
+/// Logs a line the core wrote, at the level it chose.
+pub fn log(severity: Severity, line: &str) {
+    match severity {
+        Severity::Warn => log::warn!("oidc-edge: {line}"),
+        Severity::Info => log::info!("oidc-edge: {line}"),
     }
 }
 

@@ -13,13 +13,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use oidc_edge::provider::{discovery_call, jwks_call, jwks_from_response, retry_delay, Discovery, METADATA_MAX_AGE};
-use oidc_edge::{Config, Engine, HttpResponse, ProviderSnapshot, SessionCache, SharedProvider, Step};
+use oidc_edge::provider::{Load, Progress};
+use oidc_edge::{Answer, Config, Driver, HttpResponse, Lend, Outcome, SharedProvider, Step};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use host::{unix_now, FilterRng, HostSecrets, Metrics};
-use shared::{HostShared, SyncRecord};
+use shared::HostShared;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -29,52 +29,40 @@ proxy_wasm::main! {{
 /// Sessions cached per worker; enough for a household or a small team many times over.
 const SESSION_CACHE_CAPACITY: usize = 4096;
 
-/// How often each worker polls shared provider metadata, schedules fetches
-/// and flushes its counters.
+/// How often each worker polls shared provider metadata and flushes its counters.
 const TICK_MS: u64 = 500;
 
 /// What a worker's root context shares with its HTTP contexts.
 struct Worker {
-    engine: Rc<Engine>,
-    sessions: SessionCache,
-    provider: Option<Rc<ProviderSnapshot>>,
-    /// Version of the shared provider blob the snapshot came from.
+    driver: Driver,
+    /// Version of the shared provider documents the driver has installed.
     provider_version: Option<u32>,
     rng: FilterRng,
     metrics: Metrics,
     keys: shared::Keys,
-    /// Reused for each request's events.
-    events: Vec<oidc_edge::Event>,
     /// Whether the host forwards the path the filter sets; asked at the
     /// first request (ngx_wasm_module answers properties in request phases).
     rewrites_path: Option<bool>,
 }
 
 impl Worker {
-    /// Picks up provider metadata another worker (or this one) published.
+    /// Picks up provider documents another worker (or this one) published.
     fn load_provider(&mut self, ctx: &dyn Context) {
         let (data, version) = ctx.get_shared_data(&self.keys.provider);
         if version.is_none() || version == self.provider_version {
             return;
         }
         self.provider_version = version;
-        let Some(blob) = data.and_then(|d| SharedProvider::decode(&d)) else { return };
-        match blob.snapshot(&self.engine.config().provider) {
-            Ok(snap) => self.provider = Some(Rc::new(snap)),
-            Err(e) => log::warn!("oidc-edge: shared provider metadata refused: {}", e.0),
+        let Some(docs) = data.and_then(|d| SharedProvider::decode(&d)) else { return };
+        if let Err(e) = self.driver.install(docs) {
+            log::warn!("oidc-edge: shared provider metadata refused: {e}");
         }
     }
 
-    /// Publishes a JWKS fetched during a login (unknown `kid`).
-    fn publish_jwks(&mut self, ctx: &dyn Context, jwks: Vec<u8>, now: u64) {
-        let (data, version) = ctx.get_shared_data(&self.keys.provider);
-        let Some(mut blob) = data.and_then(|d| SharedProvider::decode(&d)) else { return };
-        blob.jwks = jwks;
-        blob.fetched_at = now;
-        if ctx.set_shared_data(&self.keys.provider, Some(&blob.encode()), version).is_ok() {
-            self.provider_version = None;
-            self.load_provider(ctx);
-        }
+    /// Shares provider documents with the other workers.
+    fn publish(&mut self, ctx: &dyn Context, docs: &SharedProvider) {
+        let _ = ctx.set_shared_data(&self.keys.provider, Some(&docs.encode()), None);
+        self.provider_version = ctx.get_shared_data(&self.keys.provider).1;
     }
 
     /// Starts loading discovery and JWKS if they are missing or stale and
@@ -84,73 +72,54 @@ impl Worker {
     /// Loading is driven by requests rather than `on_tick`: ngx_wasm_module
     /// 0.6.0 crashes reading the answer of a call dispatched from the root
     /// context, and a request that needs the metadata would wait for it anyway.
-    fn start_provider_load(&mut self, ctx: &dyn Context, now: u64) -> Option<(u32, Fetching)> {
-        let fresh = self.provider.as_ref().is_some_and(|p| now < p.fetched_at + METADATA_MAX_AGE);
-        if fresh {
+    fn start_provider_load(&mut self, ctx: &dyn Context, now: u64) -> Option<(u32, Load)> {
+        let (schedule, version) = shared::load_schedule(ctx, &self.keys.sync);
+        if !schedule.due(self.driver.loaded_at(), now) {
             return None;
         }
-        let (record, version) = SyncRecord::load(ctx, &self.keys.sync);
-        if now < record.next_attempt {
-            return None;
-        }
-        let config = self.engine.config();
+        let config = &self.driver.config().provider;
         // Claim the load; a CAS conflict means another request or worker has it.
-        let lease = SyncRecord { next_attempt: now + 2 * u64::from(config.provider.timeout_ms).div_ceil(1000) + 2, ..record };
-        if !lease.store(ctx, &self.keys.sync, version) {
+        if !shared::store_schedule(ctx, &self.keys.sync, schedule.leased(config, now), version) {
             return None;
         }
-        let started = discovery_call(&config.provider).map_err(|e| e.0).and_then(|call| host::dispatch(ctx, &call));
-        match started {
-            Ok(token) => Some((token, Fetching::Discovery)),
-            Err(why) => {
-                self.provider_load_failed(ctx, &why, now);
+        let progress = Load::start(config, schedule, now);
+        self.continue_load(ctx, progress, now)
+    }
+
+    /// Continues a load with the answer to its last callout.
+    fn on_provider_response(&mut self, ctx: &dyn Context, load: Load, resp: HttpResponse, now: u64) -> Option<(u32, Load)> {
+        let (schedule, _) = shared::load_schedule(ctx, &self.keys.sync);
+        let progress = load.advance(&self.driver.config().provider, resp, schedule, now);
+        self.continue_load(ctx, progress, now)
+    }
+
+    /// Performs what a load needs next; returns the callout in flight.
+    fn continue_load(&mut self, ctx: &dyn Context, progress: Progress, now: u64) -> Option<(u32, Load)> {
+        if let Some((severity, line)) = progress.log_line(&self.driver.config().provider) {
+            host::log(severity, &line);
+        }
+        match progress {
+            Progress::Fetch(load, call) => match host::dispatch(ctx, &call) {
+                Ok(token) => Some((token, load)),
+                Err(why) => {
+                    log::warn!("oidc-edge: callout to {} failed to start: {why}", call.target);
+                    self.on_provider_response(ctx, load, HttpResponse { status: 0, body: Vec::new() }, now)
+                }
+            },
+            Progress::Loaded { docs, schedule } => {
+                self.publish(ctx, &docs);
+                let _ = shared::store_schedule(ctx, &self.keys.sync, schedule, None);
+                if let Err(e) = self.driver.install(docs) {
+                    log::warn!("oidc-edge: provider metadata refused: {e}");
+                }
+                None
+            }
+            Progress::Failed { schedule, .. } => {
+                let _ = shared::store_schedule(ctx, &self.keys.sync, schedule, None);
                 None
             }
         }
     }
-
-    /// Continues a load with the answer to `stage`; returns the next callout.
-    fn on_provider_response(&mut self, ctx: &dyn Context, stage: Fetching, resp: HttpResponse, now: u64) -> Option<(u32, Fetching)> {
-        let config = self.engine.config().provider.clone();
-        match stage {
-            Fetching::Discovery => match Discovery::from_response(&resp, &config) {
-                Ok(discovery) => match jwks_call(&config, &discovery).map_err(|e| e.0).and_then(|c| host::dispatch(ctx, &c)) {
-                    Ok(token) => return Some((token, Fetching::Jwks { discovery: resp.body })),
-                    Err(why) => self.provider_load_failed(ctx, &why, now),
-                },
-                Err(e) => self.provider_load_failed(ctx, &e.0, now),
-            },
-            Fetching::Jwks { discovery } => match jwks_from_response(&resp) {
-                Ok(_) => {
-                    let blob = SharedProvider { fetched_at: now, discovery, jwks: resp.body };
-                    let _ = ctx.set_shared_data(&self.keys.provider, Some(&blob.encode()), None);
-                    let _ = SyncRecord { next_attempt: now + METADATA_MAX_AGE, failures: 0 }.store(ctx, &self.keys.sync, None);
-                    let first = self.provider.is_none();
-                    self.provider_version = None;
-                    self.load_provider(ctx);
-                    if first {
-                        log::info!("oidc-edge: provider metadata loaded for {}", config.issuer);
-                    }
-                }
-                Err(e) => self.provider_load_failed(ctx, &e.0, now),
-            },
-        }
-        None
-    }
-
-    fn provider_load_failed(&mut self, ctx: &dyn Context, why: &str, now: u64) {
-        let (record, version) = SyncRecord::load(ctx, &self.keys.sync);
-        let failures = record.failures.saturating_add(1);
-        let delay = retry_delay(failures);
-        log::warn!("oidc-edge: provider metadata not loaded ({why}); next attempt in {delay}s");
-        let _ = SyncRecord { next_attempt: now + delay, failures }.store(ctx, &self.keys.sync, version);
-    }
-}
-
-/// Which document a provider-metadata callout fetches.
-enum Fetching {
-    Discovery,
-    Jwks { discovery: Vec<u8> },
 }
 
 #[derive(Default)]
@@ -178,7 +147,7 @@ impl RootContext for Root {
             log::warn!("oidc-edge: {warning}");
         }
         let keys = shared::Keys::for_issuer(&config.provider.issuer);
-        let rng = FilterRng::new(&config.session.rng_key);
+        let rng = FilterRng::new(&config.session.sealer.derive(b"oidc-edge/v1/drbg-key"));
         let metrics = match &self.worker {
             Some(w) => {
                 let mut old = w.borrow_mut();
@@ -188,14 +157,11 @@ impl RootContext for Root {
             None => Metrics::define(),
         };
         let worker = Worker {
-            engine: Rc::new(Engine::new(config)),
-            sessions: SessionCache::new(SESSION_CACHE_CAPACITY),
-            provider: None,
+            driver: Driver::new(config, SESSION_CACHE_CAPACITY),
             provider_version: None,
             rng,
             metrics,
             keys,
-            events: Vec::with_capacity(4),
             rewrites_path: None,
         };
         HostShared::create_shards(self, &worker.keys.claims);
@@ -236,51 +202,40 @@ struct Request {
     pending: Option<(u32, oidc_edge::Pending)>,
     /// Provider metadata being loaded before this request is decided, and
     /// the request's headers, kept for that decision.
-    loading: Option<(u32, Fetching, Headers)>,
+    loading: Option<(u32, Load, Headers)>,
     set_cookies: Vec<String>,
 }
 
 impl Request {
-    /// Runs the engine with this worker's environment and performs the step.
-    /// `fresh_provider`: re-read the shared provider metadata first (cheap
-    /// when unchanged), for requests that verify tokens: another worker may
-    /// have just fetched keys this one has not seen on its tick yet.
-    fn run(&mut self, resumed: bool, fresh_provider: bool, now: u64, decide: impl FnOnce(&Engine, &mut oidc_edge::Env<'_>) -> Step) -> Action {
+    /// One turn of the worker's driver, with shared data as its store, then
+    /// the outcome performed. `fresh_provider`: re-read the shared provider
+    /// metadata first (cheap when unchanged), for requests that verify
+    /// tokens: another worker may have just fetched keys this one has not
+    /// seen on its tick yet.
+    fn run(&mut self, resumed: bool, fresh_provider: bool, now: u64, turn: impl FnOnce(&mut Driver, Lend<'_>) -> Outcome) -> Action {
         let Some(worker) = self.worker.clone() else {
             self.respond_error(500, "The sign-in gate is not configured.");
             return Action::Pause;
         };
         let mut guard = worker.borrow_mut();
         let w = &mut *guard;
-        if fresh_provider || w.provider.is_none() {
+        if fresh_provider || w.driver.provider().is_none() {
             w.load_provider(self);
         }
         w.rng.mix_worker_identity();
-        let engine = Rc::clone(&w.engine);
-        let provider = w.provider.clone();
         let mut shared = HostShared { ctx: self, prefix: &w.keys.claims };
-        let mut env = oidc_edge::Env {
-            now,
-            rng: &mut w.rng,
-            shared: &mut shared,
-            provider: provider.as_deref(),
-            sessions: &mut w.sessions,
-            events: std::mem::take(&mut w.events),
-            fetched_jwks: None,
-        };
-        let step = decide(&engine, &mut env);
-        let mut events = std::mem::take(&mut env.events);
-        let fetched = env.fetched_jwks.take();
-        for event in events.drain(..) {
-            w.metrics.record(&event);
+        let outcome = turn(&mut w.driver, Lend { now, rng: &mut w.rng, store: Some(&mut shared) });
+        for counter in outcome.counters() {
+            w.metrics.add(counter);
         }
-        // Keep the vector's capacity for the next request.
-        w.events = events;
-        if let Some(jwks) = fetched {
-            w.publish_jwks(self, jwks, now);
+        for (severity, line) in outcome.log_lines() {
+            host::log(severity, &line);
+        }
+        if let Some(docs) = &outcome.publish {
+            w.publish(self, docs);
         }
         drop(guard);
-        self.perform(step, resumed)
+        self.perform(outcome.step, resumed)
     }
 
     fn perform(&mut self, step: Step, resumed: bool) -> Action {
@@ -321,11 +276,17 @@ impl Request {
                 }
                 Err(why) => {
                     log::warn!("oidc-edge: callout to {} failed to start: {why}", call.target);
-                    let engine_resp = HttpResponse { status: 0, body: Vec::new() };
+                    let unreachable = Answer::Http(HttpResponse { status: 0, body: Vec::new() });
                     let now = unix_now(self);
-                    self.run(resumed, true, now, |engine, env| engine.on_fetched(pending, engine_resp, env))
+                    self.run(resumed, true, now, |driver, lend| driver.on_answer(pending, unreachable, lend))
                 }
             },
+            // Shared data answers store operations within the turn: an
+            // operation left over means the driver was misused. Fail closed.
+            Step::Store { .. } => {
+                self.respond_error(500, "Internal error.");
+                Action::Pause
+            }
         }
     }
 
@@ -347,10 +308,10 @@ impl Request {
         let path = received.as_deref().or_else(|| find(":path")).unwrap_or("");
         let callback = self.worker.as_ref().is_some_and(|w| {
             let path_only = path.split('?').next().unwrap_or("");
-            path_only == w.borrow().engine.config().paths.callback.as_str()
+            path_only == w.borrow().driver.config().paths.callback.as_str()
         });
         let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all, rewrites_path };
-        self.run(resumed, callback, now, |engine, env| engine.on_request(&head, env))
+        self.run(resumed, callback, now, |driver, lend| driver.on_request(&head, lend))
     }
 
     fn respond_error(&self, status: u32, message: &str) {
@@ -362,7 +323,7 @@ impl Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        if let Some((expected, stage, headers)) = self.loading.take() {
+        if let Some((expected, load, headers)) = self.loading.take() {
             if expected != token {
                 self.respond_error(502, "Unexpected callout response.");
                 return;
@@ -370,11 +331,11 @@ impl Context for Request {
             let resp = host::call_response(self, body_size);
             let now = unix_now(self);
             let next = match self.worker.clone() {
-                Some(w) => w.borrow_mut().on_provider_response(self, stage, resp, now),
+                Some(w) => w.borrow_mut().on_provider_response(self, load, resp, now),
                 None => None,
             };
             match next {
-                Some((token, stage)) => self.loading = Some((token, stage, headers)),
+                Some((token, load)) => self.loading = Some((token, load, headers)),
                 None => {
                     let _ = self.decide(headers, true, now);
                 }
@@ -388,7 +349,7 @@ impl Context for Request {
         }
         let resp = host::call_response(self, body_size);
         let now = unix_now(self);
-        let _ = self.run(true, true, now, |engine, env| engine.on_fetched(pending, resp, env));
+        let _ = self.run(true, true, now, |driver, lend| driver.on_answer(pending, Answer::Http(resp), lend));
     }
 }
 
@@ -404,8 +365,8 @@ impl HttpContext for Request {
             .collect();
         let now = unix_now(self);
         let load = self.worker.clone().and_then(|w| w.borrow_mut().start_provider_load(self, now));
-        if let Some((token, stage)) = load {
-            self.loading = Some((token, stage, all));
+        if let Some((token, load)) = load {
+            self.loading = Some((token, load, all));
             return Action::Pause;
         }
         self.decide(all, false, now)

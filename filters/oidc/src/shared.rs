@@ -4,6 +4,7 @@
 //! sidecar's store.
 
 use oidc_edge::engine::shared_key;
+use oidc_edge::provider::Schedule;
 use oidc_edge::records::{self, Write};
 use oidc_edge::{Pool, RecordKey, SharedState};
 use proxy_wasm::traits::Context;
@@ -28,35 +29,16 @@ impl Keys {
     }
 }
 
-/// When the next metadata fetch may start, and how many have failed in a row.
-#[derive(Clone, Copy, Default)]
-pub struct SyncRecord {
-    pub next_attempt: u64,
-    pub failures: u32,
+/// The provider-load schedule shared by all workers, and its version for
+/// compare-and-swap.
+pub fn load_schedule(ctx: &dyn Context, key: &str) -> (Schedule, Option<u32>) {
+    let (data, cas) = ctx.get_shared_data(key);
+    (data.map_or_else(Schedule::default, |d| Schedule::decode(&d)), cas)
 }
 
-impl SyncRecord {
-    pub fn load(ctx: &dyn Context, key: &str) -> (SyncRecord, Option<u32>) {
-        let (data, cas) = ctx.get_shared_data(key);
-        let record = data
-            .filter(|d| d.len() == 12)
-            .map(|d| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&d[..8]);
-                let mut b = [0u8; 4];
-                b.copy_from_slice(&d[8..12]);
-                SyncRecord { next_attempt: u64::from_be_bytes(a), failures: u32::from_be_bytes(b) }
-            })
-            .unwrap_or_default();
-        (record, cas)
-    }
-
-    /// Stores the record if nobody changed it since `cas` was read.
-    pub fn store(&self, ctx: &dyn Context, key: &str, cas: Option<u32>) -> bool {
-        let mut bytes = self.next_attempt.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&self.failures.to_be_bytes());
-        ctx.set_shared_data(key, Some(&bytes), cas).is_ok()
-    }
+/// Stores the schedule if nobody changed it since `cas` was read.
+pub fn store_schedule(ctx: &dyn Context, key: &str, schedule: Schedule, cas: Option<u32>) -> bool {
+    ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok()
 }
 
 const SHARDS: u8 = 16;

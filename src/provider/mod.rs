@@ -1,57 +1,16 @@
 //! The provider's metadata: discovery and JWKS, how to fetch them, how to
 //! validate them, and the compact form workers share them in.
 
+mod load;
+
 use serde::Deserialize;
 
 use crate::config::ProviderConfig;
+use crate::http::{HttpCall, HttpResponse};
 use crate::encoding::split_url;
-use crate::jose::Jwks;
+use crate::jose::{Jwks, JwksError};
 
-/// An HTTP call the host must make (to an Envoy cluster or an nginx `host:port`).
-/// Its `Debug` omits header values and the body: they carry client credentials.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HttpCall {
-    /// Callout target: cluster name or `host:port`.
-    pub target: String,
-    /// Method.
-    pub method: &'static str,
-    /// `http` or `https` (ngx_wasm_module turns TLS on from `:scheme`;
-    /// Envoy takes it from the cluster).
-    pub scheme: &'static str,
-    /// `:authority` (the IdP's host, for virtual hosting and TLS SNI).
-    pub authority: String,
-    /// Path and query.
-    pub path: String,
-    /// Extra headers.
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: Vec<u8>,
-    /// Timeout.
-    pub timeout_ms: u32,
-}
-
-impl std::fmt::Debug for HttpCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpCall")
-            .field("target", &self.target)
-            .field("method", &self.method)
-            .field("scheme", &self.scheme)
-            .field("authority", &self.authority)
-            .field("path", &self.path)
-            .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
-            .field("body_bytes", &self.body.len())
-            .finish()
-    }
-}
-
-/// What came back. `status == 0` means no response: unreachable, reset or timed out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpResponse {
-    /// HTTP status, or 0.
-    pub status: u16,
-    /// Body.
-    pub body: Vec<u8>,
-}
+pub use load::{retry_delay, Load, Progress, Schedule, METADATA_MAX_AGE};
 
 /// The endpoints we use, from `/.well-known/openid-configuration`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -76,14 +35,86 @@ pub struct Discovery {
     pub authorization_response_iss_parameter_supported: bool,
 }
 
-/// Why provider metadata was refused or not fetched.
+/// Why provider metadata was refused or not fetched. `what` names the
+/// document or endpoint (`discovery`, `jwks`, `token_endpoint` …).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderError(pub String);
+pub enum ProviderError {
+    /// No callout target for the host of an endpoint.
+    NoCalloutTarget {
+        /// The endpoint.
+        what: &'static str,
+        /// Its `host[:port]`.
+        authority: String,
+    },
+    /// No answer: unreachable, reset or timed out.
+    Unreachable {
+        /// The document.
+        what: &'static str,
+    },
+    /// An answer other than 200.
+    Status {
+        /// The document.
+        what: &'static str,
+        /// The status.
+        status: u16,
+    },
+    /// The discovery document is not JSON of the expected shape.
+    InvalidDiscovery(String),
+    /// The discovery `issuer` differs from `provider.issuer`.
+    IssuerMismatch {
+        /// What the provider says.
+        discovered: String,
+        /// What the configuration says.
+        configured: String,
+    },
+    /// An advertised endpoint that is not an http(s) URL.
+    NotUrl {
+        /// The endpoint.
+        what: &'static str,
+        /// Its value.
+        url: String,
+    },
+    /// A plain-http endpoint where https is required.
+    InsecureEndpoint {
+        /// The endpoint.
+        what: &'static str,
+        /// Its value.
+        url: String,
+    },
+    /// The JWKS is unusable.
+    Jwks(JwksError),
+}
 
-fn get(config: &ProviderConfig, url: &str, what: &str) -> Result<HttpCall, ProviderError> {
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProviderError::NoCalloutTarget { what, authority } => {
+                write!(f, "no callout target for the {what} host {authority:?}: add it to provider.callouts")
+            }
+            ProviderError::Unreachable { what } => write!(f, "{what}: provider unreachable or timed out"),
+            ProviderError::Status { what, status } => write!(f, "{what}: provider answered HTTP {status}"),
+            ProviderError::InvalidDiscovery(e) => write!(f, "discovery document is not valid: {e}"),
+            ProviderError::IssuerMismatch { discovered, configured } => write!(
+                f,
+                "discovery issuer {discovered:?} differs from provider.issuer {configured:?}; they must match exactly \
+                 (check the scheme and any trailing slash)"
+            ),
+            ProviderError::NotUrl { what, url } => write!(f, "discovery {what} {url:?} is not an http(s) URL"),
+            ProviderError::InsecureEndpoint { what, url } => write!(
+                f,
+                "discovery {what} {url:?} uses http://; the provider must advertise https endpoints \
+                 (or set provider.insecure_allow_http_issuer for a provider on a trusted network)"
+            ),
+            ProviderError::Jwks(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+fn get(config: &ProviderConfig, url: &str, what: &'static str) -> Result<HttpCall, ProviderError> {
     config.call("GET", url, vec![("accept".into(), "application/json".into())], Vec::new()).ok_or_else(|| {
-        let authority = split_url(url).map_or(url, |(_, a, _)| a);
-        ProviderError(format!("no callout target for the {what} host {authority:?}: add it to provider.callouts"))
+        ProviderError::NoCalloutTarget { what, authority: split_url(url).map_or(url, |(_, a, _)| a).to_owned() }
     })
 }
 
@@ -98,11 +129,11 @@ pub fn jwks_call(config: &ProviderConfig, discovery: &Discovery) -> Result<HttpC
     get(config, &discovery.jwks_uri, "jwks_uri")
 }
 
-fn ok_body<'a>(resp: &'a HttpResponse, what: &str) -> Result<&'a [u8], ProviderError> {
+fn ok_body<'a>(resp: &'a HttpResponse, what: &'static str) -> Result<&'a [u8], ProviderError> {
     match resp.status {
-        0 => Err(ProviderError(format!("{what}: provider unreachable or timed out"))),
+        0 => Err(ProviderError::Unreachable { what }),
         200 => Ok(&resp.body),
-        s => Err(ProviderError(format!("{what}: provider answered HTTP {s}"))),
+        status => Err(ProviderError::Status { what, status }),
     }
 }
 
@@ -110,25 +141,18 @@ impl Discovery {
     /// Parses and checks a discovery document against the configuration.
     pub fn parse(bytes: &[u8], config: &ProviderConfig) -> Result<Discovery, ProviderError> {
         let d: Discovery = serde_json::from_slice(bytes)
-            .map_err(|e| ProviderError(format!("discovery document is not valid: {e}")))?;
+            .map_err(|e| ProviderError::InvalidDiscovery(e.to_string()))?;
         if d.issuer != config.issuer {
-            return Err(ProviderError(format!(
-                "discovery issuer {:?} differs from provider.issuer {:?}; they must match exactly \
-                 (check the scheme and any trailing slash)",
-                d.issuer, config.issuer
-            )));
+            return Err(ProviderError::IssuerMismatch { discovered: d.issuer, configured: config.issuer.clone() });
         }
         let required = [("authorization_endpoint", Some(&d.authorization_endpoint)), ("token_endpoint", Some(&d.token_endpoint)), ("jwks_uri", Some(&d.jwks_uri))];
         let optional = [("userinfo_endpoint", d.userinfo_endpoint.as_ref()), ("end_session_endpoint", d.end_session_endpoint.as_ref())];
         for (name, url) in required.into_iter().chain(optional).filter_map(|(n, u)| Some((n, u?))) {
             match split_url(url) {
-                None => return Err(ProviderError(format!("discovery {name} {url:?} is not an http(s) URL"))),
+                None => return Err(ProviderError::NotUrl { what: name, url: url.clone() }),
                 // Tokens and codes travel to these: never in clear to a remote host.
                 Some(("http", _, _)) if !config.http_endpoints_allowed => {
-                    return Err(ProviderError(format!(
-                        "discovery {name} {url:?} uses http://; the provider must advertise https endpoints \
-                         (or set provider.insecure_allow_http_issuer for a provider on a trusted network)"
-                    )))
+                    return Err(ProviderError::InsecureEndpoint { what: name, url: url.clone() })
                 }
                 Some(_) => {}
             }
@@ -151,7 +175,7 @@ impl Discovery {
 
 /// Parses a JWKS response.
 pub fn jwks_from_response(resp: &HttpResponse) -> Result<Jwks, ProviderError> {
-    Jwks::parse(ok_body(resp, "jwks")?).map_err(ProviderError)
+    Jwks::parse(ok_body(resp, "jwks")?).map_err(ProviderError::Jwks)
 }
 
 /// Discovery and keys, as one worker holds them.
@@ -199,18 +223,10 @@ impl SharedProvider {
     pub fn snapshot(&self, config: &ProviderConfig) -> Result<ProviderSnapshot, ProviderError> {
         Ok(ProviderSnapshot {
             discovery: Discovery::parse(&self.discovery, config)?,
-            jwks: Jwks::parse(&self.jwks).map_err(ProviderError)?,
+            jwks: Jwks::parse(&self.jwks).map_err(ProviderError::Jwks)?,
             fetched_at: self.fetched_at,
         })
     }
-}
-
-/// When metadata is refetched even if nothing failed (picks up key rotation).
-pub const METADATA_MAX_AGE: u64 = 3600;
-
-/// Seconds to wait after `failures` consecutive failed fetches: 2, 4, 8, 10, 10 …
-pub fn retry_delay(failures: u32) -> u64 {
-    1u64.checked_shl(failures.min(5)).unwrap_or(32).min(10)
 }
 
 /// Minimum time between JWKS refetches triggered by an unknown `kid`.
@@ -219,7 +235,7 @@ pub const JWKS_REFETCH_COOLDOWN: u64 = 60;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Front};
+    use crate::config::{Config, IdpCalls};
     use crate::testing::{discovery, EnvSecrets};
     use serde_json::json;
 
@@ -229,7 +245,7 @@ mod tests {
             p.extend(e.clone());
         }
         let cfg = json!({"provider": provider, "session": {"secrets": [{"env": "COOKIE_SECRET"}]}, "routes": [{"path": "/"}]});
-        match Config::parse(&cfg.to_string(), &EnvSecrets::standard(), Front::Filter) {
+        match Config::parse(&cfg.to_string(), &EnvSecrets::standard(), IdpCalls::Callouts) {
             Ok(c) => c.provider,
             Err(e) => panic!("{e}"),
         }
@@ -267,7 +283,7 @@ mod tests {
                 };
                 *url = url.replacen("https://", "http://", 1);
             });
-            let err = Discovery::parse(&bytes, &https).map(|_| ()).unwrap_err().0;
+            let err = Discovery::parse(&bytes, &https).map(|_| ()).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains("https"), "{field}: {err}");
         }
         let loopback = config("http://127.0.0.1:9000", json!({"127.0.0.1:9000": "idp"}), json!({}));
@@ -280,7 +296,7 @@ mod tests {
     fn an_unmapped_userinfo_host_is_reported_at_load() {
         let https = config("https://id.example.com", json!({"id.example.com": "idp"}), json!({}));
         let bytes = doc("https://id.example.com", |d| d.userinfo_endpoint = Some("https://internal.example.com/userinfo".into()));
-        let err = Discovery::parse(&bytes, &https).map(|_| ()).unwrap_err().0;
+        let err = Discovery::parse(&bytes, &https).map(|_| ()).unwrap_err().to_string();
         assert!(err.contains("userinfo_endpoint") && err.contains("internal.example.com") && err.contains("provider.callouts"), "{err}");
     }
 }

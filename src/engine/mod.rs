@@ -1,0 +1,352 @@
+//! The decision engine: request head in, [`Step`] out. No clock, socket or
+//! random source of its own: the [`Driver`](crate::driver::Driver) lends it
+//! an [`Env`] for one call and turns what it returns and records into an
+//! [`Outcome`](crate::driver::Outcome) for the host.
+//!
+//! One concern per file: this one routes a request and applies the route's
+//! rule; `login` starts logins and finishes callbacks; `refresh` renews
+//! sessions with the refresh token; `sign_out` ends them; `cookies` writes
+//! every `Set-Cookie`.
+
+mod cookies;
+mod login;
+mod refresh;
+mod sign_out;
+mod step;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::cache::OpenedSession;
+use crate::config::{Config, HeaderNames};
+use crate::encoding::{b64url, build_query, escape_non_visible, parse_query};
+use crate::events::Event;
+use crate::http::HttpResponse;
+use crate::pages::{self, Response};
+use crate::path::{normalize, PathError};
+use crate::policy::{Denial, Route, Rule};
+use crate::redirect::{authority_host, safe_redirect};
+use crate::request::RequestHead;
+use crate::seal::{hmac_sha256, Reject};
+use crate::session::Session;
+use crate::store::StoreAnswer;
+use crate::SecureRandom;
+
+pub use cookies::MAX_COOKIE_BYTES;
+use login::TokenResponse;
+use refresh::Refresh;
+pub(crate) use step::Env;
+pub use step::{Allow, Pending, Step};
+use step::PendingKind;
+
+/// The `error` code of an OAuth error response (RFC 6749 §5.2), or "".
+fn oauth_error_code(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: Option<String>,
+    }
+    serde_json::from_slice::<ErrorBody>(body).ok().and_then(|e| e.error).unwrap_or_default()
+}
+
+/// The engine: a compiled config and nothing else.
+pub struct Engine {
+    config: Arc<Config>,
+}
+
+fn random_token(rng: &mut dyn SecureRandom) -> String {
+    let mut bytes = [0u8; 32];
+    rng.fill(&mut bytes);
+    b64url(&bytes)
+}
+
+fn clean_header_value(v: &str) -> String {
+    v.chars().filter(|c| !c.is_control()).collect()
+}
+
+impl Engine {
+    /// Wraps a validated configuration.
+    pub fn new(config: Arc<Config>) -> Engine {
+        Engine { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The configuration, shared.
+    pub fn shared_config(&self) -> Arc<Config> {
+        Arc::clone(&self.config)
+    }
+
+    /// Decides a request.
+    pub(crate) fn on_request(&self, head: &RequestHead<'_>, env: &mut Env<'_>) -> Step {
+        let (raw_path, query) = head.path.split_once('?').map_or((head.path, None), |(p, q)| (p, Some(q)));
+        let path = match normalize(raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                env.events.push(Event::Denied("ambiguous or invalid path"));
+                let msg = match e {
+                    PathError::Ambiguous => "The request path contains an encoded slash, a backslash or a control character.",
+                    PathError::Invalid => "The request path is not valid.",
+                };
+                return Step::Respond(pages::page(400, "Bad request", msg, None));
+            }
+        };
+        if path.as_ref() != raw_path && !head.rewrites_path {
+            return Self::to_decided_path(head.method, &path, query, env);
+        }
+        let paths = &self.config.paths;
+        if path == paths.callback.as_str() {
+            return self.callback(head, query.unwrap_or(""), env);
+        }
+        if path == paths.sign_out.as_str() {
+            return self.sign_out(head, query.unwrap_or(""), env);
+        }
+        if path == paths.start.as_str() || path == paths.sign_in.as_str() {
+            let rd = parse_query(query.unwrap_or("")).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
+            let return_to = rd
+                .and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts, head.scheme))
+                .unwrap_or_else(|| "/".to_owned());
+            if path == paths.start.as_str() {
+                return self.start_login(head.scheme, head.authority, return_to, Vec::new(), env);
+            }
+            let start = format!("{}?{}", paths.start, build_query(&[("rd", &return_to)]));
+            let label = format!("Continue with {}", self.config.provider.display_name);
+            return Step::Respond(pages::page(200, "Sign in", "You need to sign in to continue.", Some((&start, &label))));
+        }
+
+        let host = authority_host(head.authority);
+        let Some(route) = self.config.routes.find(host, &path) else {
+            env.events.push(Event::Denied("no route matches"));
+            return Step::Respond(self.deny_response(head.looks_like_api(), "No service is configured at this address."));
+        };
+        let mut allow = Allow {
+            strip: head
+                .headers
+                .iter()
+                .filter(|(n, _)| self.config.strip.contains(n))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            set: route.inject.iter().map(|(n, v)| (Arc::clone(n), v.expose_shared())).collect(),
+            set_path: (path.as_ref() != raw_path).then(|| path_and_query(&path, query)),
+            set_cookies: Vec::new(),
+        };
+        if route.rule == Rule::Public {
+            self.hide_own_cookies(head, &mut allow);
+            env.events.push(Event::Allowed);
+            return Step::Allow(allow);
+        }
+        let name = &self.config.session.cookie_name;
+        let mut clear_cookie = None;
+        // With several values of our cookie (a stale one on another path or
+        // domain, or one planted from a sibling subdomain), the first that
+        // opens wins; a bad one must not shadow a good one and loop the login.
+        let mut opened = None;
+        let mut first_error = None;
+        for value in head.cookies(name) {
+            match self.open_session(value, env) {
+                Ok(o) => {
+                    opened = Some((o, value));
+                    break;
+                }
+                Err(reject) => {
+                    first_error.get_or_insert(reject);
+                }
+            }
+        }
+        if let (None, Some(reject)) = (&opened, first_error) {
+            env.events.push(Event::InvalidCookie(reject.reason()));
+            clear_cookie = Some(self.clear_cookie(name, "/"));
+        }
+        let opened = opened.map(|(o, _)| o);
+        let return_to = || path_and_query(&path, query);
+        let Some(opened) = opened else {
+            return self.login_or_401(head, route, return_to(), clear_cookie.into_iter().collect(), env);
+        };
+        self.hide_own_cookies(head, &mut allow);
+        // Only needed to pick 401/403 JSON over a page: not computed per request.
+        let api = || route.api || head.looks_like_api();
+        let s = &opened.session;
+        if let Some(token) = s.refresh_token.as_deref() {
+            if env.now >= s.checked_at.saturating_add(self.config.session.refresh_interval) {
+                let refresh = Refresh {
+                    route: route.index,
+                    allow,
+                    generation: shared_key(b"generation", token.as_bytes()),
+                    old: Arc::clone(&opened),
+                    api: api(),
+                    scheme: head.scheme.to_owned(),
+                    authority: head.authority.to_owned(),
+                    return_to: return_to(),
+                };
+                return self.refresh(refresh);
+            }
+        }
+        self.decide(route, allow, &api, &opened, env)
+    }
+
+    /// Answers a request whose path normalization changed, on a host that
+    /// would forward the path as received: `/admin/%2e%2e/public/x` decided as
+    /// `/public/x` must not reach an upstream that routes it under `/admin/`.
+    /// GET and HEAD are sent to the normalized path (308 keeps the method);
+    /// other methods are refused, since a redirect would replay their body.
+    fn to_decided_path(method: &str, path: &str, query: Option<&str>, env: &mut Env<'_>) -> Step {
+        if !(method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")) {
+            env.events.push(Event::Denied("path not in normalized form"));
+            return Step::Respond(pages::page(
+                400,
+                "Bad request",
+                "The request path has dot segments, repeated slashes or needless escapes; send it in normalized form.",
+                None,
+            ));
+        }
+        env.events.push(Event::PathRedirected);
+        // `path` starts with one '/' and never two: a same-site location.
+        // Raw UTF-8 from the request line is escaped so a header can carry it.
+        let location = escape_non_visible(&path_and_query(path, query));
+        Step::Respond(Response { status: 308, ..pages::redirect(&location) })
+    }
+
+    /// Applies the route's rule to an authenticated user. `api` says whether
+    /// a refusal should be JSON.
+    fn decide(&self, route: &Route, mut allow: Allow, api: &dyn Fn() -> bool, opened: &OpenedSession, env: &mut Env<'_>) -> Step {
+        let Rule::Protected(requirement) = &route.rule else {
+            env.events.push(Event::Allowed);
+            return Step::Allow(allow);
+        };
+        match requirement.check(&opened.session, self.config.provider.trust_unverified_email) {
+            Ok(()) => {
+                identity_headers(&route.headers, opened, &mut allow.set);
+                env.events.push(Event::Allowed);
+                Step::Allow(allow)
+            }
+            Err(denial) => {
+                let why = match denial {
+                    Denial::NotAllowed => "user is not in the route's groups, emails or domains",
+                    Denial::UnverifiedEmail => {
+                        "email rule matched but the provider has not verified the address \
+                         (set provider.trust_unverified_email if your provider, e.g. Pocket ID, does not verify emails)"
+                    }
+                };
+                env.events.push(Event::Denied(why));
+                let resp = self.deny_response(api(), "Your account is not allowed to use this service.");
+                Step::Respond(resp.with_cookies(allow.set_cookies))
+            }
+        }
+    }
+
+    /// The sealed session is for this gate only: the upstream gets the
+    /// identity headers, not a bearer cookie it could replay elsewhere.
+    fn hide_own_cookies(&self, head: &RequestHead<'_>, allow: &mut Allow) {
+        let name = self.config.session.cookie_name.as_str();
+        let ours = |pair: &str| pair.trim().split_once('=').is_some_and(|(k, _)| k == name || k.starts_with(name) && k[name.len()..].starts_with('_'));
+        let cookie_values =
+            || head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str());
+        if !cookie_values().any(|v| v.split(';').any(ours)) {
+            return;
+        }
+        let mut rest = String::new();
+        for pair in cookie_values().flat_map(|v| v.split(';')).filter(|p| !ours(p)).map(str::trim).filter(|p| !p.is_empty()) {
+            if !rest.is_empty() {
+                rest.push_str("; ");
+            }
+            rest.push_str(pair);
+        }
+        if rest.is_empty() {
+            allow.strip.push("cookie".to_owned());
+        } else {
+            allow.set.push(("cookie".into(), rest.into()));
+        }
+    }
+
+    fn deny_response(&self, api: bool, message: &str) -> Response {
+        if api {
+            pages::json(403, "forbidden", message, &[])
+        } else {
+            pages::page(403, "Access denied", message, Some((&self.config.paths.sign_out, "Sign in as someone else")))
+        }
+    }
+
+    fn open_session(&self, value: &str, env: &mut Env<'_>) -> Result<Arc<OpenedSession>, Reject> {
+        if let Some(hit) = env.sessions.get(value, env.now) {
+            return Ok(hit);
+        }
+        let name = &self.config.session.cookie_name;
+        let (bytes, expires_at) = self.config.session.sealer.open(name, value, env.now)?;
+        let session = Session::decode(&bytes).ok_or(Reject::Malformed)?;
+        let opened = Arc::new(OpenedSession::new(session, expires_at));
+        env.sessions.insert(value, Arc::clone(&opened), env.now);
+        Ok(opened)
+    }
+
+    /// Continues after a [`Step::Fetch`].
+    pub(crate) fn on_fetched(&self, pending: Pending, response: HttpResponse, env: &mut Env<'_>) -> Step {
+        match *pending.0 {
+            PendingKind::CodeExchange { login, csrf_cookie } => self.on_token_response(login, csrf_cookie, response, env),
+            PendingKind::JwksForLogin { login, csrf_cookie, tokens } => self.on_jwks_for_login(login, csrf_cookie, tokens, response, env),
+            PendingKind::Refresh(refresh) => self.on_refresh_response(refresh, response, env),
+            PendingKind::Userinfo { refresh, refresh_token } => self.on_userinfo_response(refresh, refresh_token, response, env),
+            // A store answer was expected: an HTTP answer says nothing about it.
+            kind => self.on_stored(Pending(Box::new(kind)), StoreAnswer::Claimed(false), env),
+        }
+    }
+
+    /// Continues after a [`Step::Store`]. An answer of the wrong kind counts
+    /// as "not found" / "not claimed" (fail closed).
+    pub(crate) fn on_stored(&self, pending: Pending, answer: StoreAnswer, env: &mut Env<'_>) -> Step {
+        let claimed = matches!(answer, StoreAnswer::Claimed(true));
+        match *pending.0 {
+            PendingKind::StateClaim { login, csrf_cookie, code } => self.on_state_claimed(login, csrf_cookie, &code, claimed, env),
+            PendingKind::JwksCooldown { login, csrf_cookie, tokens } => self.on_jwks_cooldown(login, csrf_cookie, tokens, claimed, env),
+            PendingKind::Successor(refresh) => {
+                let record = match answer {
+                    StoreAnswer::Read(r) => r,
+                    StoreAnswer::Claimed(_) => None,
+                };
+                self.on_successor(refresh, record, env)
+            }
+            PendingKind::RefreshLock(refresh) => self.on_refresh_lock(refresh, claimed, env),
+            // An HTTP answer was expected: treat as unreachable.
+            kind => self.on_fetched(Pending(Box::new(kind)), HttpResponse { status: 0, body: Vec::new() }, env),
+        }
+    }
+}
+
+
+/// The normalized path with the query as received.
+fn path_and_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    }
+}
+
+fn identity_headers(names: &HeaderNames, opened: &OpenedSession, set: &mut Vec<(Arc<str>, Arc<str>)>) {
+    let mut put = |name: &Option<Arc<str>>, value: &Option<Arc<str>>| {
+        if let (Some(n), Some(v)) = (name, value) {
+            set.push((Arc::clone(n), Arc::clone(v)));
+        }
+    };
+    put(&names.user, &Some(Arc::clone(&opened.user)));
+    put(&names.email, &opened.email);
+    put(&names.groups, &opened.groups);
+    put(&names.name, &opened.name);
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// A keyed digest for shared-state keys (never stores a raw state or token).
+pub fn shared_key(label: &[u8], value: &[u8]) -> [u8; 16] {
+    let mac = hmac_sha256(b"oidc-edge/v1/shared-key", &[label, value]);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&mac[..16]);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,51 @@
+//! Sign-out: clear our cookies and end the provider's session, only when the
+//! request comes from our own pages or the user.
+
+use super::{Engine, Env, Step};
+use crate::encoding::{build_query, parse_query};
+use crate::events::Event;
+use crate::pages;
+use crate::redirect::safe_redirect;
+use crate::request::RequestHead;
+
+impl Engine {
+    pub(super) fn sign_out(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
+        // Signing out also ends the IdP session: another site must not be
+        // able to do it with an `<img>` or an auto-submitted form.
+        if !head.same_origin() {
+            let action = if query.is_empty() { self.config.paths.sign_out.clone() } else { format!("{}?{query}", self.config.paths.sign_out) };
+            return Step::Respond(pages::confirm("Sign out?", "Do you want to sign out?", &action, "Sign out"));
+        }
+        let s = &self.config.session;
+        let idt_name = self.id_token_cookie_name();
+        if let Some(v) = head.cookie(&s.cookie_name) {
+            env.sessions.remove(v);
+        }
+        let hint = head
+            .cookie(&idt_name)
+            .and_then(|v| s.sealer.open(&idt_name, v, env.now).ok())
+            .and_then(|(bytes, _)| String::from_utf8(bytes).ok());
+        let cookies = vec![self.clear_cookie(&s.cookie_name, "/"), self.clear_cookie(&idt_name, &self.config.paths.sign_out)];
+        env.events.push(Event::SignedOut);
+        let rd = parse_query(query).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
+        let local = rd.and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts, head.scheme)).unwrap_or_else(|| "/".into());
+        let end_session = env.provider.and_then(|p| p.discovery.end_session_endpoint.as_deref());
+        let location = match end_session {
+            Some(endpoint) => {
+                let post_logout = self
+                    .config
+                    .post_logout_redirect_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{}://{}/", head.scheme, head.authority));
+                let mut q = vec![("client_id", self.config.provider.client_id.as_str()), ("post_logout_redirect_uri", post_logout.as_str())];
+                if let Some(h) = hint.as_deref() {
+                    q.insert(0, ("id_token_hint", h));
+                }
+                let sep = if endpoint.contains('?') { '&' } else { '?' };
+                format!("{endpoint}{sep}{}", build_query(&q))
+            }
+            None => local,
+        };
+        Step::Respond(pages::redirect(&location).with_cookies(cookies))
+    }
+}

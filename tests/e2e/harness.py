@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, parse_qs, urlencode
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = Path(os.environ.get("OIDC_EDGE_RUN_DIR", ROOT / ".run"))

@@ -5,7 +5,6 @@ rotation, cookie-secret rotation and a listener reload."""
 
 import json
 import os
-import signal
 import threading
 import time
 

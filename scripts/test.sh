@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: lint, core and sidecar unit tests (the core also on wasm32 under
 # Node's WASI), the filter's lint for the wasm target, a brief pass of every
-# fuzz target, then the end-to-end
+# fuzz target, pyflakes over the Python tests, then the end-to-end
 # conformance suite through five real gates — Envoy + filter, nginx +
 # ngx_wasm_module + filter, stock nginx + auth_request + sidecar, Caddy +
 # forward_auth + sidecar, Traefik + forwardAuth + sidecar — with the real
@@ -26,6 +26,8 @@ step "core unit tests and the filter's adapter tests (wasm32-wasip1 under Node's
 cargo test -q -p oidc-edge -p oidc-edge-filter --lib --target wasm32-wasip1
 step "fuzz targets, 3 s each (libFuzzer on nightly, else bounded property tests on stable)"
 ./scripts/fuzz.sh 3
+step "pyflakes (the e2e suite, its harness, the soak and the bench)"
+.venv/bin/python -m pyflakes tests
 step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"
 ./scripts/build-ngx-wasm.sh >/dev/null
 step "end-to-end (Envoy, nginx + ngx_wasm_module, nginx + sidecar, Caddy + sidecar, Traefik + sidecar; real OpenID provider)"

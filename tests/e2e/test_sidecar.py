@@ -33,8 +33,7 @@ def direct(stack):
 
 @pytest.mark.parametrize("kind", SIDECAR_GATES)
 def test_one_cookie_format_for_filter_and_sidecar(stack, kind):
-    g = stack.start_sidecar_gate(kind)
-    g.wait_provider_loaded(g.port)
+    g = stack.gate(kind)
     via_envoy = Browser()
     assert login(via_envoy, stack.url("/admin/"), "alice").status == 200
     cookie = {"Cookie": f"_oidc_edge={via_envoy.cookie('_oidc_edge')}"}
@@ -50,7 +49,7 @@ def test_one_cookie_format_for_filter_and_sidecar(stack, kind):
 def test_decision_endpoints_are_not_for_browsers(stack, kind):
     """Through the proxy's public /oauth2/ route a browser must not read a
     decision: it would carry the route's injected secret."""
-    g = stack.start_sidecar_gate(kind)
+    g = stack.gate(kind)
     b = Browser()
     assert login(b, f"http://127.0.0.1:{g.port}/api-app/", "alice").status == 200
     for path in ("/oauth2/forward_auth", "/oauth2/auth", "/oauth2/auth?x=1"):
@@ -62,14 +61,14 @@ def test_decision_endpoints_are_not_for_browsers(stack, kind):
 
 @pytest.mark.parametrize("kind", SIDECAR_GATES)
 def test_sign_in_page(stack, kind):
-    g = stack.start_sidecar_gate(kind)
+    g = stack.gate(kind)
     r = Browser().get(f"http://127.0.0.1:{g.port}/oauth2/sign_in?rd=%2Fmedia%2F")
     assert r.status == 200 and r.header("content-type").startswith("text/html")
     assert b"Continue with" in r.body and b'href="/oauth2/start?rd=%2Fmedia%2F"' in r.body
 
 
 def test_nginx_static_site_private_section(stack):
-    g = stack.start_sidecar_gate("nginx-sidecar")
+    g = stack.gate("nginx-sidecar")
     url = f"http://127.0.0.1:{g.port}"
     assert b"Static site" in Browser().get(f"{url}/public/site/").body
     anon = Browser().get(f"{url}/app/private/")
@@ -201,7 +200,7 @@ def test_malformed_and_oversized_input_gets_4xx_and_service_goes_on(direct):
 
 def test_logs_are_json_lines_without_secrets(stack, direct):
     for kind in SIDECAR_GATES:
-        g = stack.start_sidecar_gate(kind)
+        g = stack.gate(kind)
         b = Browser()
         assert login(b, f"http://127.0.0.1:{g.port}/api-app/", "alice").status == 200
         b.get(f"http://127.0.0.1:{g.port}/admin/?token=abc")

@@ -32,9 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from cookies import due_for_refresh  # noqa: E402
-from harness import COOKIE_SECRET, RUN, Browser, child_pids, login, rss_kib  # noqa: E402
-
-import conftest  # noqa: E402  (the e2e suite's stack: IdP, echo upstream, gates)
+from harness import COOKIE_SECRET, RUN, Browser, Stack, login, rss_kib  # noqa: E402
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 WARMUP = min(60.0, SECONDS / 6)
@@ -45,7 +43,6 @@ CACHED_SESSION_KIB = 3
 # After the IdP comes back: its restart dropped every refresh token, so
 # sessions refreshing in this window end (a clear 302 to log in again).
 RESTART_GRACE = 15.0
-FATAL = conftest.FATAL + ("[crit]",)
 
 
 @dataclass
@@ -151,7 +148,7 @@ def traffic(name: str, base: str, stop: threading.Event, tally: Tally, window: W
 
 
 def main() -> int:
-    stack = conftest.Stack()
+    stack = Stack()
     # The restart keeps the IdP's signing keys: what is soaked is losing its
     # sessions and refresh tokens, not a key rotation (tested on its own).
     keys = RUN / "soak-idp-keys.json"
@@ -162,10 +159,9 @@ def main() -> int:
     stack.start()
     report = []
     try:
-        envoy = stack.main
-        sidecar_gate = stack.start_sidecar_gate("nginx-sidecar")
-        sidecar_gate.wait_provider_loaded(sidecar_gate.port)
-        gates = {"envoy": (stack.url("", stack.proxy_port), envoy), "nginx-sidecar": (stack.url("", sidecar_gate.port), sidecar_gate)}
+        envoy = stack.gate("envoy")
+        sidecar_gate = stack.gate("nginx-sidecar")
+        gates = {"envoy": (envoy.url(""), envoy), "nginx-sidecar": (sidecar_gate.url(""), sidecar_gate)}
         users = [f"soak{i}" for i in range(4)]
 
         def add_users():
@@ -185,9 +181,9 @@ def main() -> int:
             t.start()
 
         def memory() -> dict:
-            ngx_workers = child_pids(sidecar_gate.proc.pid)
-            return {"envoy": rss_kib(envoy.proc.pid), "nginx workers": sum(rss_kib(p) for p in ngx_workers),
-                    "sidecar": rss_kib(sidecar_gate.sidecar.proc.pid)}
+            return {"envoy": sum(rss_kib(p) for p in envoy.worker_pids()),
+                    "nginx workers": sum(rss_kib(p) for p in sidecar_gate.worker_pids()),
+                    "sidecar": rss_kib(sidecar_gate.sidecar_pid())}
 
         started = time.time()
         time.sleep(WARMUP)
@@ -213,8 +209,7 @@ def main() -> int:
                       f"(down {window.end - window.start:.1f} s; window counted until {RESTART_GRACE:.0f} s after)")
         for name, (_, proxy) in gates.items():
             t = tallies[name]
-            log = proxy.proc.log_text() if name == "envoy" else proxy.log_text()
-            traps = sum(log.count(p) for p in FATAL)
+            traps = len(proxy.fatal_lines())
             report.append(f"  {name:14} {t.requests:>8} requests ({t.requests / elapsed:,.0f}/s)  5xx in window {t.five_xx_in_window}, "
                           f"outside {len(t.five_xx_outside)}  wrong answers {len(t.wrong)}  traps {traps}")
             if t.five_xx_outside or t.wrong or traps:

@@ -17,6 +17,8 @@ if grep -rnE '\.unwrap\(\)|\.expect\(' filters/; then
   echo "the filter must not panic: replace these with explicit handling" >&2
   exit 1
 fi
+step "layout: no import cycle in src/, no file over 400 lines of code"
+python3 scripts/check-layout.py
 step "cargo clippy (native and wasm32)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy --target wasm32-wasip1 -p oidc-edge-filter -q -- -D warnings -D clippy::unwrap_used -D clippy::expect_used

@@ -535,3 +535,6 @@ impl Original {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

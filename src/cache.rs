@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::revocation::SessionKeys;
 use crate::session::Session;
 
 /// An opened session and the header values derived from it, computed once
@@ -23,6 +24,8 @@ pub struct OpenedSession {
     pub groups: Option<Arc<str>>,
     /// Header value for the display name.
     pub name: Option<Arc<str>>,
+    /// What revocations of this session would name.
+    pub revocation: SessionKeys,
 }
 
 /// Groups comma-joined for the upstream. A group whose name holds a comma is
@@ -41,6 +44,7 @@ impl OpenedSession {
             email: session.email.as_deref().map(Arc::from),
             groups: groups_header(&session.groups),
             name: session.name.as_deref().map(Arc::from),
+            revocation: SessionKeys::of(&session),
             session,
             expires_at,
         }

@@ -16,6 +16,7 @@ use crate::events::{Counter, Event, Severity};
 use crate::http::HttpResponse;
 use crate::provider::{ProviderError, ProviderSnapshot, SharedProvider};
 use crate::request::RequestHead;
+use crate::revocation::{Revocation, Revocations};
 use crate::store::{SharedState, StoreAnswer, StoreWrite};
 use crate::SecureRandom;
 
@@ -51,6 +52,10 @@ pub struct Outcome {
     pub events: Vec<Event>,
     /// Records to store (empty when the driver had a synchronous store).
     pub writes: Vec<StoreWrite>,
+    /// Sessions this turn revoked (sign-out). Already applied in this
+    /// driver; a host spreads them to its other workers and instances, which
+    /// hand them to [`Driver::learn`].
+    pub revoked: Vec<Revocation>,
     /// Provider documents this turn changed (a JWKS refetched for a login
     /// signed with a new key). Already installed in this driver; a host
     /// whose workers share metadata publishes them.
@@ -77,12 +82,13 @@ pub struct Driver {
     /// The documents the snapshot was built from, to rebuild it when a
     /// login fetches a rotated JWKS.
     docs: Option<SharedProvider>,
+    revocations: Revocations,
 }
 
 impl Driver {
     /// A driver for `config`, caching up to `session_capacity` opened sessions.
     pub fn new(config: impl Into<Arc<Config>>, session_capacity: usize) -> Driver {
-        Driver { engine: Engine::new(config.into()), sessions: SessionCache::new(session_capacity), provider: None, docs: None }
+        Driver { engine: Engine::new(config.into()), sessions: SessionCache::new(session_capacity), provider: None, docs: None, revocations: Revocations::default() }
     }
 
     /// The configuration.
@@ -135,6 +141,8 @@ impl Driver {
             rng,
             provider: provider.as_deref(),
             sessions: &mut self.sessions,
+            revocations: &self.revocations,
+            revoked: Vec::new(),
             events: Vec::new(),
             writes: Vec::new(),
             fetched_jwks: None,
@@ -151,9 +159,17 @@ impl Driver {
                 let _ = write.perform(store, now);
             }
         }
-        let Env { events, writes, fetched_jwks, .. } = env;
+        let Env { events, writes, fetched_jwks, revoked, .. } = env;
+        self.learn(&revoked, now);
         let publish = fetched_jwks.and_then(|jwks| self.install_jwks(jwks, now));
-        Outcome { step, events, writes, publish }
+        Outcome { step, events, writes, revoked, publish }
+    }
+
+    /// Learns revocations made by another worker or instance.
+    pub fn learn(&mut self, revoked: &[Revocation], now: u64) {
+        for r in revoked {
+            self.revocations.add(r, now);
+        }
     }
 
     fn install_jwks(&mut self, jwks: Vec<u8>, now: u64) -> Option<SharedProvider> {

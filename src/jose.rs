@@ -201,6 +201,8 @@ pub struct IdClaims {
     pub name: Option<String>,
     /// `groups` (non-string entries are ignored).
     pub groups: Vec<String>,
+    /// `sid`: the provider's session, for back-channel logout.
+    pub sid: Option<String>,
     /// `exp`.
     pub exp: u64,
     /// `iat`.
@@ -389,6 +391,7 @@ pub fn profile_claims(claims: &Value) -> Option<IdClaims> {
         email_verified,
         name: text("name"),
         groups,
+        sid: text("sid"),
         exp: 0,
         iat: 0,
     })

@@ -29,6 +29,7 @@ pub mod provider;
 pub mod records;
 pub mod redirect;
 pub mod request;
+pub mod revocation;
 pub mod seal;
 pub mod secret;
 pub mod session;

@@ -23,6 +23,11 @@ pub struct Session {
     pub checked_at: u64,
     /// Refresh token, when the IdP issued one.
     pub refresh_token: Option<String>,
+    /// Random at login and kept across refreshes: what sign-out revokes.
+    pub id: [u8; 16],
+    /// The provider's session id (the ID token's `sid`), which back-channel
+    /// logout names.
+    pub idp_sid: Option<String>,
 }
 
 /// A login in progress: what the callback needs to finish it. Travels in a
@@ -54,7 +59,8 @@ impl std::fmt::Debug for Session {
             .field("login_at", &self.login_at)
             .field("checked_at", &self.checked_at)
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
-            .finish()
+            .field("idp_sid", &self.idp_sid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,14 +73,16 @@ impl std::fmt::Debug for LoginState {
     }
 }
 
+/// Cookies written before sessions had an id; read, never written.
 const SESSION_V1: u8 = 1;
+const SESSION_V2: u8 = 2;
 const LOGIN_V1: u8 = 1;
 
 impl Session {
     /// Encodes the session for sealing.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(128));
-        w.0.push(SESSION_V1);
+        w.0.push(SESSION_V2);
         w.str(&self.sub);
         w.str(&self.user);
         w.opt(self.email.as_deref());
@@ -87,13 +95,16 @@ impl Session {
         w.varint(self.login_at);
         w.varint(self.checked_at);
         w.opt(self.refresh_token.as_deref());
+        w.0.extend_from_slice(&self.id);
+        w.opt(self.idp_sid.as_deref());
         w.0
     }
 
     /// Decodes a session; `None` for anything not produced by [`Session::encode`].
     pub fn decode(bytes: &[u8]) -> Option<Session> {
         let mut r = Reader(bytes);
-        if r.byte()? != SESSION_V1 {
+        let version = r.byte()?;
+        if version != SESSION_V1 && version != SESSION_V2 {
             return None;
         }
         let sub = r.str()?;
@@ -116,6 +127,12 @@ impl Session {
         let login_at = r.varint()?;
         let checked_at = r.varint()?;
         let refresh_token = r.opt()?;
+        let (id, idp_sid) = if version == SESSION_V1 {
+            // Stable for the life of that cookie, so it can still be revoked.
+            (v1_session_id(&sub, login_at), None)
+        } else {
+            (r.bytes16()?, r.opt()?)
+        };
         r.0.is_empty().then_some(Session {
             sub,
             user,
@@ -126,8 +143,17 @@ impl Session {
             login_at,
             checked_at,
             refresh_token,
+            id,
+            idp_sid,
         })
     }
+}
+
+fn v1_session_id(sub: &str, login_at: u64) -> [u8; 16] {
+    let mac = crate::seal::hmac_sha256(b"oidc-edge/v1/session-id", &[sub.as_bytes(), &login_at.to_be_bytes()]);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&mac[..16]);
+    id
 }
 
 impl LoginState {
@@ -222,6 +248,11 @@ impl Reader<'_> {
         self.0 = rest;
         String::from_utf8(s.to_vec()).ok()
     }
+    fn bytes16(&mut self) -> Option<[u8; 16]> {
+        let (head, rest) = self.0.split_first_chunk::<16>()?;
+        self.0 = rest;
+        Some(*head)
+    }
     fn opt(&mut self) -> Option<Option<String>> {
         match self.byte()? {
             0 => Some(None),
@@ -246,7 +277,24 @@ mod tests {
             login_at: 1_700_000_000,
             checked_at: 1_700_000_100,
             refresh_token: Some("x".repeat(43)),
+            id: [7; 16],
+            idp_sid: Some("idp-session-1".into()),
         }
+    }
+
+    /// Cookies sealed before sessions had an id still open, each with an id
+    /// of its own that stays the same for that cookie.
+    #[test]
+    fn version_1_sessions_decode_with_a_stable_id() {
+        let s = Session { id: [0; 16], idp_sid: None, ..sample() };
+        let mut v1 = s.encode();
+        v1[0] = SESSION_V1;
+        v1.truncate(v1.len() - 16 - 1);
+        let decoded = Session::decode(&v1).expect("a version 1 session decodes");
+        assert_eq!(decoded.id, v1_session_id(&s.sub, s.login_at));
+        assert_eq!(Session { id: [0; 16], ..decoded }, s);
+        let other = Session { login_at: s.login_at + 1, ..s.clone() };
+        assert_ne!(v1_session_id(&other.sub, other.login_at), decoded.id);
     }
 
     #[test]

@@ -301,7 +301,9 @@ impl Engine {
                 return self.login_failed(env, 400, "ID token rejected", "The identity provider's answer did not pass verification.", cookies);
             }
         };
-        let session = self.session_from_claims(&claims, tokens.refresh_token, env.now);
+        let mut id = [0u8; 16];
+        env.rng.fill(&mut id);
+        let session = self.session_from_claims(&claims, tokens.refresh_token, env.now, id);
         let s = &self.config.session;
         let expires_at = env.now + s.lifetime;
         let sealed = s.sealer.seal(&s.cookie_name, expires_at, &session.encode(), env.rng);
@@ -326,7 +328,9 @@ impl Engine {
         Step::Respond(resp.with_cookies(cookies))
     }
 
-    pub(super) fn session_from_claims(&self, c: &IdClaims, refresh_token: Option<String>, now: u64) -> Session {
+    /// A session for these claims; `id` names it for revocation (new at
+    /// login, the same across refreshes).
+    pub(super) fn session_from_claims(&self, c: &IdClaims, refresh_token: Option<String>, now: u64, id: [u8; 16]) -> Session {
         let clean = |v: &Option<String>| v.as_deref().map(clean_header_value);
         let user = match self.config.provider.user_claim {
             UserClaim::Email => c.email.clone(),
@@ -346,6 +350,8 @@ impl Engine {
             login_at: now,
             checked_at: now,
             refresh_token,
+            id,
+            idp_sid: c.sid.clone(),
         }
     }
 

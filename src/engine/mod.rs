@@ -147,17 +147,22 @@ impl Engine {
         let mut first_error = None;
         for value in head.cookies(name) {
             match self.open_session(value, env) {
+                // Signed out (here or on another instance): a copy of the
+                // cookie is worth nothing, as if it had never opened.
+                Ok(o) if env.revocations.revokes(&o.revocation, o.session.login_at, env.now) => {
+                    first_error.get_or_insert("session revoked (signed out)");
+                }
                 Ok(o) => {
                     opened = Some((o, value));
                     break;
                 }
                 Err(reject) => {
-                    first_error.get_or_insert(reject);
+                    first_error.get_or_insert(reject.reason());
                 }
             }
         }
-        if let (None, Some(reject)) = (&opened, first_error) {
-            env.events.push(Event::InvalidCookie(reject.reason()));
+        if let (None, Some(reason)) = (&opened, first_error) {
+            env.events.push(Event::InvalidCookie(reason));
             clear_cookie = Some(self.clear_cookie(name, "/"));
         }
         let opened = opened.map(|(o, _)| o);

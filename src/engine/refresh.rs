@@ -202,8 +202,11 @@ impl Engine {
         if claims.sub != old.sub {
             return self.end_refreshed_session(refresh, "refresh returned another subject: session ended", env);
         }
-        let mut session = self.session_from_claims(claims, refresh_token.or_else(|| old.refresh_token.clone()), env.now);
+        let mut session = self.session_from_claims(claims, refresh_token.or_else(|| old.refresh_token.clone()), env.now, old.id);
         session.login_at = old.login_at;
+        if session.idp_sid.is_none() {
+            session.idp_sid.clone_from(&old.idp_sid);
+        }
         let s = &self.config.session;
         // The absolute lifetime set at login still caps the refreshed session.
         let sealed = s.sealer.seal(&s.cookie_name, refresh.old.expires_at, &session.encode(), env.rng);
@@ -233,6 +236,7 @@ fn claims_of(s: &Session) -> IdClaims {
         email_verified: s.email_verified,
         name: s.name.clone(),
         groups: s.groups.clone(),
+        sid: s.idp_sid.clone(),
         exp: 0,
         iat: 0,
     }

@@ -7,6 +7,7 @@ use crate::events::Event;
 use crate::pages;
 use crate::redirect::safe_redirect;
 use crate::request::RequestHead;
+use crate::revocation::Revocation;
 
 impl Engine {
     pub(super) fn sign_out(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
@@ -18,8 +19,13 @@ impl Engine {
         }
         let s = &self.config.session;
         let idt_name = self.id_token_cookie_name();
-        if let Some(v) = head.cookie(&s.cookie_name) {
-            env.sessions.remove(v);
+        // Every session cookie the browser sent is revoked, so a copy taken
+        // before sign-out is refused everywhere.
+        for value in head.cookies(&s.cookie_name) {
+            if let Ok(opened) = self.open_session(value, env) {
+                env.revoked.push(Revocation::of_session(&opened.revocation, opened.expires_at));
+            }
+            env.sessions.remove(value);
         }
         let hint = head
             .cookie(&idt_name)

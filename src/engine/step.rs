@@ -11,6 +11,7 @@ use crate::events::Event;
 use crate::http::HttpCall;
 use crate::pages::Response;
 use crate::provider::ProviderSnapshot;
+use crate::revocation::{Revocation, Revocations};
 use crate::session::LoginState;
 use crate::store::{StoreOp, StoreWrite};
 use crate::SecureRandom;
@@ -27,6 +28,10 @@ pub(crate) struct Env<'a> {
     pub provider: Option<&'a ProviderSnapshot>,
     /// This worker's cache of opened sessions.
     pub sessions: &'a mut SessionCache,
+    /// The revocations this worker knows.
+    pub revocations: &'a Revocations,
+    /// Revocations made during this call (sign-out).
+    pub revoked: Vec<Revocation>,
     /// What happened, for counters and log lines.
     pub events: Vec<Event>,
     /// Records to store; nothing waits for them.

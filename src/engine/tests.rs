@@ -1553,3 +1553,55 @@ fn sign_in_page_offers_the_provider_and_keeps_a_safe_rd() {
     let body = String::from_utf8(evil.body).unwrap();
     assert!(body.contains("href=\"/oauth2/start?rd=%2F\""), "{body}");
 }
+
+// ---------------------------------------------------------------------------
+// Revocation: a copy of a signed-out cookie is worth nothing.
+
+#[test]
+fn sign_out_revokes_the_session_here_and_wherever_the_revocation_is_learned() {
+    let mut g = Gate::new();
+    let (session, _) = g.login_as(&alice());
+    // Another worker (or instance) that already served this cookie.
+    let mut other = Gate::new();
+    assert!(matches!(other.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Allow(_)));
+
+    let out = g.driver.on_request(
+        &Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "same-origin").cookie(COOKIE, &session).head(),
+        g.host.lend(),
+    );
+    assert_eq!(out.revoked.len(), 1, "the host is handed the revocation to spread");
+    let revoked = out.revoked.clone();
+    assert_eq!(respond(g.host.keep(out)).status, 302);
+
+    // The copy, replayed on this worker: log in again, the cookie cleared.
+    g.host.take_events();
+    let r = respond(g.send(&Req::get("/app/").cookie(COOKIE, &session)));
+    assert!(g.read_login(&r).is_ok(), "{} {:?}", r.status, r.headers);
+    assert!(set_cookie(&r, COOKIE).is_some_and(|c| c.clears()));
+    assert_eq!(g.host.take_events()[0], Event::InvalidCookie("session revoked (signed out)"));
+    let r = respond(g.send(&Req::get("/app/").accept("application/json").cookie(COOKIE, &session)));
+    assert_eq!(r.status, 401);
+
+    // The other worker serves it until it learns the revocation.
+    assert!(matches!(other.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Allow(_)));
+    other.driver.learn(&revoked, other.host.now);
+    assert!(matches!(other.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Respond(_)));
+
+    // A new login is a new session.
+    let (fresh, _) = g.login_as(&alice());
+    assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &fresh)), Step::Allow(_)));
+}
+
+#[test]
+fn a_refreshed_session_stays_revocable_under_its_old_id() {
+    let (mut g, old) = stale_bob();
+    let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    let now = g.host.now;
+    let a = allowed(g.fetched(pending, refreshed(now, &bob(), "rt-rotated")));
+    let new = SetCookie::parse(&a.set_cookies[0]).value;
+    let out = g.driver.on_request(&Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "none").cookie(COOKIE, &new).head(), g.host.lend());
+    let _ = g.host.keep(out);
+    for cookie in [&old, &new] {
+        assert!(matches!(g.send(&Req::get("/").cookie(COOKIE, cookie)), Step::Respond(_)), "a cookie of the signed-out session still works");
+    }
+}

@@ -65,11 +65,12 @@ def _opt(s):
 
 
 def session_payload(user="mallory", sub="sub-mallory", email=None, verified=False, name=None, groups=(),
-                    login_at=0, checked_at=0, refresh=None) -> bytes:
-    out = b"\1" + _str(sub) + _str(user) + _opt(email) + bytes([1 if verified else 0]) + _opt(name)
+                    login_at=0, checked_at=0, refresh=None, session_id=b"\x07" * 16, idp_sid=None) -> bytes:
+    """A session in the gate's format (version 2: with the id sign-out revokes)."""
+    out = b"\2" + _str(sub) + _str(user) + _opt(email) + bytes([1 if verified else 0]) + _opt(name)
     out += _varint(len(groups)) + b"".join(_str(g) for g in groups)
     out += _varint(login_at) + _varint(checked_at) + _opt(refresh)
-    return out
+    return out + session_id + _opt(idp_sid)
 
 
 def unseal(secret: str, name: str, value: str):
@@ -109,10 +110,13 @@ class _Reader:
 
 def decode_session(payload: bytes) -> dict:
     r = _Reader(payload)
-    assert r.byte() == 1, "session format version"
+    assert r.byte() == 2, "session format version"
     out = {"sub": r.str(), "user": r.str(), "email": r.opt(), "verified": r.byte() == 1, "name": r.opt()}
     out["groups"] = [r.str() for _ in range(r.varint())]
     out["login_at"], out["checked_at"], out["refresh"] = r.varint(), r.varint(), r.opt()
+    out["session_id"] = r.data[r.pos:r.pos + 16]
+    r.pos += 16
+    out["idp_sid"] = r.opt()
     assert r.pos == len(payload), "trailing bytes"
     return out
 
@@ -124,4 +128,5 @@ def due_for_refresh(secret: str, value: str, name: str = "_oidc_edge", by: int =
     s = decode_session(payload)
     s["checked_at"] -= by
     return seal(secret, name, expires_at, session_payload(s["user"], s["sub"], s["email"], s["verified"], s["name"],
-                                                          s["groups"], s["login_at"], s["checked_at"], s["refresh"]))
+                                                          s["groups"], s["login_at"], s["checked_at"], s["refresh"],
+                                                          s["session_id"], s["idp_sid"]))

@@ -2,6 +2,7 @@
 OpenID provider: login, per-route group policy, identity headers, API 401,
 sign-out."""
 
+import time
 from urllib.parse import parse_qs, urlsplit
 
 from harness import API_KEY, Browser, idp_pick_user, login, to_callback
@@ -161,6 +162,28 @@ def test_sign_out_clears_cookies_and_ends_idp_session(gate, stack):
     # The IdP session is gone too: a new visit shows the IdP's login page again.
     page = b.follow(gate.url("/app/"))
     assert page.status == 200 and b"choose a user" in page.body
+
+
+def test_a_copy_of_a_signed_out_cookie_is_worth_nothing(gate, stack):
+    """Sign-out revokes the session on the server: a copy of the cookie taken
+    before (a stolen cookie, another tab's jar) is refused afterwards, on every
+    worker of the gate, while a new login works."""
+    b = Browser()
+    login(b, gate.url("/app/"), "alice")
+    copy = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    thief = Browser()
+    assert thief.request("GET", gate.url("/app/"), headers=copy, send_cookies=False).status == 200
+    r = b.get(gate.url("/oauth2/sign_out"), headers={"Sec-Fetch-Site": "same-origin"})
+    assert r.status == 302
+    # The worker that signed the user out refuses the copy at once; the
+    # filter's other workers learn it on their next tick (half a second).
+    time.sleep(1)
+    for _ in range(12):
+        r = thief.request("GET", gate.url("/app/"), headers={**copy, "Accept": "text/html"}, send_cookies=False)
+        assert r.status == 302 and r.location.startswith(stack.idp.issuer), (r.status, r.location)
+        r = thief.request("GET", gate.url("/app/"), headers={**copy, "Accept": "application/json"}, send_cookies=False)
+        assert r.status == 401, r.status
+    assert login(Browser(), gate.url("/app/"), "alice").status == 200
 
 
 def test_sign_out_from_another_site_asks_first(gate, stack):

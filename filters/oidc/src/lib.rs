@@ -40,6 +40,8 @@ struct Worker {
     rng: FilterRng,
     metrics: Metrics,
     keys: shared::Keys,
+    /// Version of the shared revocation list the driver has learned.
+    revocations_version: Option<u32>,
     /// Whether the host forwards the path the filter sets; asked at the
     /// first request (ngx_wasm_module answers properties in request phases).
     rewrites_path: Option<bool>,
@@ -56,6 +58,14 @@ impl Worker {
         let Some(docs) = data.and_then(|d| SharedProvider::decode(&d)) else { return };
         if let Err(e) = self.driver.install(docs) {
             log::warn!("oidc-edge: shared provider metadata refused: {e}");
+        }
+    }
+
+    /// Learns the revocations other workers shared since the last look.
+    fn load_revocations(&mut self, ctx: &dyn Context, now: u64) {
+        if let Some((list, version)) = shared::changed_revocations(ctx, &self.keys.revoked, self.revocations_version) {
+            self.driver.learn(&list, now);
+            self.revocations_version = version;
         }
     }
 
@@ -159,6 +169,7 @@ impl RootContext for Root {
         let worker = Worker {
             driver: Driver::new(config, SESSION_CACHE_CAPACITY),
             provider_version: None,
+            revocations_version: None,
             rng,
             metrics,
             keys,
@@ -181,6 +192,8 @@ impl RootContext for Root {
             let mut w = worker.borrow_mut();
             w.metrics.flush();
             w.load_provider(self);
+            let now = unix_now(self);
+            w.load_revocations(self, now);
         }
     }
 
@@ -233,6 +246,10 @@ impl Request {
         }
         if let Some(docs) = &outcome.publish {
             w.publish(self, docs);
+        }
+        // Every worker of this proxy learns a sign-out on its next tick.
+        if !outcome.revoked.is_empty() && !shared::append_revocations(self, &w.keys.revoked, &outcome.revoked, now) {
+            log::warn!("oidc-edge: a sign-out could not be shared with the other workers; they accept the cookie until it expires");
         }
         drop(guard);
         self.perform(outcome.step, resumed)

@@ -5,6 +5,7 @@
 
 use oidc_edge::engine::shared_key;
 use oidc_edge::provider::Schedule;
+use oidc_edge::revocation::Revocation;
 use oidc_edge::records::{self, Write};
 use oidc_edge::{Pool, RecordKey, SharedState};
 use proxy_wasm::traits::Context;
@@ -15,6 +16,7 @@ pub struct Keys {
     pub provider: String,
     pub sync: String,
     pub claims: String,
+    pub revoked: String,
 }
 
 impl Keys {
@@ -25,6 +27,7 @@ impl Keys {
             provider: format!("oidc-edge/provider-{tag}"),
             sync: format!("oidc-edge/sync-{tag}"),
             claims: format!("oidc-edge/claims-{tag}-"),
+            revoked: format!("oidc-edge/revoked-{tag}"),
         }
     }
 }
@@ -39,6 +42,44 @@ pub fn load_schedule(ctx: &dyn Context, key: &str) -> (Schedule, Option<u32>) {
 /// Stores the schedule if nobody changed it since `cas` was read.
 pub fn store_schedule(ctx: &dyn Context, key: &str, schedule: Schedule, cas: Option<u32>) -> bool {
     ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok()
+}
+
+/// Revocations shared by the workers, at most this many (the oldest go
+/// first); each worker copies the list when it changes.
+const MAX_REVOCATIONS: usize = 10_000;
+
+/// Adds revocations to the list every worker reads, dropping expired ones.
+/// Compare-and-swap, retried: two workers signing users out at once both land.
+pub fn append_revocations(ctx: &dyn Context, key: &str, new: &[Revocation], now: u64) -> bool {
+    for _ in 0..8 {
+        let (data, cas) = ctx.get_shared_data(key);
+        let mut list = data.map(|d| Revocation::decode_all(&d)).unwrap_or_default();
+        list.retain(|r| r.until > now);
+        list.extend_from_slice(new);
+        if list.len() > MAX_REVOCATIONS {
+            list.sort_by_key(|r| r.until);
+            list.drain(..list.len() - MAX_REVOCATIONS);
+        }
+        let mut bytes = Vec::with_capacity(list.len() * oidc_edge::revocation::RECORD);
+        for r in &list {
+            r.encode(&mut bytes);
+        }
+        match ctx.set_shared_data(key, Some(&bytes), cas) {
+            Ok(()) => return true,
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// The shared revocations if they changed since `seen` (their version).
+pub fn changed_revocations(ctx: &dyn Context, key: &str, seen: Option<u32>) -> Option<(Vec<Revocation>, Option<u32>)> {
+    let (data, cas) = ctx.get_shared_data(key);
+    if cas.is_none() || cas == seen {
+        return None;
+    }
+    Some((data.map(|d| Revocation::decode_all(&d)).unwrap_or_default(), cas))
 }
 
 const SHARDS: u8 = 16;
@@ -206,5 +247,22 @@ mod tests {
         let sessions_after: Vec<_> = (0..SHARDS).map(|s| host.get_shared_data(&shard_name("t-", Pool::Sessions, s))).collect();
         assert_eq!(sessions_before, sessions_after, "a login-state flood rewrote a session shard");
         assert!(!store(&host).claim(&lock, 1000, 11), "the refresh lock is still held");
+    }
+
+    #[test]
+    fn revocations_from_every_worker_land_and_expire() {
+        use oidc_edge::revocation::Revoked;
+        let host = FakeHost::default();
+        let rev = |k: u8, until: u64| Revocation { revoked: Revoked::Session([k; 16]), until };
+        assert!(changed_revocations(&host, "r", None).is_none(), "nothing shared yet");
+        assert!(append_revocations(&host, "r", &[rev(1, 100)], 10));
+        *host.interfere.borrow_mut() = 2;
+        assert!(append_revocations(&host, "r", &[rev(2, 50)], 10), "a lost race is retried");
+        let (list, version) = changed_revocations(&host, "r", None).expect("shared");
+        assert_eq!(list, vec![rev(1, 100), rev(2, 50)]);
+        assert!(changed_revocations(&host, "r", version).is_none(), "unchanged since last look");
+        assert!(append_revocations(&host, "r", &[rev(3, 200)], 60));
+        let (list, _) = changed_revocations(&host, "r", version).expect("changed");
+        assert_eq!(list, vec![rev(1, 100), rev(3, 200)], "the expired one is gone");
     }
 }

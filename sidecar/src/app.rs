@@ -3,11 +3,10 @@
 //! answer (nginx `auth_request`, forward-auth, or a plain response).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use oidc_edge::events::{Counter, Severity};
+use oidc_edge::events::Severity;
 use oidc_edge::provider::{discovery_call, jwks_call, Discovery};
 use oidc_edge::{Engine, Env, Event, HttpResponse, MemoryStore, ProviderSnapshot, RequestHead, Response, SessionCache, SharedProvider, Step};
 use serde_json::json;
@@ -15,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::idp::IdpClient;
 use crate::log::{self, Level};
+use crate::metrics::{self, Metrics};
 use crate::random::OsRandom;
 
 /// Opened sessions kept per process.
@@ -57,7 +57,7 @@ struct State {
 pub struct App {
     pub engine: Engine,
     state: Mutex<State>,
-    counters: Vec<AtomicU64>,
+    counters: Metrics,
     pub idp: IdpClient,
     /// Wakes the metadata loader when a request finds no metadata.
     pub wake_loader: Notify,
@@ -143,7 +143,7 @@ impl App {
                 provider: None,
                 discovery_raw: Vec::new(),
             }),
-            counters: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            counters: Metrics::new(),
             idp: IdpClient::new(),
             wake_loader: Notify::new(),
         }
@@ -440,9 +440,7 @@ impl App {
     fn record(&self, events: &[Event]) {
         for e in events {
             for counter in e.counters() {
-                if let Some(c) = self.counters.get(counter.index()) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
+                self.counters.inc(*counter);
             }
             if let Some(line) = e.log_line() {
                 let level = match e.severity() {
@@ -455,16 +453,10 @@ impl App {
     }
 
     fn metrics(&self) -> Answer {
-        let mut out = String::new();
-        for (counter, c) in Counter::ALL.iter().zip(&self.counters) {
-            let name = counter.name();
-            out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", c.load(Ordering::Relaxed)));
+        match self.counters.render(self.ready()) {
+            Ok(text) => Answer::text(200, metrics::CONTENT_TYPE, &text),
+            Err(_) => Answer::plain(500, "cannot encode the metrics\n"),
         }
-        out.push_str(&format!(
-            "# HELP oidc_edge_provider_ready 1 when discovery and JWKS are loaded.\n# TYPE oidc_edge_provider_ready gauge\noidc_edge_provider_ready {}\n",
-            u8::from(self.ready())
-        ));
-        Answer::text(200, "text/plain; version=0.0.4; charset=utf-8", &out)
     }
 
     /// Fetches discovery and JWKS and installs them.

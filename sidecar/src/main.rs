@@ -6,6 +6,7 @@
 mod app;
 mod idp;
 mod log;
+mod metrics;
 mod random;
 mod render;
 mod server;

@@ -639,14 +639,20 @@ class Sidecar:
         assert r.returncode == 0, f"oidc-edge render {proxy} failed:\n{r.stderr}"
 
     def metrics(self) -> dict:
+        """Every sample of /metrics (OpenMetrics text) by its name as exported:
+        counters end in `_total` there."""
         text = Browser().get(f"http://127.0.0.1:{self.port}/metrics").body.decode()
         return {k: int(v) for k, _, v in (line.partition(" ") for line in text.splitlines())
                 if k and not k.startswith("#") and v.isdigit()}
 
     def counter(self, name: str, at_least: int = 0, timeout: float = 3) -> int:
+        """The counter the filter calls `name` (`oidc_edge_logins_started`,
+        as in Envoy's stats): the sidecar exports it as `name` + `_total`."""
         deadline = time.time() + timeout
         while True:
-            value = self.metrics().get(name, 0)
+            samples = self.metrics()
+            assert f"{name}_total" in samples, f"the sidecar exports no {name}_total: {sorted(samples)}"
+            value = samples[f"{name}_total"]
             if value >= at_least or time.time() > deadline:
                 return value
             time.sleep(0.1)

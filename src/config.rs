@@ -610,7 +610,7 @@ impl Config {
     #[cfg(feature = "yaml")]
     pub fn parse_yaml(text: &str, secrets: &dyn SecretSource, front: Front) -> Result<Config, ConfigErrors> {
         let value: serde_json::Value =
-            serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![format!("configuration: not valid YAML: {e}")]))?;
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![format!("configuration: not valid YAML: {e}")]))?;
         Config::parse(&value.to_string(), secrets, front)
     }
 

@@ -150,8 +150,13 @@ impl App {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means another request panicked mid-decision;
-        // the state itself (caches and records) stays consistent.
+        // The release build aborts on panic (`panic = "abort"`: profiles are
+        // workspace-wide and the wasm filter needs it), so there a panic ends
+        // the process and no lock is ever poisoned. Debug and test builds
+        // unwind, and tokio keeps serving after a task panics: there a
+        // poisoned lock only means another request panicked mid-decision, and
+        // the state (caches and records) stays consistent, so take it. Kept
+        // for those builds; in release the branch is never taken.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 

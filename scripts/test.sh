@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every test: lint, core and sidecar unit tests (the core also on wasm32 under
-# Node's WASI), the filter's lint for the wasm target, a brief pass of every
-# fuzz target, pyflakes over the Python tests, then the end-to-end
+# Every test: the layout check, lint, dependency checks (cargo deny), core and
+# sidecar unit tests (the core also on wasm32 under Node's WASI), the filter's
+# lint for the wasm target, a brief pass of every fuzz target, pyflakes over
+# the Python tests, then the end-to-end
 # conformance suite through five real gates — Envoy + filter, nginx +
 # ngx_wasm_module + filter, stock nginx + auth_request + sidecar, Caddy +
 # forward_auth + sidecar, Traefik + forwardAuth + sidecar — with the real
@@ -22,6 +23,21 @@ python3 scripts/check-layout.py
 step "cargo clippy (native and wasm32)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy --target wasm32-wasip1 -p oidc-edge-filter -q -- -D warnings -D clippy::unwrap_used -D clippy::expect_used
+step "cargo deny: bans, licenses, sources (deny.toml)"
+cargo deny --workspace --locked check --hide-inclusion-graph bans licenses sources
+# The advisory database is a git repository on GitHub: fetched where GitHub
+# is reachable, else read from a copy already in $CARGO_HOME/advisory-dbs,
+# else not checked, and said so.
+db_home=${CARGO_HOME:-$HOME/.cargo}/advisory-dbs
+if timeout 60 cargo deny fetch db >/dev/null 2>&1; then
+  step "cargo deny: advisories (database fetched now)"
+  cargo deny --workspace --offline check --hide-inclusion-graph advisories
+elif db=$(ls -d "$db_home"/advisory-db-*/.git 2>/dev/null | head -n 1) && [ -n "$db" ]; then
+  step "cargo deny: advisories (database unreachable; the local copy of $(git -C "${db%/.git}" log -1 --format=%cs))"
+  cargo deny --workspace --offline check --hide-inclusion-graph advisories
+else
+  printf '\033[1;33m==> cargo deny: advisories NOT checked: the advisory database cannot be fetched from here and %s holds no copy (run `cargo deny fetch db` where GitHub is reachable)\033[0m\n' "$db_home"
+fi
 step "core and sidecar unit tests (native)"
 cargo test -q -p oidc-edge -p oidc-edge-sidecar
 step "core unit tests and the filter's adapter tests (wasm32-wasip1 under Node's WASI; the filter's against a fake host)"

@@ -1,7 +1,10 @@
 //! Small encoders shared by cookies, URLs and forms. One place for each rule.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
 
 /// base64url without padding: the alphabet of JWTs, PKCE and our cookie values.
 pub fn b64url(bytes: &[u8]) -> String {
@@ -26,26 +29,17 @@ pub fn b64_any_decode(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-const UNRESERVED: &[u8] = b"-._~";
+/// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const RESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Every byte that is not visible ASCII: controls, space, DEL and (always,
+/// in `percent-encoding`) every non-ASCII byte.
+const NOT_VISIBLE: &AsciiSet = &CONTROLS.add(b' ');
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, so the
 /// value is safe in a query string, a form body and a `Location` header.
 pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || UNRESERVED.contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(hex_digit(b >> 4));
-            out.push(hex_digit(b & 0x0f));
-        }
-    }
-    out
-}
-
-fn hex_digit(n: u8) -> char {
-    char::from(b"0123456789ABCDEF"[usize::from(n & 0x0f)])
+    utf8_percent_encode(text, RESERVED).to_string()
 }
 
 pub(crate) fn hex_value(b: u8) -> Option<u8> {
@@ -58,30 +52,21 @@ pub(crate) fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// Decodes `%XX` escapes and, for forms and queries, `+` as space.
-/// Invalid escapes make the whole value invalid rather than guessed at.
+/// Invalid escapes make the whole value invalid rather than guessed at
+/// (`percent-encoding` alone would keep `%zz` as it is), and so does a
+/// result that is not UTF-8.
 pub fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hi = hex_value(*bytes.get(i + 1)?)?;
-                let lo = hex_value(*bytes.get(i + 2)?)?;
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let escapes_valid = bytes.iter().enumerate().filter(|(_, &b)| b == b'%').all(|(i, _)| {
+        let hex = |at: usize| bytes.get(at).copied().and_then(hex_value).is_some();
+        hex(i + 1) && hex(i + 2)
+    });
+    if !escapes_valid {
+        return None;
     }
-    String::from_utf8(out).ok()
+    // `+` before decoding, so that an escaped `%2B` stays a plus.
+    let text = if plus_is_space && text.contains('+') { Cow::Owned(text.replace('+', " ")) } else { Cow::Borrowed(text) };
+    percent_decode_str(&text).decode_utf8().ok().map(Cow::into_owned)
 }
 
 /// Parses `a=1&b=2` into decoded pairs, skipping pairs that do not decode.
@@ -149,17 +134,7 @@ pub fn split_url(url: &str) -> Option<(&str, &str, &str)> {
 /// nothing else changed: a URL a header can carry (a raw UTF-8 path or query
 /// from the request line stays the same resource).
 pub fn escape_non_visible(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x21..0x7f).contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
-        }
-    }
-    out
+    utf8_percent_encode(text, NOT_VISIBLE).to_string()
 }
 
 #[cfg(test)]
@@ -201,6 +176,34 @@ mod tests {
         assert_eq!(split_url("https://user@evil/"), None);
         assert_eq!(split_url("https://evil.com#.example.com/"), Some(("https", "evil.com", "#.example.com/")));
         assert_eq!(split_url("https://evil.com%23.example.com/"), None);
+    }
+
+    /// The hand-written rules these functions had before `percent-encoding`,
+    /// byte for byte: every byte value, alone and beside others.
+    #[test]
+    fn encoders_keep_their_byte_sets() {
+        let hex = |b: u8| format!("%{b:02X}");
+        let text: String = (0u8..0x80).map(char::from).chain(['é', '€', '😀']).collect();
+        let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+        let want: String = text.bytes().map(|b| if unreserved(b) { char::from(b).to_string() } else { hex(b) }).collect();
+        assert_eq!(percent_encode(&text), want);
+        let want: String = text.bytes().map(|b| if (0x21..0x7f).contains(&b) { char::from(b).to_string() } else { hex(b) }).collect();
+        assert_eq!(escape_non_visible(&text), want);
+        assert_eq!(escape_non_visible("/a b/%2e?x=é#f"), "/a%20b/%2e?x=%C3%A9#f");
+    }
+
+    #[test]
+    fn decoding_is_strict_about_escapes_and_utf8() {
+        assert_eq!(percent_decode("a+b%2Bc%20d", true).as_deref(), Some("a b+c d"));
+        assert_eq!(percent_decode("a+b%2Bc%20d", false).as_deref(), Some("a+b+c d"));
+        assert_eq!(percent_decode("%2541", false).as_deref(), Some("%41"));
+        assert_eq!(percent_decode("%e2%82%AC", false).as_deref(), Some("€"));
+        for bad in ["%", "%%41", "a%4", "%4g", "100%", "%ff", "%C3", "%C3%28"] {
+            assert_eq!(percent_decode(bad, true), None, "{bad}");
+        }
+        assert_eq!(percent_decode("", true).as_deref(), Some(""));
+        assert_eq!(parse_query("a=%zz&b=%C3%A9&c=%ff&d"), vec![("b".into(), "é".into()), ("d".into(), "".into())]);
+        assert_eq!(build_query(&[("rd", "/a b?c=d&e"), ("scope", "openid email")]), "rd=%2Fa%20b%3Fc%3Dd%26e&scope=openid%20email");
     }
 
     #[test]

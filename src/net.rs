@@ -5,10 +5,7 @@ use std::net::IpAddr;
 
 /// An address range in CIDR notation; a bare address is a /32 or /128.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// Parses `10.0.0.0/8`, `::1` or `fd00::/8`.
@@ -18,8 +15,8 @@ impl IpNet {
             None => (text.parse::<IpAddr>().ok()?, None),
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr, prefix })
+        // `ipnet::IpNet::new` refuses a prefix longer than the address.
+        ipnet::IpNet::new(addr, prefix.unwrap_or(max)).ok().map(IpNet)
     }
 
     /// Whether `ip` is in the range. IPv4-mapped IPv6 peers (`::ffff:a.b.c.d`,
@@ -29,17 +26,7 @@ impl IpNet {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
@@ -59,6 +46,12 @@ mod tests {
         assert!(IpNet::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
         assert!(IpNet::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(!IpNet::parse("::1").unwrap().contains("127.0.0.1".parse().unwrap()));
+        // Host bits in the range's address are ignored, as before.
+        assert!(IpNet::parse("10.1.2.3/16").unwrap().contains("10.1.200.1".parse().unwrap()));
+        assert!(IpNet::parse("fd00::1/8").unwrap().contains("fdff::2".parse().unwrap()));
+        assert!(!IpNet::parse("fd00::/8").unwrap().contains("fe00::1".parse().unwrap()));
+        assert!(!IpNet::parse("::/0").unwrap().contains("10.0.0.1".parse().unwrap()));
+        assert!(!IpNet::parse("::/0").unwrap().contains("::ffff:10.0.0.1".parse().unwrap()));
         for bad in ["10.0.0.0/33", "::/129", "example.com", "10.0.0/8", "", "1.2.3.4/"] {
             assert_eq!(IpNet::parse(bad), None, "{bad}");
         }

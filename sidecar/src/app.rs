@@ -3,7 +3,6 @@
 //! answer (nginx `auth_request`, forward-auth, or a plain response).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::idp::IdpClient;
 use crate::log::{self, Level};
+use crate::metrics::{self, Metrics};
 use crate::random::OsRandom;
 use crate::settings::SidecarConfig;
 
@@ -55,7 +55,7 @@ pub struct App {
     pub config: Arc<Config>,
     pub settings: SidecarConfig,
     state: Mutex<State>,
-    counters: Vec<AtomicU64>,
+    counters: Metrics,
     pub idp: IdpClient,
     /// Wakes the metadata loader when a request finds no metadata.
     pub wake_loader: Notify,
@@ -138,15 +138,20 @@ impl App {
             config: driver.shared_config(),
             settings,
             state: Mutex::new(State { driver, records: MemoryStore::new(RECORDS) }),
-            counters: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            counters: Metrics::new(),
             idp: IdpClient::new(),
             wake_loader: Notify::new(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means another request panicked mid-decision;
-        // the state itself (caches and records) stays consistent.
+        // The release build aborts on panic (`panic = "abort"`: profiles are
+        // workspace-wide and the wasm filter needs it), so there a panic ends
+        // the process and no lock is ever poisoned. Debug and test builds
+        // unwind, and tokio keeps serving after a task panics: there a
+        // poisoned lock only means another request panicked mid-decision, and
+        // the state (caches and records) stays consistent, so take it. Kept
+        // for those builds; in release the branch is never taken.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -412,9 +417,7 @@ impl App {
     fn record(&self, turns: &[Counted]) {
         for turn in turns {
             for counter in &turn.counters {
-                if let Some(c) = self.counters.get(counter.index()) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
+                self.counters.inc(*counter);
             }
             for (severity, line) in &turn.lines {
                 let level = match severity {
@@ -427,16 +430,10 @@ impl App {
     }
 
     fn metrics(&self) -> Answer {
-        let mut out = String::new();
-        for (counter, c) in Counter::ALL.iter().zip(&self.counters) {
-            let name = counter.name();
-            out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", c.load(Ordering::Relaxed)));
+        match self.counters.render(self.ready()) {
+            Ok(text) => Answer::text(200, metrics::CONTENT_TYPE, &text),
+            Err(_) => Answer::plain(500, "cannot encode the metrics\n"),
         }
-        out.push_str(&format!(
-            "# HELP oidc_edge_provider_ready 1 when discovery and JWKS are loaded.\n# TYPE oidc_edge_provider_ready gauge\noidc_edge_provider_ready {}\n",
-            u8::from(self.ready())
-        ));
-        Answer::text(200, "text/plain; version=0.0.4; charset=utf-8", &out)
     }
 
     /// Calls the provider. A call that got no answer is logged with its

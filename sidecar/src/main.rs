@@ -6,6 +6,7 @@
 mod app;
 mod idp;
 mod log;
+mod metrics;
 mod random;
 mod render;
 mod server;
@@ -16,19 +17,56 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{Parser, Subcommand, ValueEnum};
 use oidc_edge::config::{IdpCalls, SecretSource};
 use oidc_edge::provider::Schedule;
 use oidc_edge::Config;
 use settings::SidecarConfig;
 
-const USAGE: &str = "\
-usage: oidc-edge serve  --config FILE   run the sidecar (YAML or JSON config)
-       oidc-edge check  --config FILE   validate a config and exit
-       oidc-edge render nginx|caddy|traefik --config FILE --out DIR [--sidecar HOST:PORT]
-                                        write the proxy's snippets for this config
-       oidc-edge secret                 print a new cookie secret (base64 of 32 random bytes)
+/// The version and the commit it was built from (build.rs; "unknown" when
+/// built outside a git checkout).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OIDC_EDGE_GIT_COMMIT"), ")");
 
-The config file may also come from OIDC_EDGE_CONFIG.";
+/// Single sign-on at the proxy: the sidecar for nginx auth_request, Caddy
+/// forward_auth and Traefik forwardAuth, and the operator's command line.
+#[derive(Debug, Parser)]
+#[command(name = "oidc-edge", version = VERSION, propagate_version = true)]
+#[command(after_help = "Without a command, `serve` runs.")]
+struct Cli {
+    /// The configuration file: YAML, or JSON when it ends in .json.
+    #[arg(short, long, value_name = "FILE", env = "OIDC_EDGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar (the default).
+    Serve,
+    /// Validate the configuration, print a summary and its warnings, and exit.
+    Check,
+    /// Write the proxy's snippets for this configuration.
+    Render {
+        /// The proxy to write snippets for.
+        proxy: Proxy,
+        /// The directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Where the proxy reaches the sidecar [default: sidecar.listen, with 127.0.0.1 for an unspecified address].
+        #[arg(long, value_name = "HOST:PORT")]
+        sidecar: Option<String>,
+    },
+    /// Print a new cookie secret (base64 of 32 random bytes).
+    Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proxy {
+    Nginx,
+    Caddy,
+    Traefik,
+}
 
 /// Secrets from the environment and from files; relative file paths are
 /// relative to the config file (as with SOPS- or Vault-rendered secrets
@@ -62,39 +100,12 @@ fn load_config(path: &Path) -> Result<(Config, SidecarConfig), String> {
     parsed.map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The value of `--name VALUE` or `--name=VALUE`.
-fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == name {
-            return it.next().map(String::as_str);
-        }
-        if let Some(v) = a.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn config_path(args: &[String]) -> Option<PathBuf> {
-    option(args, "--config").or_else(|| option(args, "-c")).map(PathBuf::from).or_else(|| std::env::var_os("OIDC_EDGE_CONFIG").map(PathBuf::from))
-}
-
-fn render_command(args: &[String], config: &Config, settings: &SidecarConfig) -> ExitCode {
-    let proxy = args.get(1).map(String::as_str).unwrap_or("");
-    let Some(out) = option(args, "--out") else {
-        eprintln!("render: pass --out DIR\n{USAGE}");
-        return ExitCode::from(2);
-    };
-    let sidecar = render::sidecar_address(settings, option(args, "--sidecar"));
+fn render_command((config, settings): &(Config, SidecarConfig), proxy: Proxy, out: &Path, sidecar: Option<&str>) -> ExitCode {
+    let sidecar = render::sidecar_address(settings, sidecar);
     let files = match proxy {
-        "nginx" => render::nginx(config, settings, &sidecar),
-        "caddy" => render::caddy(config, settings, &sidecar),
-        "traefik" => render::traefik(config, settings, &sidecar),
-        other => {
-            eprintln!("render: {other:?} is not a proxy this renders for; use nginx, caddy or traefik\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Proxy::Nginx => render::nginx(config, settings, &sidecar),
+        Proxy::Caddy => render::caddy(config, settings, &sidecar),
+        Proxy::Traefik => render::traefik(config, settings, &sidecar),
     };
     let files = match files {
         Ok(f) => f,
@@ -103,13 +114,12 @@ fn render_command(args: &[String], config: &Config, settings: &SidecarConfig) ->
             return ExitCode::from(1);
         }
     };
-    let dir = Path::new(out);
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        eprintln!("render: cannot create {}: {e}", dir.display());
+    if let Err(e) = std::fs::create_dir_all(out) {
+        eprintln!("render: cannot create {}: {e}", out.display());
         return ExitCode::from(1);
     }
     for (name, text) in files {
-        let path = dir.join(name);
+        let path = out.join(name);
         if let Err(e) = std::fs::write(&path, text) {
             eprintln!("render: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
@@ -120,56 +130,70 @@ fn render_command(args: &[String], config: &Config, settings: &SidecarConfig) ->
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str).unwrap_or("serve");
-    match command {
-        "secret" => {
-            let mut bytes = [0u8; 32];
-            oidc_edge::SecureRandom::fill(&mut random::OsRandom, &mut bytes);
-            use base64::Engine as _;
-            println!("{}", base64::engine::general_purpose::STANDARD.encode(bytes));
-            return ExitCode::SUCCESS;
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; a usage error
+            // names the argument and exits 2.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
-        "serve" | "check" | "render" => {}
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Secret => secret_command(),
+        Command::Check => with_config(cli.config, check_command),
+        Command::Render { proxy, out, sidecar } => {
+            with_config(cli.config, |_, config| render_command(&config, proxy, &out, sidecar.as_deref()))
         }
-        other => {
-            eprintln!("unknown command {other:?}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Command::Serve => with_config(cli.config, |_, config| serve_command(config)),
     }
-    let Some(path) = config_path(&args) else {
-        eprintln!("no config file: pass --config FILE or set OIDC_EDGE_CONFIG\n{USAGE}");
+}
+
+/// Runs `f` with the loaded configuration: 2 without a config file, 1 when
+/// it does not load (the error names the file and the field).
+fn with_config(path: Option<PathBuf>, f: impl FnOnce(&Path, (Config, SidecarConfig)) -> ExitCode) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("no config file: pass --config FILE or set OIDC_EDGE_CONFIG (see oidc-edge --help)");
         return ExitCode::from(2);
     };
-    let (config, settings) = match load_config(&path) {
-        Ok(c) => c,
+    match load_config(&path) {
+        Ok(loaded) => f(&path, loaded),
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
-    };
-    if command == "render" {
-        return render_command(&args, &config, &settings);
     }
-    if command == "check" {
-        println!(
-            "{}: valid ({} routes; listens on {}; issuer {})",
-            path.display(),
-            config.routes.iter().count(),
-            settings.listen,
-            config.provider.issuer
-        );
-        for warning in &config.warnings {
-            println!("warning: {warning}");
-        }
-        return ExitCode::SUCCESS;
+}
+
+fn secret_command() -> ExitCode {
+    let mut bytes = [0u8; 32];
+    oidc_edge::SecureRandom::fill(&mut random::OsRandom, &mut bytes);
+    use base64::Engine as _;
+    println!("{}", base64::engine::general_purpose::STANDARD.encode(bytes));
+    ExitCode::SUCCESS
+}
+
+fn check_command(path: &Path, (config, settings): (Config, SidecarConfig)) -> ExitCode {
+    println!(
+        "{}: valid ({} routes; listens on {}; issuer {})",
+        path.display(),
+        config.routes.iter().count(),
+        settings.listen,
+        config.provider.issuer
+    );
+    for warning in &config.warnings {
+        println!("warning: {warning}");
     }
+    ExitCode::SUCCESS
+}
+
+fn serve_command((config, settings): (Config, SidecarConfig)) -> ExitCode {
     log::set_level(settings.log_level);
     for warning in &config.warnings {
-        log::event(log::Level::Warn, "configuration warning", &[("field", warning.field.as_str().into()), ("detail", warning.message.as_str().into())]);
+        log::event(log::Level::Warn, "configuration warning", &[
+            ("field", warning.field.as_str().into()),
+            ("detail", warning.message.as_str().into()),
+        ]);
     }
     // One thread: a decision is a map lookup and a few header copies, and
     // one core answers tens of thousands per second with a small footprint.
@@ -249,5 +273,45 @@ async fn keep_provider_loaded(app: Arc<app::App>) {
                 schedule.next_attempt = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command, Proxy};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_is_the_default_and_config_goes_anywhere() {
+        let cli = Cli::try_parse_from(["oidc-edge", "-c", "a.yaml"]).unwrap();
+        assert!(cli.command.is_none() && cli.config.as_deref() == Some("a.yaml".as_ref()));
+        let cli = Cli::try_parse_from(["oidc-edge", "check", "--config=b.json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Check)) && cli.config.as_deref() == Some("b.json".as_ref()));
+        let cli = Cli::try_parse_from(["oidc-edge", "--config", "c.yaml", "render", "traefik", "--out", "d", "--sidecar", "10.0.0.1:4180"])
+            .unwrap();
+        match cli.command {
+            Some(Command::Render { proxy, out, sidecar }) => {
+                assert_eq!((proxy, out.to_str(), sidecar.as_deref()), (Proxy::Traefik, Some("d"), Some("10.0.0.1:4180")));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn usage_errors_name_the_fix() {
+        let e = Cli::try_parse_from(["oidc-edge", "render", "apache", "--out", "d"]).unwrap_err();
+        assert!(e.use_stderr() && e.to_string().contains("nginx, caddy, traefik"), "{e}");
+        let e = Cli::try_parse_from(["oidc-edge", "render", "nginx"]).unwrap_err();
+        assert!(e.to_string().contains("--out"), "{e}");
+        let e = Cli::try_parse_from(["oidc-edge", "frobnicate"]).unwrap_err();
+        assert!(e.use_stderr(), "{e}");
+        let e = Cli::try_parse_from(["oidc-edge", "--version"]).unwrap_err();
+        assert!(!e.use_stderr() && e.to_string().contains("commit "), "{e}");
     }
 }

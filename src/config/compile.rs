@@ -53,7 +53,7 @@ impl Config {
     #[cfg(feature = "yaml")]
     pub fn parse_yaml_with<S: Section>(text: &str, secrets: &dyn SecretSource, calls: IdpCalls) -> Result<(Config, S), ConfigErrors> {
         let value: serde_json::Value =
-            serde_yaml::from_str(text).map_err(|e| ConfigErrors(vec![FieldIssue::new("configuration", format!("not valid YAML: {e}"))]))?;
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![FieldIssue::new("configuration", format!("not valid YAML: {e}"))]))?;
         Config::from_value(value, secrets, calls)
     }
 

@@ -947,12 +947,18 @@ class Sidecar(Gate):
         assert r.returncode == 0, f"oidc-edge render {proxy} failed:\n{r.stderr}"
 
     def metrics(self) -> dict:
+        """Every sample of /metrics (OpenMetrics text) by its name as exported:
+        counters end in `_total` there."""
         text = Browser().get(f"http://127.0.0.1:{self.port}/metrics").body.decode()
         return {k: int(v) for k, _, v in (line.partition(" ") for line in text.splitlines())
                 if k and not k.startswith("#") and v.isdigit()}
 
     def count(self, name: str) -> int:
-        return self.metrics().get(name, 0)
+        """The counter the filter calls `name` (`oidc_edge_logins_started`,
+        as in Envoy's stats): the sidecar exports it as `name` + `_total`."""
+        samples = self.metrics()
+        assert f"{name}_total" in samples, f"the sidecar exports no {name}_total: {sorted(samples)}"
+        return samples[f"{name}_total"]
 
 
 # The gates of the conformance table, by kind.

@@ -128,8 +128,14 @@ def test_health_readiness_and_metrics(stack, direct):
     base = f"http://127.0.0.1:{direct.port}"
     assert Browser().get(base + "/healthz").status == 200
     assert Browser().get(base + "/readyz").status == 200
-    text = Browser().get(base + "/metrics").body.decode()
-    assert "# TYPE oidc_edge_logins_started counter" in text and "oidc_edge_provider_ready 1" in text
+    r = Browser().get(base + "/metrics")
+    assert r.header("content-type").startswith("application/openmetrics-text")
+    text = r.body.decode()
+    # OpenMetrics: HELP and TYPE under the filter's name, the sample with _total.
+    assert "# HELP oidc_edge_logins_started " in text and "# TYPE oidc_edge_logins_started counter" in text
+    assert "\noidc_edge_logins_started_total " in text and "\noidc_edge_provider_ready 1\n" in text
+    assert text.endswith("# EOF\n")
+    assert "oidc_edge_invalid_cookies_total" in direct.metrics()
     assert Browser().get(base + "/nope").status == 404
     # With the IdP away at start: alive, not ready; ready once the IdP appears.
     idp_port = free_port()

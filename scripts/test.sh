@@ -18,6 +18,8 @@ if grep -rnE '\.unwrap\(\)|\.expect\(' filters/; then
   echo "the filter must not panic: replace these with explicit handling" >&2
   exit 1
 fi
+step "cargo fmt --check (rustfmt.toml)"
+cargo fmt --all --check
 step "layout: no import cycle in src/, no file over 400 lines of code"
 python3 scripts/check-layout.py
 step "cargo clippy (native and wasm32)"

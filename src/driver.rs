@@ -88,7 +88,13 @@ pub struct Driver {
 impl Driver {
     /// A driver for `config`, caching up to `session_capacity` opened sessions.
     pub fn new(config: impl Into<Arc<Config>>, session_capacity: usize) -> Driver {
-        Driver { engine: Engine::new(config.into()), sessions: SessionCache::new(session_capacity), provider: None, docs: None, revocations: Revocations::default() }
+        Driver {
+            engine: Engine::new(config.into()),
+            sessions: SessionCache::new(session_capacity),
+            provider: None,
+            docs: None,
+            revocations: Revocations::default(),
+        }
     }
 
     /// The configuration.

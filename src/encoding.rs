@@ -24,9 +24,7 @@ pub fn b64std(bytes: &[u8]) -> String {
 /// Decodes standard or URL-safe base64, padded or not.
 pub fn b64_any_decode(text: &str) -> Option<Vec<u8>> {
     let trimmed = text.trim_end_matches('=');
-    URL_SAFE_NO_PAD
-        .decode(trimmed.replace('+', "-").replace('/', "_"))
-        .ok()
+    URL_SAFE_NO_PAD.decode(trimmed.replace('+', "-").replace('/', "_")).ok()
 }
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`).
@@ -167,10 +165,7 @@ mod tests {
 
     #[test]
     fn url_splitting() {
-        assert_eq!(
-            split_url("https://id.example.com/api/oidc/token"),
-            Some(("https", "id.example.com", "/api/oidc/token"))
-        );
+        assert_eq!(split_url("https://id.example.com/api/oidc/token"), Some(("https", "id.example.com", "/api/oidc/token")));
         assert_eq!(split_url("http://127.0.0.1:9000"), Some(("http", "127.0.0.1:9000", "/")));
         assert_eq!(split_url("ftp://x/"), None);
         assert_eq!(split_url("https://user@evil/"), None);
@@ -211,4 +206,3 @@ mod tests {
         assert_eq!(html_escape("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
     }
 }
-

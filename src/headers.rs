@@ -62,9 +62,7 @@ impl StripSet {
     /// Allocation-free: this runs for every header of every request.
     pub fn contains(&self, name: &str) -> bool {
         let name = name.as_bytes();
-        self.canonical
-            .iter()
-            .any(|c| c.len() == name.len() && c.iter().zip(name).all(|(&a, &b)| a == fold(b)))
+        self.canonical.iter().any(|c| c.len() == name.len() && c.iter().zip(name).all(|(&a, &b)| a == fold(b)))
     }
 
     /// The canonical names: lower case, `-` for `_` and `.`.
@@ -108,14 +106,8 @@ pub const FOREIGN_IDENTITY_HEADERS: &[&str] = &[
 /// Headers some frameworks take the request's path or method from (Symfony,
 /// Zend, IIS URL Rewrite): a client's copy would make the upstream serve
 /// another path than the one decided, so they are removed like identity headers.
-pub const ROUTING_OVERRIDE_HEADERS: &[&str] = &[
-    "X-Original-URL",
-    "X-Original-URI",
-    "X-Original-Method",
-    "X-Rewrite-URL",
-    "X-Forwarded-Uri",
-    "X-Forwarded-Method",
-];
+pub const ROUTING_OVERRIDE_HEADERS: &[&str] =
+    &["X-Original-URL", "X-Original-URI", "X-Original-Method", "X-Rewrite-URL", "X-Forwarded-Uri", "X-Forwarded-Method"];
 
 #[cfg(test)]
 mod tests {

@@ -153,12 +153,8 @@ fn parse_jwk(v: &Value) -> Option<Jwk> {
             sec1.extend_from_slice(&x);
             sec1.extend_from_slice(&y);
             match field(v, "crv")? {
-                "P-256" if x.len() == 32 && y.len() == 32 => {
-                    KeyMaterial::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?)
-                }
-                "P-384" if x.len() == 48 && y.len() == 48 => {
-                    KeyMaterial::P384(p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?)
-                }
+                "P-256" if x.len() == 32 && y.len() == 32 => KeyMaterial::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?),
+                "P-384" if x.len() == 48 && y.len() == 48 => KeyMaterial::P384(p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()?),
                 _ => return None,
             }
         }
@@ -230,16 +226,14 @@ pub fn verify_id_token(token: &str, jwks: &Jwks, expected: &Expected<'_>) -> Res
     let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed);
     };
-    let header: Header =
-        serde_json::from_slice(&b64url_decode(h64).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)?;
+    let header: Header = serde_json::from_slice(&b64url_decode(h64).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)?;
     if header.crit.is_some() {
         return Err(TokenError::UnsupportedAlgorithm("crit".into()));
     }
     let signature = b64url_decode(s64).ok_or(TokenError::Malformed)?;
     let signed = &token.as_bytes()[..h64.len() + 1 + p64.len()];
     check_signature(&header, signed, &signature, jwks)?;
-    let claims: Value =
-        serde_json::from_slice(&b64url_decode(p64).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)?;
+    let claims: Value = serde_json::from_slice(&b64url_decode(p64).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)?;
     check_claims(&claims, expected)
 }
 
@@ -269,16 +263,9 @@ fn check_signature(header: &Header, signed: &[u8], sig: &[u8], jwks: &Jwks) -> R
         }
         None => jwks.keys.iter().collect(),
     };
-    let usable: Vec<&Jwk> = candidates
-        .into_iter()
-        .filter(|k| alg_fits(alg, &k.key) && k.alg.as_deref().is_none_or(|a| a == alg))
-        .collect();
+    let usable: Vec<&Jwk> = candidates.into_iter().filter(|k| alg_fits(alg, &k.key) && k.alg.as_deref().is_none_or(|a| a == alg)).collect();
     if usable.is_empty() {
-        return Err(if header.kid.is_some() {
-            TokenError::UnsupportedAlgorithm(header.alg.clone())
-        } else {
-            TokenError::UnknownKey
-        });
+        return Err(if header.kid.is_some() { TokenError::UnsupportedAlgorithm(header.alg.clone()) } else { TokenError::UnknownKey });
     }
     if usable.iter().any(|k| verify_with(alg, &k.key, signed, sig)) {
         Ok(())
@@ -302,9 +289,7 @@ fn verify_with(alg: &str, key: &KeyMaterial, signed: &[u8], sig: &[u8]) -> bool 
         }
         KeyMaterial::P256(vk) => p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| vk.verify(signed, &s).is_ok()),
         KeyMaterial::P384(vk) => p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| vk.verify(signed, &s).is_ok()),
-        KeyMaterial::Ed25519(vk) => {
-            ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| vk.verify_strict(signed, &s).is_ok())
-        }
+        KeyMaterial::Ed25519(vk) => ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| vk.verify_strict(signed, &s).is_ok()),
     }
 }
 
@@ -327,11 +312,7 @@ fn check_claims(claims: &Value, exp: &Expected<'_>) -> Result<IdClaims, TokenErr
     if claims.get("iss").and_then(Value::as_str) != Some(exp.issuer) {
         return Err(TokenError::WrongIssuer);
     }
-    let aud: Audience = claims
-        .get("aud")
-        .cloned()
-        .and_then(|a| serde_json::from_value(a).ok())
-        .ok_or(TokenError::WrongAudience)?;
+    let aud: Audience = claims.get("aud").cloned().and_then(|a| serde_json::from_value(a).ok()).ok_or(TokenError::WrongAudience)?;
     let audiences: Vec<&str> = match &aud {
         Audience::One(a) => vec![a.as_str()],
         Audience::Many(list) => list.iter().filter_map(Value::as_str).collect(),

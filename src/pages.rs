@@ -66,11 +66,8 @@ pub fn page(status: u16, title: &str, message: &str, link: Option<(&str, &str)>)
 /// An HTML page whose button POSTs to `action` (a safe relative URL): how a
 /// state-changing request that arrived cross-site is confirmed by the user.
 pub fn confirm(title: &str, message: &str, action: &str, button: &str) -> Response {
-    let form = format!(
-        "<form method=\"post\" action=\"{}\"><button type=\"submit\">{}</button></form>",
-        html_escape(action),
-        html_escape(button)
-    );
+    let form =
+        format!("<form method=\"post\" action=\"{}\"><button type=\"submit\">{}</button></form>", html_escape(action), html_escape(button));
     html(200, title, message, &form)
 }
 

@@ -29,8 +29,7 @@ impl HostPattern {
             Some(rest) => (HostPattern::Subdomain(rest.to_owned()), rest.to_owned()),
             None => (HostPattern::Exact(t.clone()), t),
         };
-        let valid = !host.is_empty()
-            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':' || b == b'_');
+        let valid = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':' || b == b'_');
         valid.then_some(pattern)
     }
 

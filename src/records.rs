@@ -72,9 +72,8 @@ pub fn write(data: &[u8], digest: &[u8; 16], value: &[u8], until: u64, now: u64,
         return None;
     }
     let others = live.iter().filter(|r| r.digest != digest).count();
-    let evict = (others >= max).then(|| {
-        live.iter().enumerate().filter(|(_, r)| r.digest != digest).min_by_key(|(_, r)| r.until).map(|(i, _)| i)
-    });
+    let evict =
+        (others >= max).then(|| live.iter().enumerate().filter(|(_, r)| r.digest != digest).min_by_key(|(_, r)| r.until).map(|(i, _)| i));
     let evict = evict.flatten();
     let mut out = Vec::with_capacity(data.len() + 26 + value.len());
     for (i, r) in live.iter().enumerate() {

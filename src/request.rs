@@ -51,9 +51,9 @@ impl RequestHead<'_> {
         match self.header("sec-fetch-site") {
             Some(site) => site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"),
             None => self.header("origin").is_some_and(|origin| {
-                origin.split_once("://").is_some_and(|(scheme, host)| {
-                    scheme.eq_ignore_ascii_case(self.scheme) && host.eq_ignore_ascii_case(self.authority)
-                })
+                origin
+                    .split_once("://")
+                    .is_some_and(|(scheme, host)| scheme.eq_ignore_ascii_case(self.scheme) && host.eq_ignore_ascii_case(self.authority))
             }),
         }
     }

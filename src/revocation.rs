@@ -76,7 +76,10 @@ impl Revocation {
 
     /// Revokes every session of `sub` that began at or before `now`.
     pub fn of_subject(sub: &str, now: u64, lifetime: u64) -> Revocation {
-        Revocation { revoked: Revoked::Subject { key: digest(b"subject", sub.as_bytes()), before: now }, until: now + lifetime }
+        Revocation {
+            revoked: Revoked::Subject { key: digest(b"subject", sub.as_bytes()), before: now },
+            until: now + lifetime,
+        }
     }
 
     /// `kind (1) | key (16) | before (8) | until (8)`, for hosts that share
@@ -138,10 +141,7 @@ impl Revocations {
         let live = |until: Option<&u64>| until.is_some_and(|&u| u > now);
         live(self.sessions.get(&keys.session))
             || keys.idp_session.is_some_and(|k| live(self.idp_sessions.get(&k)))
-            || self
-                .subjects
-                .get(&keys.subject)
-                .is_some_and(|&(before, until)| until > now && login_at <= before)
+            || self.subjects.get(&keys.subject).is_some_and(|&(before, until)| until > now && login_at <= before)
     }
 
     /// Whether none are known.
@@ -187,7 +187,14 @@ mod tests {
     struct Opened(SessionKeys, u64);
 
     fn opened(id: u8, sub: &str, sid: Option<&str>, login_at: u64) -> Opened {
-        let s = Session { sub: sub.into(), user: sub.into(), id: [id; 16], idp_sid: sid.map(Into::into), login_at, ..Session::default() };
+        let s = Session {
+            sub: sub.into(),
+            user: sub.into(),
+            id: [id; 16],
+            idp_sid: sid.map(Into::into),
+            login_at,
+            ..Session::default()
+        };
         Opened(SessionKeys::of(&s), login_at)
     }
 
@@ -230,11 +237,7 @@ mod tests {
 
     #[test]
     fn revocations_round_trip_as_bytes() {
-        let list = [
-            of_session(&opened(1, "alice", None, 10)),
-            Revocation::of_idp_session("sid", 5, 60),
-            Revocation::of_subject("bob", 7, 60),
-        ];
+        let list = [of_session(&opened(1, "alice", None, 10)), Revocation::of_idp_session("sid", 5, 60), Revocation::of_subject("bob", 7, 60)];
         let mut bytes = Vec::new();
         for r in &list {
             r.encode(&mut bytes);

@@ -85,9 +85,7 @@ impl Sealer {
         let aad = aad(*key_id, name);
         // Encryption cannot fail for in-memory buffers of this size; an empty
         // value would simply fail to open later, which is the safe outcome.
-        let sealed = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: &plain, aad: &aad })
-            .unwrap_or_default();
+        let sealed = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: &plain, aad: &aad }).unwrap_or_default();
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
         out.push(VERSION);
         out.push(*key_id);
@@ -109,11 +107,7 @@ impl Sealer {
         let body = &raw[HEADER_LEN..];
         // The key id is a hint: try the matching key first, then the others,
         // since a one-byte id can collide.
-        let ordered = self
-            .keys
-            .iter()
-            .filter(|(id, _)| *id == key_id)
-            .chain(self.keys.iter().filter(|(id, _)| *id != key_id));
+        let ordered = self.keys.iter().filter(|(id, _)| *id == key_id).chain(self.keys.iter().filter(|(id, _)| *id != key_id));
         for (_, cipher) in ordered {
             if let Ok(plain) = cipher.decrypt(nonce, Payload { msg: body, aad: &aad }) {
                 let (expiry, body) = plain.split_at(8);

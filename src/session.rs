@@ -133,19 +133,8 @@ impl Session {
         } else {
             (r.bytes16()?, r.opt()?)
         };
-        r.0.is_empty().then_some(Session {
-            sub,
-            user,
-            email,
-            email_verified,
-            name,
-            groups,
-            login_at,
-            checked_at,
-            refresh_token,
-            id,
-            idp_sid,
-        })
+        r.0.is_empty()
+            .then_some(Session { sub, user, email, email_verified, name, groups, login_at, checked_at, refresh_token, id, idp_sid })
     }
 }
 
@@ -175,13 +164,7 @@ impl LoginState {
         if r.byte()? != LOGIN_V1 {
             return None;
         }
-        let out = LoginState {
-            state: r.str()?,
-            nonce: r.str()?,
-            verifier: r.str()?,
-            return_to: r.str()?,
-            redirect_uri: r.str()?,
-        };
+        let out = LoginState { state: r.str()?, nonce: r.str()?, verifier: r.str()?, return_to: r.str()?, redirect_uri: r.str()? };
         r.0.is_empty().then_some(out)
     }
 }

@@ -11,10 +11,10 @@ use crate::config::{Config, ProviderConfig, SecretSource};
 use crate::driver::{Driver, Lend, Outcome};
 use crate::encoding::{b64std, b64url, parse_query};
 use crate::engine::Step;
-use crate::request::RequestHead;
 use crate::events::Event;
 use crate::pages::Response;
 use crate::provider::{Discovery, SharedProvider};
+use crate::request::RequestHead;
 use crate::store::{MemoryStore, RecordKey, SharedState};
 use crate::SecureRandom;
 
@@ -170,7 +170,6 @@ pub fn discovery() -> Discovery {
     }
 }
 
-
 // ---------------------------------------------------------------------------
 // The host side of one worker.
 
@@ -188,7 +187,13 @@ pub struct Host {
 impl Host {
     /// A worker at [`NOW`].
     pub fn new(seed: u64) -> Host {
-        Host { now: NOW, rng: SeededRng::new(seed), shared: MemoryStore::new(4096), events: Vec::new(), published: Vec::new() }
+        Host {
+            now: NOW,
+            rng: SeededRng::new(seed),
+            shared: MemoryStore::new(4096),
+            events: Vec::new(),
+            published: Vec::new(),
+        }
     }
 
     /// Lends the clock, the RNG and the store (synchronous) for one turn.

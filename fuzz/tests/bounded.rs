@@ -29,7 +29,8 @@ impl Rng {
     }
 }
 
-const INTERESTING: &[&[u8]] = &[b"/", b"..", b".", b"%2e", b"%2F", b"%", b";", b"\\", b"//", b"\0", b"\xff", b"=", b"&", b"\"", b"{", b"}", b":", b"\n"];
+const INTERESTING: &[&[u8]] =
+    &[b"/", b"..", b".", b"%2e", b"%2F", b"%", b";", b"\\", b"//", b"\0", b"\xff", b"=", b"&", b"\"", b"{", b"}", b":", b"\n"];
 
 fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], input: &mut Vec<u8>) {
     for _ in 0..1 + rng.below(4) {

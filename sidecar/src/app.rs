@@ -215,14 +215,18 @@ impl App {
             self.record(&events);
         }
         if log::enabled(Level::Debug) {
-            log::event(Level::Debug, "decision", &[
-                ("mode", mode.name().into()),
-                ("status", answer.status.into()),
-                ("method", original.method.as_str().into()),
-                ("host", original.authority.as_str().into()),
-                ("path", path_only(&original.path).into()),
-                ("micros", json!(started.elapsed().as_micros() as u64)),
-            ]);
+            log::event(
+                Level::Debug,
+                "decision",
+                &[
+                    ("mode", mode.name().into()),
+                    ("status", answer.status.into()),
+                    ("method", original.method.as_str().into()),
+                    ("host", original.authority.as_str().into()),
+                    ("path", path_only(&original.path).into()),
+                    ("micros", json!(started.elapsed().as_micros() as u64)),
+                ],
+            );
         }
         answer
     }
@@ -381,10 +385,11 @@ impl App {
             // for through a decision: a forward-auth proxy would read its 2xx as
             // "allow" and send the request upstream. The proxy must route our
             // pages to us directly; say so instead.
-            log::event_limited(Level::Warn, "a sidecar page was requested through a decision", &[(
-                "hint",
-                "route the paths.start, callback, sign_out and sign_in paths to the sidecar itself (oidc-edge render)".into(),
-            )]);
+            log::event_limited(
+                Level::Warn,
+                "a sidecar page was requested through a decision",
+                &[("hint", "route the paths.start, callback, sign_out and sign_in paths to the sidecar itself (oidc-edge render)".into())],
+            );
             let r = oidc_edge::pages::page(
                 500,
                 "Sign-in misrouted",
@@ -440,11 +445,11 @@ impl App {
     /// cause and becomes status 0, which the core reads as "unreachable".
     async fn call_idp(&self, call: &oidc_edge::HttpCall) -> oidc_edge::HttpResponse {
         self.idp.call(call).await.unwrap_or_else(|e| {
-            log::event(Level::Warn, "identity provider call failed", &[
-                ("target", call.target.as_str().into()),
-                ("path", path_only(&call.path).into()),
-                ("reason", e.to_string().into()),
-            ]);
+            log::event(
+                Level::Warn,
+                "identity provider call failed",
+                &[("target", call.target.as_str().into()), ("path", path_only(&call.path).into()), ("reason", e.to_string().into())],
+            );
             oidc_edge::HttpResponse { status: 0, body: Vec::new() }
         })
     }
@@ -478,10 +483,11 @@ impl App {
                     };
                 }
                 Progress::Failed { error, schedule } => {
-                    log::event(Level::Warn, "identity provider metadata not loaded", &[
-                        ("reason", error.to_string().into()),
-                        ("retry_in_s", schedule.next_attempt.saturating_sub(now()).into()),
-                    ]);
+                    log::event(
+                        Level::Warn,
+                        "identity provider metadata not loaded",
+                        &[("reason", error.to_string().into()), ("retry_in_s", schedule.next_attempt.saturating_sub(now()).into())],
+                    );
                     return schedule;
                 }
             }
@@ -523,8 +529,7 @@ impl Original {
             return target.to_owned();
         }
         let path = if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") { target } else { "/" };
-        let plain_host =
-            !self.authority.is_empty() && self.authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+        let plain_host = !self.authority.is_empty() && self.authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
         if plain_host {
             format!("{}://{}{path}", self.scheme, self.authority)
         } else {

@@ -124,8 +124,9 @@ async fn exchange<S>(stream: S, call: &HttpCall) -> Result<HttpResponse, CallErr
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| CallError::Http(format!("handshake: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| CallError::Http(format!("handshake: {e}")))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -142,9 +142,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Secret => secret_command(),
         Command::Check => with_config(cli.config, check_command),
-        Command::Render { proxy, out, sidecar } => {
-            with_config(cli.config, |_, config| render_command(&config, proxy, &out, sidecar.as_deref()))
-        }
+        Command::Render { proxy, out, sidecar } => with_config(cli.config, |_, config| render_command(&config, proxy, &out, sidecar.as_deref())),
         Command::Serve => with_config(cli.config, |_, config| serve_command(config)),
     }
 }
@@ -190,10 +188,11 @@ fn check_command(path: &Path, (config, settings): (Config, SidecarConfig)) -> Ex
 fn serve_command((config, settings): (Config, SidecarConfig)) -> ExitCode {
     log::set_level(settings.log_level);
     for warning in &config.warnings {
-        log::event(log::Level::Warn, "configuration warning", &[
-            ("field", warning.field.as_str().into()),
-            ("detail", warning.message.as_str().into()),
-        ]);
+        log::event(
+            log::Level::Warn,
+            "configuration warning",
+            &[("field", warning.field.as_str().into()), ("detail", warning.message.as_str().into())],
+        );
     }
     // One thread: a decision is a map lookup and a few header copies, and
     // one core answers tens of thousands per second with a small footprint.
@@ -212,21 +211,29 @@ async fn serve(config: Config, settings: SidecarConfig) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
-            log::event(log::Level::Warn, "cannot listen", &[
-                ("address", listen.to_string().into()),
-                ("reason", e.to_string().into()),
-                ("hint", "change sidecar.listen or stop what uses the port".into()),
-            ]);
+            log::event(
+                log::Level::Warn,
+                "cannot listen",
+                &[
+                    ("address", listen.to_string().into()),
+                    ("reason", e.to_string().into()),
+                    ("hint", "change sidecar.listen or stop what uses the port".into()),
+                ],
+            );
             return ExitCode::from(1);
         }
     };
     if settings.proxy_token.is_none() {
-        log::event(log::Level::Info, "sidecar.proxy_token is not set", &[(
-            "hint",
-            "decisions are then answered to any trusted peer's request: fine with the rendered snippets, which never \
+        log::event(
+            log::Level::Info,
+            "sidecar.proxy_token is not set",
+            &[(
+                "hint",
+                "decisions are then answered to any trusted peer's request: fine with the rendered snippets, which never \
              route them to browsers; set it to refuse decisions a hand-written route might expose"
-                .into(),
-        )]);
+                    .into(),
+            )],
+        );
     }
     let app = Arc::new(app::App::new(config, settings));
     tokio::spawn(keep_provider_loaded(Arc::clone(&app)));
@@ -293,8 +300,8 @@ mod tests {
         assert!(cli.command.is_none() && cli.config.as_deref() == Some("a.yaml".as_ref()));
         let cli = Cli::try_parse_from(["oidc-edge", "check", "--config=b.json"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Check)) && cli.config.as_deref() == Some("b.json".as_ref()));
-        let cli = Cli::try_parse_from(["oidc-edge", "--config", "c.yaml", "render", "traefik", "--out", "d", "--sidecar", "10.0.0.1:4180"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["oidc-edge", "--config", "c.yaml", "render", "traefik", "--out", "d", "--sidecar", "10.0.0.1:4180"]).unwrap();
         match cli.command {
             Some(Command::Render { proxy, out, sidecar }) => {
                 assert_eq!((proxy, out.to_str(), sidecar.as_deref()), (Proxy::Traefik, Some("d"), Some("10.0.0.1:4180")));

@@ -117,11 +117,7 @@ async fn respond(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Respons
         peer: peer.ip(),
         method: req.method().as_str().to_owned(),
         path_and_query: req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect(),
+        headers: req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
     };
     // Generous: a decision may wait on up to three IdP calls in a row.
     let limit = Duration::from_millis(u64::from(app.config.provider.timeout_ms) * 3 + 5000);
@@ -136,7 +132,9 @@ fn build(answer: Answer) -> Response<Full<Bytes>> {
     *resp.status_mut() = hyper::StatusCode::from_u16(answer.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = resp.headers_mut();
     for (n, v) in answer.headers {
-        if let (Ok(name), Ok(value)) = (hyper::header::HeaderName::from_bytes(n.as_bytes()), hyper::header::HeaderValue::from_bytes(v.as_bytes())) {
+        if let (Ok(name), Ok(value)) =
+            (hyper::header::HeaderName::from_bytes(n.as_bytes()), hyper::header::HeaderValue::from_bytes(v.as_bytes()))
+        {
             headers.append(name, value);
         }
     }

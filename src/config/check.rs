@@ -4,8 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::FieldIssue;
 use super::raw::{RawDuration, RawHeaderNames, RawSecret};
+use super::FieldIssue;
 use crate::encoding::{b64_any_decode, split_url};
 use crate::headers::HeaderNames;
 use crate::secret::SecretSource;
@@ -57,10 +57,13 @@ impl<'a> Checker<'a> {
             RawSecret::Env { env } => match self.secrets.env(env) {
                 Some(v) => v,
                 None => {
-                    self.err(field, format!(
-                        "environment variable {env} is not set or not visible; set it, and with Envoy list it in \
+                    self.err(
+                        field,
+                        format!(
+                            "environment variable {env} is not set or not visible; set it, and with Envoy list it in \
                          vm_config.environment_variables.host_env_keys"
-                    ));
+                        ),
+                    );
                     return None;
                 }
             },
@@ -113,9 +116,7 @@ impl<'a> Checker<'a> {
         if name.is_empty() || !name.bytes().all(token) {
             self.err(field, format!("{name:?} is not a valid HTTP header name"));
         }
-        if matches!(name.to_ascii_lowercase().as_str(), "cookie" | "host" | "content-length" | "transfer-encoding")
-            || name.starts_with(':')
-        {
+        if matches!(name.to_ascii_lowercase().as_str(), "cookie" | "host" | "content-length" | "transfer-encoding") || name.starts_with(':') {
             self.err(field, format!("{name:?} cannot be injected or stripped"));
         }
     }

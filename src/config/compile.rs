@@ -43,7 +43,8 @@ impl Config {
     pub fn parse_with<S: Section>(text: &str, secrets: &dyn SecretSource, calls: IdpCalls) -> Result<(Config, S), ConfigErrors> {
         let de = &mut serde_json::Deserializer::from_str(text);
         let value = serde_json::Value::deserialize(&mut *de).map_err(|e| ConfigErrors(vec![FieldIssue::new("configuration", e)]))?;
-        de.end().map_err(|e| ConfigErrors(vec![FieldIssue::new("configuration", format!("unexpected text after the JSON object ({e})"))]))?;
+        de.end()
+            .map_err(|e| ConfigErrors(vec![FieldIssue::new("configuration", format!("unexpected text after the JSON object ({e})"))]))?;
         Config::from_value(value, secrets, calls)
     }
 
@@ -145,15 +146,8 @@ impl Config {
         }
         if let Some((_, authority, _)) = split_url(&p.issuer) {
             let host = crate::redirect::authority_host(authority);
-            if !p.callouts.is_empty()
-                && calls == IdpCalls::Callouts
-                && !p.callouts.contains_key(authority)
-                && !p.callouts.contains_key(host)
-            {
-                c.err(
-                    "provider.callouts",
-                    format!("has no target for the issuer's host {authority:?}; add {{\"{authority}\": \"<cluster>\"}}"),
-                );
+            if !p.callouts.is_empty() && calls == IdpCalls::Callouts && !p.callouts.contains_key(authority) && !p.callouts.contains_key(host) {
+                c.err("provider.callouts", format!("has no target for the issuer's host {authority:?}; add {{\"{authority}\": \"<cluster>\"}}"));
             }
         }
         for (host, target) in &p.callouts {
@@ -267,18 +261,16 @@ impl Config {
         let mut allowed_redirect_hosts = Vec::new();
         for (i, h) in raw.allowed_redirect_hosts.iter().enumerate() {
             match HostPattern::parse(h) {
-                Some(HostPattern::Any) => c.err(
-                    &format!("allowed_redirect_hosts[{i}]"),
-                    "\"*\" would allow redirects to any site; list hosts or *.example.com",
-                ),
+                Some(HostPattern::Any) => {
+                    c.err(&format!("allowed_redirect_hosts[{i}]"), "\"*\" would allow redirects to any site; list hosts or *.example.com")
+                }
                 Some(p) => allowed_redirect_hosts.push(p),
                 None => c.err(&format!("allowed_redirect_hosts[{i}]"), format!("{h:?} is not a host or *.domain")),
             }
         }
 
         let base_headers = c.header_names("identity_headers", &raw.identity_headers, &HeaderNames::default());
-        let mut strip_names: Vec<String> =
-            FOREIGN_IDENTITY_HEADERS.iter().chain(ROUTING_OVERRIDE_HEADERS).map(|s| s.to_string()).collect();
+        let mut strip_names: Vec<String> = FOREIGN_IDENTITY_HEADERS.iter().chain(ROUTING_OVERRIDE_HEADERS).map(|s| s.to_string()).collect();
         for (i, h) in raw.strip_headers.iter().enumerate() {
             c.header_name(&format!("strip_headers[{i}]"), h);
             strip_names.push(h.clone());

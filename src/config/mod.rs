@@ -211,7 +211,6 @@ pub struct Paths {
     pub forward_auth: String,
 }
 
-
 /// A validated, compiled configuration.
 pub struct Config {
     /// Provider.

@@ -41,74 +41,147 @@ type ErrorCase = (&'static str, fn(&mut Value), &'static str, &'static [&'static
 
 fn single_errors() -> Vec<ErrorCase> {
     vec![
-        ("cookie secret too short", |v| v["session"]["secrets"] = json!(["tooshort"]),
-         "session.secrets[0]", &["8 bytes", "16, 24 or 32", "openssl rand -base64 32"]),
-        ("cookie secret: base64 of 20 bytes", |v| v["session"]["secrets"] = json!(["MDEyMzQ1Njc4OWFiY2RlZmdoaWo="]),
-         "session.secrets[0]", &["16, 24 or 32", "openssl rand -base64 32"]),
-        ("second cookie secret wrong", |v| v["session"]["secrets"] = json!([{"env": "COOKIE_SECRET"}, "x"]),
-         "session.secrets[1]", &["16, 24 or 32"]),
-        ("no cookie secret", |v| v["session"]["secrets"] = json!([]),
-         "session.secrets", &["openssl rand -base64 32"]),
+        (
+            "cookie secret too short",
+            |v| v["session"]["secrets"] = json!(["tooshort"]),
+            "session.secrets[0]",
+            &["8 bytes", "16, 24 or 32", "openssl rand -base64 32"],
+        ),
+        (
+            "cookie secret: base64 of 20 bytes",
+            |v| v["session"]["secrets"] = json!(["MDEyMzQ1Njc4OWFiY2RlZmdoaWo="]),
+            "session.secrets[0]",
+            &["16, 24 or 32", "openssl rand -base64 32"],
+        ),
+        (
+            "second cookie secret wrong",
+            |v| v["session"]["secrets"] = json!([{"env": "COOKIE_SECRET"}, "x"]),
+            "session.secrets[1]",
+            &["16, 24 or 32"],
+        ),
+        ("no cookie secret", |v| v["session"]["secrets"] = json!([]), "session.secrets", &["openssl rand -base64 32"]),
         ("empty cookie secret", |v| v["session"]["secrets"] = json!([""]), "session.secrets[0]", &["empty"]),
-        ("issuer with trailing slash", |v| v["provider"]["issuer"] = json!("https://id.example.com/"),
-         "provider.issuer", &["ends with '/'", "https://id.example.com"]),
-        ("http issuer on a public host", |v| v["provider"]["issuer"] = json!("http://id.example.com"),
-         "provider.issuer", &["http://", "insecure_allow_http_issuer"]),
+        (
+            "issuer with trailing slash",
+            |v| v["provider"]["issuer"] = json!("https://id.example.com/"),
+            "provider.issuer",
+            &["ends with '/'", "https://id.example.com"],
+        ),
+        (
+            "http issuer on a public host",
+            |v| v["provider"]["issuer"] = json!("http://id.example.com"),
+            "provider.issuer",
+            &["http://", "insecure_allow_http_issuer"],
+        ),
         ("issuer not a URL", |v| v["provider"]["issuer"] = json!("id.example.com"), "provider.issuer", &["absolute"]),
-        ("missing env var", |v| v["provider"]["client_secret"] = json!({"env": "POCKET_ID_SECRET"}),
-         "provider.client_secret", &["POCKET_ID_SECRET", "host_env_keys"]),
-        ("secret file unreadable", |v| v["provider"]["client_secret"] = json!({"file": "/run/secrets/x"}),
-         "provider.client_secret", &["/run/secrets/x"]),
+        (
+            "missing env var",
+            |v| v["provider"]["client_secret"] = json!({"env": "POCKET_ID_SECRET"}),
+            "provider.client_secret",
+            &["POCKET_ID_SECRET", "host_env_keys"],
+        ),
+        (
+            "secret file unreadable",
+            |v| v["provider"]["client_secret"] = json!({"file": "/run/secrets/x"}),
+            "provider.client_secret",
+            &["/run/secrets/x"],
+        ),
         ("empty client id", |v| v["provider"]["client_id"] = json!(""), "provider.client_id", &["empty"]),
-        ("bad client auth", |v| v["provider"]["client_auth"] = json!("private_key_jwt"),
-         "provider.client_auth", &["client_secret_basic", "client_secret_post"]),
+        (
+            "bad client auth",
+            |v| v["provider"]["client_auth"] = json!("private_key_jwt"),
+            "provider.client_auth",
+            &["client_secret_basic", "client_secret_post"],
+        ),
         ("scopes without openid", |v| v["provider"]["scopes"] = json!(["email"]), "provider.scopes", &["openid"]),
         ("scope with a space", |v| v["provider"]["scopes"] = json!(["openid", "email profile"]), "provider.scopes", &["one word"]),
         ("no callouts", |v| v["provider"]["callouts"] = json!({}), "provider.callouts", &["id.example.com"]),
-        ("callouts miss the issuer", |v| v["provider"]["callouts"] = json!({"other.example.com": "x"}),
-         "provider.callouts", &["\"id.example.com\""]),
+        (
+            "callouts miss the issuer",
+            |v| v["provider"]["callouts"] = json!({"other.example.com": "x"}),
+            "provider.callouts",
+            &["\"id.example.com\""],
+        ),
         ("timeout out of range", |v| v["provider"]["timeout_ms"] = json!(10), "provider.timeout_ms", &["100 to 60000"]),
         ("absurd clock skew", |v| v["provider"]["clock_skew"] = json!("1h"), "provider.clock_skew", &["fix the clocks"]),
         ("unparsable duration", |v| v["session"]["lifetime"] = json!("12 hours"), "session.lifetime", &["12h"]),
         ("too short lifetime", |v| v["session"]["lifetime"] = json!("30s"), "session.lifetime", &["at least 60s"]),
         ("bad same_site", |v| v["session"]["same_site"] = json!("Relaxed"), "session.same_site", &["Lax", "Strict", "None"]),
-        ("None without secure", |v| {
-            v["session"]["same_site"] = json!("None");
-            v["session"]["secure"] = json!(false);
-        }, "session.same_site", &["secure"]),
-        ("__Secure- without secure", |v| {
-            v["session"]["cookie_name"] = json!("__Secure-edge");
-            v["session"]["secure"] = json!(false);
-        }, "session.secure", &["__Secure-"]),
-        ("__Host- with a domain", |v| {
-            v["session"]["cookie_name"] = json!("__Host-edge");
-            v["session"]["domain"] = json!("example.com");
-        }, "session.domain", &["__Host-"]),
+        (
+            "None without secure",
+            |v| {
+                v["session"]["same_site"] = json!("None");
+                v["session"]["secure"] = json!(false);
+            },
+            "session.same_site",
+            &["secure"],
+        ),
+        (
+            "__Secure- without secure",
+            |v| {
+                v["session"]["cookie_name"] = json!("__Secure-edge");
+                v["session"]["secure"] = json!(false);
+            },
+            "session.secure",
+            &["__Secure-"],
+        ),
+        (
+            "__Host- with a domain",
+            |v| {
+                v["session"]["cookie_name"] = json!("__Host-edge");
+                v["session"]["domain"] = json!("example.com");
+            },
+            "session.domain",
+            &["__Host-"],
+        ),
         ("bad cookie name", |v| v["session"]["cookie_name"] = json!("my cookie"), "session.cookie_name", &["not a valid cookie name"]),
         ("bad domain", |v| v["session"]["domain"] = json!("https://example.com"), "session.domain", &["example.com"]),
         ("empty routes", |v| v["routes"] = json!([]), "routes", &["empty"]),
-        ("public route with groups", |v| v["routes"] = json!([{"path": "/p/", "public": true, "groups": ["admins"]}]),
-         "routes[0]", &["public", "groups"]),
+        (
+            "public route with groups",
+            |v| v["routes"] = json!([{"path": "/p/", "public": true, "groups": ["admins"]}]),
+            "routes[0]",
+            &["public", "groups"],
+        ),
         ("route path not absolute", |v| v["routes"] = json!([{"path": "admin/"}]), "routes[0].path", &["absolute path"]),
         ("route path with dot segment", |v| v["routes"] = json!([{"path": "/a/../b/"}]), "routes[0].path", &["absolute path"]),
         ("route host", |v| v["routes"] = json!([{"host": "bad host"}]), "routes[0].host", &["*.domain"]),
         ("callback path", |v| v["paths"] = json!({"callback": "oauth2/callback"}), "paths.callback", &["/oauth2/callback"]),
         ("redirect_url", |v| v["redirect_url"] = json!("/oauth2/callback"), "redirect_url", &["absolute"]),
         ("redirect to any host", |v| v["allowed_redirect_hosts"] = json!(["*"]), "allowed_redirect_hosts[0]", &["any site"]),
-        ("identity header with a space", |v| v["identity_headers"] = json!({"user": "Remote User"}),
-         "identity_headers.user", &["not a valid HTTP header name"]),
-        ("route identity header", |v| v["routes"] = json!([{"identity_headers": {"email": "X:Email"}}]),
-         "routes[0].identity_headers.email", &["not a valid HTTP header name"]),
+        (
+            "identity header with a space",
+            |v| v["identity_headers"] = json!({"user": "Remote User"}),
+            "identity_headers.user",
+            &["not a valid HTTP header name"],
+        ),
+        (
+            "route identity header",
+            |v| v["routes"] = json!([{"identity_headers": {"email": "X:Email"}}]),
+            "routes[0].identity_headers.email",
+            &["not a valid HTTP header name"],
+        ),
         ("strip header", |v| v["strip_headers"] = json!(["bad header"]), "strip_headers[0]", &["not a valid HTTP header name"]),
-        ("inject header name", |v| v["routes"] = json!([{"inject_headers": {"x api key": "v"}}]),
-         "routes[0].inject_headers.x api key", &["not a valid HTTP header name"]),
-        ("inject cookie", |v| v["routes"] = json!([{"inject_headers": {"Cookie": "a=b"}}]),
-         "routes[0].inject_headers.Cookie", &["cannot be injected"]),
+        (
+            "inject header name",
+            |v| v["routes"] = json!([{"inject_headers": {"x api key": "v"}}]),
+            "routes[0].inject_headers.x api key",
+            &["not a valid HTTP header name"],
+        ),
+        (
+            "inject cookie",
+            |v| v["routes"] = json!([{"inject_headers": {"Cookie": "a=b"}}]),
+            "routes[0].inject_headers.Cookie",
+            &["cannot be injected"],
+        ),
         ("two paths the same", |v| v["paths"] = json!({"sign_in": "/oauth2/start"}), "paths", &["two purposes"]),
-        ("own path with a placeholder", |v| v["paths"] = json!({"forward_auth": "/oauth2/fa$host"}), "paths",
-         &["letters, digits"]),
-        ("inject value with CRLF", |v| v["routes"] = json!([{"inject_headers": {"x-api-key": "k\r\nx: y"}}]),
-         "routes[0].inject_headers.x-api-key", &["control characters"]),
+        ("own path with a placeholder", |v| v["paths"] = json!({"forward_auth": "/oauth2/fa$host"}), "paths", &["letters, digits"]),
+        (
+            "inject value with CRLF",
+            |v| v["routes"] = json!([{"inject_headers": {"x-api-key": "k\r\nx: y"}}]),
+            "routes[0].inject_headers.x-api-key",
+            &["control characters"],
+        ),
     ]
 }
 
@@ -181,9 +254,13 @@ fn structural_errors_show_the_path() {
         (patched(|v| v["routes"][0]["grups"] = json!(["a"])), "routes[0].grups", "unknown field"),
         (patched(|v| v["routes"][0]["groups"] = json!("admins")), "routes[0].groups", "invalid type"),
         (patched(|v| v["provider"]["timeout_ms"] = json!("5s")), "provider.timeout_ms", "invalid type"),
-        (patched(|v| {
-            v["provider"].as_object_mut().unwrap().remove("issuer");
-        }), "provider", "missing field `issuer`"),
+        (
+            patched(|v| {
+                v["provider"].as_object_mut().unwrap().remove("issuer");
+            }),
+            "provider",
+            "missing field `issuer`",
+        ),
     ];
     for (v, path, phrase) in cases {
         let errors = errors_of(&v);
@@ -320,11 +397,10 @@ fn a_full_config_parses() {
     assert_eq!(grafana.headers.name, None, "disabled at the top level, inherited");
     assert_eq!(grafana.headers.email.as_deref(), Some("Remote-Email"));
     let family = c.routes.find("app.test", "/family/x").unwrap();
-    assert_eq!(family.rule, Rule::Protected(Requirement {
-        groups: vec![],
-        emails: vec!["mom@example.com".into()],
-        email_domains: vec!["example.org".into()],
-    }));
+    assert_eq!(
+        family.rule,
+        Rule::Protected(Requirement { groups: vec![], emails: vec!["mom@example.com".into()], email_domains: vec!["example.org".into()] })
+    );
     let sonarr = c.routes.find("app.test", "/sonarr/").unwrap();
     assert_eq!(&*sonarr.inject[0].0, "X-Api-Key");
     assert_eq!(sonarr.inject[0].1.expose(), API_KEY);
@@ -378,7 +454,9 @@ fn human_made_cookie_secrets_are_accepted_with_a_warning() {
 
 #[test]
 fn loopback_http_issuers_are_fine_and_others_need_an_insecure_flag() {
-    for (issuer, callout) in [("http://127.0.0.1:9000", "127.0.0.1:9000"), ("http://localhost:9000", "localhost"), ("http://[::1]:9000", "[::1]:9000")] {
+    for (issuer, callout) in
+        [("http://127.0.0.1:9000", "127.0.0.1:9000"), ("http://localhost:9000", "localhost"), ("http://[::1]:9000", "[::1]:9000")]
+    {
         let v = patched(|v| {
             v["provider"]["issuer"] = json!(issuer);
             v["provider"]["callouts"] = json!({callout: "idp"});
@@ -418,12 +496,22 @@ fn secrets_never_show() {
 
 #[test]
 fn durations() {
-    for (text, secs) in [("90", Some(90)), ("90s", Some(90)), ("15m", Some(900)), ("12h", Some(43200)), ("7d", Some(604800)),
-                         ("", None), ("h", None), ("1.5h", None), ("-1", None), ("1w", None), ("99999999999999999999d", None)] {
+    for (text, secs) in [
+        ("90", Some(90)),
+        ("90s", Some(90)),
+        ("15m", Some(900)),
+        ("12h", Some(43200)),
+        ("7d", Some(604800)),
+        ("", None),
+        ("h", None),
+        ("1.5h", None),
+        ("-1", None),
+        ("1w", None),
+        ("99999999999999999999d", None),
+    ] {
         assert_eq!(parse_duration(text), secs, "{text:?}");
     }
 }
-
 
 #[test]
 fn a_host_with_its_own_client_calls_unmapped_hosts_and_the_filter_cannot() {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::{oauth_error_code, random_token, sha256, shared_key, Engine, Env, Pending, PendingKind, Step, MAX_COOKIE_BYTES, clean_header_value};
+use super::{clean_header_value, oauth_error_code, random_token, sha256, shared_key, Engine, Env, Pending, PendingKind, Step, MAX_COOKIE_BYTES};
 use crate::config::{ClientAuth, SameSite, UserClaim};
 use crate::encoding::{b64std, b64url, build_query, parse_query, percent_encode, split_url};
 use crate::events::Event;
@@ -12,7 +12,7 @@ use crate::http::{HttpCall, HttpResponse};
 use crate::jose::{verify_id_token, Expected, IdClaims, Jwks, TokenError};
 use crate::pages;
 use crate::policy::Route;
-use crate::provider::{jwks_call, jwks_from_response, ProviderSnapshot, JWKS_REFETCH_COOLDOWN};
+use crate::provider::{jwks_call, ProviderSnapshot, JWKS_REFETCH_COOLDOWN};
 use crate::redirect::safe_redirect;
 use crate::request::RequestHead;
 use crate::session::{LoginState, Session};
@@ -55,9 +55,7 @@ impl Engine {
         if api {
             env.events.push(Event::Unauthorized);
             let login = format!("{}?{}", self.config.paths.start, build_query(&[("rd", &return_to)]));
-            return Step::Respond(
-                pages::json(401, "unauthorized", "Sign in first.", &[("login", &login)]).with_cookies(cookies),
-            );
+            return Step::Respond(pages::json(401, "unauthorized", "Sign in first.", &[("login", &login)]).with_cookies(cookies));
         }
         self.start_login(scheme, authority, return_to, cookies, env)
     }
@@ -120,10 +118,7 @@ impl Engine {
         // The login cookie is always Lax (or None): the callback is a cross-site
         // navigation from the IdP, and a Strict cookie would not come back with it.
         let same_site = if s.same_site == SameSite::None { SameSite::None } else { SameSite::Lax };
-        cookies.push(format!(
-            "{cookie_name}={sealed}{}",
-            self.cookie_attrs(&self.config.paths.callback, s.login_timeout, same_site)
-        ));
+        cookies.push(format!("{cookie_name}={sealed}{}", self.cookie_attrs(&self.config.paths.callback, s.login_timeout, same_site)));
         env.events.push(Event::LoginStarted);
         Step::Respond(pages::redirect(&location).with_cookies(cookies))
     }
@@ -138,8 +133,7 @@ impl Engine {
         let params = parse_query(query);
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let csrf_cookie = param("state").and_then(|s| self.csrf_cookie_name(s));
-        let clear: Vec<String> =
-            csrf_cookie.iter().map(|n| self.clear_cookie(n, &self.config.paths.callback)).collect();
+        let clear: Vec<String> = csrf_cookie.iter().map(|n| self.clear_cookie(n, &self.config.paths.callback)).collect();
         if let Some(error) = param("error") {
             let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
             let status = if code == "access_denied" { 403 } else { 400 };
@@ -197,7 +191,10 @@ impl Engine {
             return self.unavailable(env, clear);
         }
         let op = StoreOp::Claim { key: RecordKey::LoginState(shared_key(b"state", state.as_bytes())), until: env.now + s.login_timeout };
-        Step::Store { op, pending: Pending::new(PendingKind::StateClaim { login, csrf_cookie: cookie_name.to_owned(), code: code.to_owned() }) }
+        Step::Store {
+            op,
+            pending: Pending::new(PendingKind::StateClaim { login, csrf_cookie: cookie_name.to_owned(), code: code.to_owned() }),
+        }
     }
 
     /// The login's `state` is used once: a replayed callback finds it claimed.
@@ -207,12 +204,15 @@ impl Engine {
             return self.login_failed(env, 400, "state replayed", UNKNOWN_LOGIN, clear);
         }
         let Some(call) = env.provider.and_then(|provider| {
-            self.token_call(provider, &[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("redirect_uri", &login.redirect_uri),
-                ("code_verifier", &login.verifier),
-            ])
+            self.token_call(
+                provider,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", &login.redirect_uri),
+                    ("code_verifier", &login.verifier),
+                ],
+            )
         }) else {
             return self.unavailable(env, clear);
         };
@@ -280,10 +280,22 @@ impl Engine {
         env: &mut Env<'_>,
     ) -> Step {
         let Some(id_token) = tokens.id_token.as_deref() else {
-            return self.login_failed(env, 502, "token response without id_token", "The identity provider sent no ID token (is the openid scope allowed?).", cookies);
+            return self.login_failed(
+                env,
+                502,
+                "token response without id_token",
+                "The identity provider sent no ID token (is the openid scope allowed?).",
+                cookies,
+            );
         };
         let p = &self.config.provider;
-        let expected = Expected { issuer: &p.issuer, client_id: &p.client_id, nonce: Some(&login.nonce), now: env.now, leeway: p.clock_skew };
+        let expected = Expected {
+            issuer: &p.issuer,
+            client_id: &p.client_id,
+            nonce: Some(&login.nonce),
+            now: env.now,
+            leeway: p.clock_skew,
+        };
         let claims = match verify_id_token(id_token, jwks, &expected) {
             Ok(c) => c,
             Err(TokenError::UnknownKey) if !refetched => {
@@ -309,7 +321,13 @@ impl Engine {
         let sealed = s.sealer.seal(&s.cookie_name, expires_at, &session.encode(), env.rng);
         let session_cookie = format!("{}={sealed}{}", s.cookie_name, self.cookie_attrs("/", s.lifetime, s.same_site));
         if session_cookie.len() > MAX_COOKIE_BYTES {
-            return self.login_failed(env, 400, "session cookie too large", "Your account carries too much data (groups) to fit in a cookie.", cookies);
+            return self.login_failed(
+                env,
+                400,
+                "session cookie too large",
+                "Your account carries too much data (groups) to fit in a cookie.",
+                cookies,
+            );
         }
         cookies.push(session_cookie);
         // The ID token is only needed as `id_token_hint` at sign-out: keep it in
@@ -352,40 +370,6 @@ impl Engine {
             refresh_token,
             id,
             idp_sid: c.sid.clone(),
-        }
-    }
-
-    fn key_not_known(&self, env: &mut Env<'_>, cookies: Vec<String>) -> Step {
-        self.login_failed(
-            env,
-            502,
-            "ID token signed with unknown key (refetch cooling down)",
-            "The identity provider signed in with a key that is not yet known. Try again in a minute.",
-            cookies,
-        )
-    }
-
-    pub(super) fn on_jwks_cooldown(&self, login: LoginState, csrf_cookie: String, tokens: TokenResponse, claimed: bool, env: &mut Env<'_>) -> Step {
-        let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
-        let call = env.provider.and_then(|pr| jwks_call(&self.config.provider, &pr.discovery).ok());
-        match call {
-            Some(call) if claimed => Step::Fetch { call, pending: Pending::new(PendingKind::JwksForLogin { login, csrf_cookie, tokens }) },
-            _ => self.key_not_known(env, clear),
-        }
-    }
-
-    pub(super) fn on_jwks_for_login(&self, login: LoginState, csrf_cookie: String, tokens: TokenResponse, response: HttpResponse, env: &mut Env<'_>) -> Step {
-        let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
-        match jwks_from_response(&response) {
-            Ok(jwks) => {
-                env.fetched_jwks = Some(response.body);
-                self.finish_login(login, clear, tokens, &jwks, true, env)
-            }
-            Err(_) if response.status == 0 => {
-                env.events.push(Event::LoginFailed("JWKS refetch failed"));
-                self.unavailable(env, clear)
-            }
-            Err(_) => self.login_failed(env, 502, "JWKS refetch invalid", "The identity provider's keys could not be read.", clear),
         }
     }
 }

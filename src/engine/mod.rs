@@ -11,6 +11,7 @@
 mod cookies;
 mod login;
 mod refresh;
+mod rotation;
 mod sign_out;
 mod step;
 
@@ -37,8 +38,8 @@ pub use cookies::MAX_COOKIE_BYTES;
 use login::TokenResponse;
 use refresh::Refresh;
 pub(crate) use step::Env;
-pub use step::{Allow, Pending, Step};
 use step::PendingKind;
+pub use step::{Allow, Pending, Step};
 
 /// The `error` code of an OAuth error response (RFC 6749 §5.2), or "".
 fn oauth_error_code(body: &[u8]) -> String {
@@ -106,9 +107,8 @@ impl Engine {
         }
         if path == paths.start.as_str() || path == paths.sign_in.as_str() {
             let rd = parse_query(query.unwrap_or("")).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
-            let return_to = rd
-                .and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts, head.scheme))
-                .unwrap_or_else(|| "/".to_owned());
+            let return_to =
+                rd.and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts, head.scheme)).unwrap_or_else(|| "/".to_owned());
             if path == paths.start.as_str() {
                 return self.start_login(head.scheme, head.authority, return_to, Vec::new(), env);
             }
@@ -123,12 +123,7 @@ impl Engine {
             return Step::Respond(self.deny_response(head.looks_like_api(), "No service is configured at this address."));
         };
         let mut allow = Allow {
-            strip: head
-                .headers
-                .iter()
-                .filter(|(n, _)| self.config.strip.contains(n))
-                .map(|(n, _)| n.clone())
-                .collect(),
+            strip: head.headers.iter().filter(|(n, _)| self.config.strip.contains(n)).map(|(n, _)| n.clone()).collect(),
             set: route.inject.iter().map(|(n, v)| (Arc::clone(n), v.expose_shared())).collect(),
             set_path: (path.as_ref() != raw_path).then(|| path_and_query(&path, query)),
             set_cookies: Vec::new(),
@@ -246,9 +241,9 @@ impl Engine {
     /// identity headers, not a bearer cookie it could replay elsewhere.
     fn hide_own_cookies(&self, head: &RequestHead<'_>, allow: &mut Allow) {
         let name = self.config.session.cookie_name.as_str();
-        let ours = |pair: &str| pair.trim().split_once('=').is_some_and(|(k, _)| k == name || k.starts_with(name) && k[name.len()..].starts_with('_'));
-        let cookie_values =
-            || head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str());
+        let ours =
+            |pair: &str| pair.trim().split_once('=').is_some_and(|(k, _)| k == name || k.starts_with(name) && k[name.len()..].starts_with('_'));
+        let cookie_values = || head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str());
         if !cookie_values().any(|v| v.split(';').any(ours)) {
             return;
         }
@@ -318,7 +313,6 @@ impl Engine {
         }
     }
 }
-
 
 /// The normalized path with the query as received.
 fn path_and_query(path: &str, query: Option<&str>) -> String {

@@ -165,10 +165,9 @@ impl Engine {
                     _ => None,
                 };
                 match call {
-                    Some(call) => Step::Fetch {
-                        call,
-                        pending: Pending::new(PendingKind::Userinfo { refresh, refresh_token: tokens.refresh_token }),
-                    },
+                    Some(call) => {
+                        Step::Fetch { call, pending: Pending::new(PendingKind::Userinfo { refresh, refresh_token: tokens.refresh_token }) }
+                    }
                     None => {
                         // The IdP accepted the refresh: keep the claims we have, with the new token.
                         let claims = claims_of(&refresh.old.session);
@@ -241,4 +240,3 @@ fn claims_of(s: &Session) -> IdClaims {
         iat: 0,
     }
 }
-

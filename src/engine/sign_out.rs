@@ -38,11 +38,8 @@ impl Engine {
         let end_session = env.provider.and_then(|p| p.discovery.end_session_endpoint.as_deref());
         let location = match end_session {
             Some(endpoint) => {
-                let post_logout = self
-                    .config
-                    .post_logout_redirect_url
-                    .clone()
-                    .unwrap_or_else(|| format!("{}://{}/", head.scheme, head.authority));
+                let post_logout =
+                    self.config.post_logout_redirect_url.clone().unwrap_or_else(|| format!("{}://{}/", head.scheme, head.authority));
                 let mut q = vec![("client_id", self.config.provider.client_id.as_str()), ("post_logout_redirect_uri", post_logout.as_str())];
                 if let Some(h) = hint.as_deref() {
                     q.insert(0, ("id_token_hint", h));

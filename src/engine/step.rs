@@ -105,17 +105,35 @@ impl std::fmt::Debug for Pending {
 /// Where a turn stopped, waiting for an answer.
 pub(super) enum PendingKind {
     /// The login `state` claim (single use), before the code exchange.
-    StateClaim { login: LoginState, csrf_cookie: String, code: String },
-    CodeExchange { login: LoginState, csrf_cookie: String },
+    StateClaim {
+        login: LoginState,
+        csrf_cookie: String,
+        code: String,
+    },
+    CodeExchange {
+        login: LoginState,
+        csrf_cookie: String,
+    },
     /// The JWKS refetch cooldown claim, for a token signed with an unknown key.
-    JwksCooldown { login: LoginState, csrf_cookie: String, tokens: TokenResponse },
-    JwksForLogin { login: LoginState, csrf_cookie: String, tokens: TokenResponse },
+    JwksCooldown {
+        login: LoginState,
+        csrf_cookie: String,
+        tokens: TokenResponse,
+    },
+    JwksForLogin {
+        login: LoginState,
+        csrf_cookie: String,
+        tokens: TokenResponse,
+    },
     /// Whether another worker already refreshed this session generation.
     Successor(Refresh),
     /// The refresh lock claim.
     RefreshLock(Refresh),
     Refresh(Refresh),
-    Userinfo { refresh: Refresh, refresh_token: Option<String> },
+    Userinfo {
+        refresh: Refresh,
+        refresh_token: Option<String>,
+    },
 }
 
 impl Pending {

@@ -8,9 +8,9 @@
 use super::*;
 use crate::driver::{Answer, Driver, Lend};
 use crate::http::HttpCall;
+use crate::seal::Sealer;
 use crate::session::LoginState;
 use crate::store::{RecordKey, StoreAnswer, StoreOp};
-use crate::seal::Sealer;
 use crate::testing::*;
 use serde_json::{json, Value};
 
@@ -452,8 +452,12 @@ fn request_table() -> Vec<Case> {
         // Path tricks are decided on the normalized path, or refused.
         case("dot-dot out of public", Bob, "/public/../admin/", Page(403)),
         case("dot-dot out of public, anonymous", Anonymous, "/public/../admin/", Login { return_to: "/admin/" }),
-        case("dot-dot out of public, alice: path rewritten", Alice, "/public/../admin/",
-             Allow { set: ALICE_HEADERS, strip: COOKIE_ONLY, path: Some("/admin/") }),
+        case(
+            "dot-dot out of public, alice: path rewritten",
+            Alice,
+            "/public/../admin/",
+            Allow { set: ALICE_HEADERS, strip: COOKIE_ONLY, path: Some("/admin/") },
+        ),
         case("encoded dot-dot", Bob, "/%2e%2e/admin", Page(403)),
         case("encoded dot-dot inside public", Bob, "/public/%2E%2e/admin/x", Page(403)),
         case("upper-case admin", Bob, "/ADMIN/", Page(403)),
@@ -472,12 +476,27 @@ fn request_table() -> Vec<Case> {
         case("public needs no login", Anonymous, "/public/x", allow(&[], &[])),
         case("public strips spoofed identity", Anonymous, "/public/x", allow(&[], SPOOF_NAMES)).headers(SPOOFS),
         case("public with a session: no identity headers, cookie hidden", Alice, "/public/x", allow(&[], COOKIE_ONLY)),
-        case("public dot segment rewritten", Anonymous, "/public/./x",
-             Allow { set: &[], strip: &[], path: Some("/public/x") }),
+        case("public dot segment rewritten", Anonymous, "/public/./x", Allow { set: &[], strip: &[], path: Some("/public/x") }),
         // Protected routes: spoofs stripped, real identity set.
-        case("spoofed identity replaced", Alice, "/app/",
-             allow(ALICE_HEADERS, &["Remote-User", "remote_user", "Remote.User", "REMOTE-GROUPS", "X-Forwarded-User",
-                                    "x-auth-request-email", "X_Forwarded_Email", "cookie"])).headers(SPOOFS),
+        case(
+            "spoofed identity replaced",
+            Alice,
+            "/app/",
+            allow(
+                ALICE_HEADERS,
+                &[
+                    "Remote-User",
+                    "remote_user",
+                    "Remote.User",
+                    "REMOTE-GROUPS",
+                    "X-Forwarded-User",
+                    "x-auth-request-email",
+                    "X_Forwarded_Email",
+                    "cookie",
+                ],
+            ),
+        )
+        .headers(SPOOFS),
         case("injected key overwrites the client's", Alice, "/sonarr/api", allow(ALICE_SONARR, &["X-Api-Key", "x_api_key", "cookie"]))
             .headers(&[("X-Api-Key", "mine"), ("x_api_key", "mine")]),
         // Only our own cookies are hidden from the upstream.
@@ -492,10 +511,18 @@ fn request_table() -> Vec<Case> {
         case("start: absolute foreign rd", Anonymous, "/oauth2/start?rd=https://evil.example/", Login { return_to: "/" }),
         case("start: scheme-only rd", Anonymous, "/oauth2/start?rd=https:evil.example", Login { return_to: "/" }),
         case("start: CRLF rd", Anonymous, "/oauth2/start?rd=/%0d%0aSet-Cookie:x=y", Login { return_to: "/" }),
-        case("start: allow-listed host", Anonymous, "/oauth2/start?rd=https%3A%2F%2Fgrafana.example.com%2Fd%2F1",
-             Login { return_to: "https://grafana.example.com/d/1" }),
-        case("start: allow-listed host, downgraded to http", Anonymous, "/oauth2/start?rd=http%3A%2F%2Fgrafana.example.com%2Fd%2F1",
-             Login { return_to: "/" }),
+        case(
+            "start: allow-listed host",
+            Anonymous,
+            "/oauth2/start?rd=https%3A%2F%2Fgrafana.example.com%2Fd%2F1",
+            Login { return_to: "https://grafana.example.com/d/1" },
+        ),
+        case(
+            "start: allow-listed host, downgraded to http",
+            Anonymous,
+            "/oauth2/start?rd=http%3A%2F%2Fgrafana.example.com%2Fd%2F1",
+            Login { return_to: "/" },
+        ),
         case("start: lookalike host", Anonymous, "/oauth2/start?rd=https%3A%2F%2Fexample.com.evil.example%2F", Login { return_to: "/" }),
     ]
 }
@@ -766,31 +793,56 @@ fn callback_failures() -> Vec<CallbackCase> {
         ("empty state", |l| ("code=c&state=".into(), cookie_of(&l.a)), 400),
         ("short state", |l| ("code=c&state=abc".into(), cookie_of(&l.a)), 400),
         ("no login cookie", |l| (build_query(&[("code", "c"), ("state", &l.a.state)]), vec![]), 400),
-        ("unknown state", |l| {
-            let state = "Zm9yZWlnbi1zdGF0ZS1mb3JlaWduLXN0YXRlLWZvcmVpZ24";
-            (build_query(&[("code", "c"), ("state", state)]), cookie_of(&l.a))
-        }, 400),
+        (
+            "unknown state",
+            |l| {
+                let state = "Zm9yZWlnbi1zdGF0ZS1mb3JlaWduLXN0YXRlLWZvcmVpZ24";
+                (build_query(&[("code", "c"), ("state", state)]), cookie_of(&l.a))
+            },
+            400,
+        ),
         ("foreign state: cookie of another login", |l| (build_query(&[("code", "c"), ("state", &l.b.state)]), cookie_of(&l.a)), 400),
-        ("same cookie name, different state", |l| {
-            let forged = format!("{}{}", &l.a.state[..12], "x".repeat(l.a.state.len() - 12));
-            (build_query(&[("code", "c"), ("state", &forged)]), cookie_of(&l.a))
-        }, 400),
-        ("login cookie moved under another state's name", |l| {
-            (build_query(&[("code", "c"), ("state", &l.b.state)]), vec![(l.b.cookie.name.clone(), l.a.cookie.value.clone())])
-        }, 400),
-        ("tampered login cookie", |l| {
-            let mut v = l.a.cookie.value.clone().into_bytes();
-            v[20] = if v[20] == b'A' { b'B' } else { b'A' };
-            (build_query(&[("code", "c"), ("state", &l.a.state)]), vec![(l.a.cookie.name.clone(), String::from_utf8(v).unwrap())])
-        }, 400),
+        (
+            "same cookie name, different state",
+            |l| {
+                let forged = format!("{}{}", &l.a.state[..12], "x".repeat(l.a.state.len() - 12));
+                (build_query(&[("code", "c"), ("state", &forged)]), cookie_of(&l.a))
+            },
+            400,
+        ),
+        (
+            "login cookie moved under another state's name",
+            |l| (build_query(&[("code", "c"), ("state", &l.b.state)]), vec![(l.b.cookie.name.clone(), l.a.cookie.value.clone())]),
+            400,
+        ),
+        (
+            "tampered login cookie",
+            |l| {
+                let mut v = l.a.cookie.value.clone().into_bytes();
+                v[20] = if v[20] == b'A' { b'B' } else { b'A' };
+                (build_query(&[("code", "c"), ("state", &l.a.state)]), vec![(l.a.cookie.name.clone(), String::from_utf8(v).unwrap())])
+            },
+            400,
+        ),
         ("iss mismatch", |l| (build_query(&[("code", "c"), ("state", &l.a.state), ("iss", "https://evil.example")]), cookie_of(&l.a)), 400),
-        ("iss with trailing slash", |l| (build_query(&[("code", "c"), ("state", &l.a.state), ("iss", "https://id.example.com/")]), cookie_of(&l.a)), 400),
+        (
+            "iss with trailing slash",
+            |l| (build_query(&[("code", "c"), ("state", &l.a.state), ("iss", "https://id.example.com/")]), cookie_of(&l.a)),
+            400,
+        ),
         ("missing code", |l| (build_query(&[("state", &l.a.state)]), cookie_of(&l.a)), 400),
         ("empty code", |l| (build_query(&[("code", ""), ("state", &l.a.state)]), cookie_of(&l.a)), 400),
         ("access denied", |l| (build_query(&[("error", "access_denied"), ("state", &l.a.state)]), cookie_of(&l.a)), 403),
-        ("provider error, markup in it", |l| {
-            (build_query(&[("error", "<script>alert(1)</script>"), ("error_description", "<b>x</b>"), ("state", &l.a.state)]), cookie_of(&l.a))
-        }, 400),
+        (
+            "provider error, markup in it",
+            |l| {
+                (
+                    build_query(&[("error", "<script>alert(1)</script>"), ("error_description", "<b>x</b>"), ("state", &l.a.state)]),
+                    cookie_of(&l.a),
+                )
+            },
+            400,
+        ),
         ("error without state", |_| ("error=server_error".into(), vec![]), 400),
         ("nothing at all", |_| (String::new(), vec![]), 400),
     ]
@@ -970,29 +1022,40 @@ fn token_answers() -> Vec<TokenCase> {
         ("JSON without id_token", |_, _| body(200, r#"{"access_token":"a","token_type":"Bearer"}"#), 502),
         ("id_token not a string", |_, _| body(200, r#"{"id_token":42}"#), 502),
         ("id_token garbage", |_, _| token_response("a.b.c"), 400),
-        ("id_token alg none", |l, now| {
-            let claims = id_claims(&l.nonce, now, &alice());
-            let t = format!("{}.{}.", crate::encoding::b64url(br#"{"alg":"none"}"#), crate::encoding::b64url(claims.to_string().as_bytes()));
-            token_response(&t)
-        }, 400),
-        ("bad signature", |l, now| {
-            let t = sign_ed(&rotated_ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &alice()));
-            token_response(&t)
-        }, 400),
-        ("tampered claims", |l, now| {
-            let t = sign_ed(&ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &bob()));
-            let forged = crate::encoding::b64url(id_claims(&l.nonce, now, &alice()).to_string().as_bytes());
-            let parts: Vec<&str> = t.split('.').collect();
-            token_response(&format!("{}.{forged}.{}", parts[0], parts[2]))
-        }, 400),
+        (
+            "id_token alg none",
+            |l, now| {
+                let claims = id_claims(&l.nonce, now, &alice());
+                let t = format!("{}.{}.", crate::encoding::b64url(br#"{"alg":"none"}"#), crate::encoding::b64url(claims.to_string().as_bytes()));
+                token_response(&t)
+            },
+            400,
+        ),
+        (
+            "bad signature",
+            |l, now| {
+                let t = sign_ed(&rotated_ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &alice()));
+                token_response(&t)
+            },
+            400,
+        ),
+        (
+            "tampered claims",
+            |l, now| {
+                let t = sign_ed(&ed_key(), Some("ed1"), &id_claims(&l.nonce, now, &bob()));
+                let forged = crate::encoding::b64url(id_claims(&l.nonce, now, &alice()).to_string().as_bytes());
+                let parts: Vec<&str> = t.split('.').collect();
+                token_response(&format!("{}.{forged}.{}", parts[0], parts[2]))
+            },
+            400,
+        ),
     ]
 }
 
 #[test]
 fn token_endpoint_answers() {
     type Answer = Box<dyn Fn(&LoginState, u64) -> HttpResponse>;
-    let mut cases: Vec<(&str, Answer, u16)> =
-        token_answers().into_iter().map(|(n, f, s)| (n, Box::new(f) as Answer, s)).collect();
+    let mut cases: Vec<(&str, Answer, u16)> = token_answers().into_iter().map(|(n, f, s)| (n, Box::new(f) as Answer, s)).collect();
     for (name, patch) in [
         ("wrong nonce", json!({"nonce": "another"})),
         ("no nonce", json!({"nonce": null})),
@@ -1182,7 +1245,10 @@ fn sign_out_ends_the_provider_session() {
         String::from_utf8(bytes).unwrap()
     };
     g.host.take_events();
-    let req = Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "same-origin").cookie(COOKIE, &session).cookie("_oidc_edge_idt", &idt);
+    let req = Req::get("/oauth2/sign_out")
+        .header("Sec-Fetch-Site", "same-origin")
+        .cookie(COOKIE, &session)
+        .cookie("_oidc_edge_idt", &idt);
     let r = respond(g.send(&req));
     assert_eq!(r.status, 302);
     let (base, params) = split_location(r.header("location").unwrap());
@@ -1208,7 +1274,12 @@ fn sign_out_without_id_token_or_provider() {
     assert!(set_cookie(&r, COOKIE).unwrap().clears());
     // Without an end-session endpoint (or provider), a local redirect, never to another site.
     *g.driver.provider_slot() = None;
-    for (rd, to) in [("/bye", "/bye"), ("//evil.example", "/"), ("https://evil.example/", "/"), ("https://grafana.example.com/", "https://grafana.example.com/")] {
+    for (rd, to) in [
+        ("/bye", "/bye"),
+        ("//evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("https://grafana.example.com/", "https://grafana.example.com/"),
+    ] {
         let r = respond(g.send(&Req::get(&format!("/oauth2/sign_out?{}", build_query(&[("rd", rd)]))).header("Sec-Fetch-Site", "same-origin")));
         assert_eq!((r.status, r.header("location")), (302, Some(to)), "rd={rd}");
     }
@@ -1343,11 +1414,15 @@ fn a_host_that_forwards_the_received_path_sends_the_browser_to_the_decided_one()
 
 #[test]
 fn cookie_header_parsing_is_strict_about_names() {
-    let headers = vec![
-        ("Cookie".to_owned(), "a=1; _oidc_edge_x=2".to_owned()),
-        ("cookie".to_owned(), " _oidc_edge=\"v\" ;b=3".to_owned()),
-    ];
-    let head = RequestHead { method: "GET", scheme: "https", authority: APP_HOST, path: "/", headers: &headers, rewrites_path: true };
+    let headers = vec![("Cookie".to_owned(), "a=1; _oidc_edge_x=2".to_owned()), ("cookie".to_owned(), " _oidc_edge=\"v\" ;b=3".to_owned())];
+    let head = RequestHead {
+        method: "GET",
+        scheme: "https",
+        authority: APP_HOST,
+        path: "/",
+        headers: &headers,
+        rewrites_path: true,
+    };
     assert_eq!(head.cookie("_oidc_edge"), Some("v"));
     assert_eq!(head.cookie("b"), Some("3"));
     assert_eq!(head.cookie("_oidc"), None);
@@ -1565,10 +1640,9 @@ fn sign_out_revokes_the_session_here_and_wherever_the_revocation_is_learned() {
     let mut other = Gate::new();
     assert!(matches!(other.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Allow(_)));
 
-    let out = g.driver.on_request(
-        &Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "same-origin").cookie(COOKIE, &session).head(),
-        g.host.lend(),
-    );
+    let out = g
+        .driver
+        .on_request(&Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "same-origin").cookie(COOKIE, &session).head(), g.host.lend());
     assert_eq!(out.revoked.len(), 1, "the host is handed the revocation to spread");
     let revoked = out.revoked.clone();
     assert_eq!(respond(g.host.keep(out)).status, 302);
@@ -1599,7 +1673,9 @@ fn a_refreshed_session_stays_revocable_under_its_old_id() {
     let now = g.host.now;
     let a = allowed(g.fetched(pending, refreshed(now, &bob(), "rt-rotated")));
     let new = SetCookie::parse(&a.set_cookies[0]).value;
-    let out = g.driver.on_request(&Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "none").cookie(COOKIE, &new).head(), g.host.lend());
+    let out = g
+        .driver
+        .on_request(&Req::get("/oauth2/sign_out").header("Sec-Fetch-Site", "none").cookie(COOKIE, &new).head(), g.host.lend());
     let _ = g.host.keep(out);
     for cookie in [&old, &new] {
         assert!(matches!(g.send(&Req::get("/").cookie(COOKIE, cookie)), Step::Respond(_)), "a cookie of the signed-out session still works");

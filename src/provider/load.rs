@@ -138,10 +138,9 @@ impl Progress {
         match self {
             Progress::Fetch(..) => None,
             Progress::Loaded { .. } => Some((Severity::Info, format!("provider metadata loaded for {}", config.issuer))),
-            Progress::Failed { error, schedule } => Some((
-                Severity::Warn,
-                format!("provider metadata not loaded ({error}); next attempt in {}s", retry_delay(schedule.failures)),
-            )),
+            Progress::Failed { error, schedule } => {
+                Some((Severity::Warn, format!("provider metadata not loaded ({error}); next attempt in {}s", retry_delay(schedule.failures))))
+            }
         }
     }
 }
@@ -160,9 +159,7 @@ mod tests {
         let config = provider_config();
         let Progress::Fetch(load, call) = Load::start(&config, Schedule::default(), 100) else { panic!("no discovery call") };
         assert!(call.path.ends_with("/.well-known/openid-configuration"));
-        let Progress::Fetch(load, call) = load.advance(&config, ok(discovery_json()), Schedule::default(), 101) else {
-            panic!("no JWKS call")
-        };
+        let Progress::Fetch(load, call) = load.advance(&config, ok(discovery_json()), Schedule::default(), 101) else { panic!("no JWKS call") };
         assert!(call.path.contains("jwks"), "{}", call.path);
         match load.advance(&config, ok(jwks_json().to_string().into_bytes()), Schedule { next_attempt: 0, failures: 3 }, 102) {
             Progress::Loaded { docs, schedule } => {

@@ -6,8 +6,8 @@ mod load;
 use serde::Deserialize;
 
 use crate::config::ProviderConfig;
-use crate::http::{HttpCall, HttpResponse};
 use crate::encoding::split_url;
+use crate::http::{HttpCall, HttpResponse};
 use crate::jose::{Jwks, JwksError};
 
 pub use load::{retry_delay, Load, Progress, Schedule, METADATA_MAX_AGE};
@@ -113,9 +113,9 @@ impl std::fmt::Display for ProviderError {
 impl std::error::Error for ProviderError {}
 
 fn get(config: &ProviderConfig, url: &str, what: &'static str) -> Result<HttpCall, ProviderError> {
-    config.call("GET", url, vec![("accept".into(), "application/json".into())], Vec::new()).ok_or_else(|| {
-        ProviderError::NoCalloutTarget { what, authority: split_url(url).map_or(url, |(_, a, _)| a).to_owned() }
-    })
+    config
+        .call("GET", url, vec![("accept".into(), "application/json".into())], Vec::new())
+        .ok_or_else(|| ProviderError::NoCalloutTarget { what, authority: split_url(url).map_or(url, |(_, a, _)| a).to_owned() })
 }
 
 /// The discovery request.
@@ -140,12 +140,15 @@ fn ok_body<'a>(resp: &'a HttpResponse, what: &'static str) -> Result<&'a [u8], P
 impl Discovery {
     /// Parses and checks a discovery document against the configuration.
     pub fn parse(bytes: &[u8], config: &ProviderConfig) -> Result<Discovery, ProviderError> {
-        let d: Discovery = serde_json::from_slice(bytes)
-            .map_err(|e| ProviderError::InvalidDiscovery(e.to_string()))?;
+        let d: Discovery = serde_json::from_slice(bytes).map_err(|e| ProviderError::InvalidDiscovery(e.to_string()))?;
         if d.issuer != config.issuer {
             return Err(ProviderError::IssuerMismatch { discovered: d.issuer, configured: config.issuer.clone() });
         }
-        let required = [("authorization_endpoint", Some(&d.authorization_endpoint)), ("token_endpoint", Some(&d.token_endpoint)), ("jwks_uri", Some(&d.jwks_uri))];
+        let required = [
+            ("authorization_endpoint", Some(&d.authorization_endpoint)),
+            ("token_endpoint", Some(&d.token_endpoint)),
+            ("jwks_uri", Some(&d.jwks_uri)),
+        ];
         let optional = [("userinfo_endpoint", d.userinfo_endpoint.as_ref()), ("end_session_endpoint", d.end_session_endpoint.as_ref())];
         for (name, url) in required.into_iter().chain(optional).filter_map(|(n, u)| Some((n, u?))) {
             match split_url(url) {

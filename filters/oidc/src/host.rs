@@ -154,10 +154,7 @@ pub fn dispatch(ctx: &dyn Context, call: &HttpCall) -> Result<u32, String> {
 
 /// The callout's answer; a missing status (reset, timeout, no such cluster) is 0.
 pub fn call_response(ctx: &dyn Context, body_size: usize) -> HttpResponse {
-    let status = ctx
-        .get_http_call_response_header(":status")
-        .and_then(|s| s.parse::<u16>().ok())
-        .unwrap_or(0);
+    let status = ctx.get_http_call_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
     let body = if body_size > 0 { ctx.get_http_call_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
     HttpResponse { status, body }
 }

@@ -280,8 +280,7 @@ impl Request {
                 // ngx_wasm_module keeps only the last of several same-name
                 // headers in a local response; the cookies are checked again
                 // when the response headers pass through this filter.
-                self.set_cookies =
-                    resp.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| v.clone()).collect();
+                self.set_cookies = resp.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie")).map(|(_, v)| v.clone()).collect();
                 let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
                 self.send_http_response(u32::from(resp.status), headers, Some(&resp.body));
                 Action::Pause
@@ -316,8 +315,7 @@ impl Request {
         // The Host header first: ngx_wasm_module's `:authority` is the
         // server's own name, Envoy folds Host into `:authority`.
         let authority = find("host").filter(|a| !a.is_empty()).or_else(|| find(":authority")).unwrap_or("");
-        let rewrites_path =
-            self.worker.as_ref().is_some_and(|w| *w.borrow_mut().rewrites_path.get_or_insert_with(host::host_rewrites_path));
+        let rewrites_path = self.worker.as_ref().is_some_and(|w| *w.borrow_mut().rewrites_path.get_or_insert_with(host::host_rewrites_path));
         // Where the host forwards its own request line, decide on that line:
         // ngx_wasm_module's `:path` is nginx's decoded and resolved `$uri`,
         // while `proxy_pass` sends `$request_uri`.

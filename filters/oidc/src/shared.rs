@@ -5,8 +5,8 @@
 
 use oidc_edge::engine::shared_key;
 use oidc_edge::provider::Schedule;
-use oidc_edge::revocation::Revocation;
 use oidc_edge::records::{self, Write};
+use oidc_edge::revocation::Revocation;
 use oidc_edge::{Pool, RecordKey, SharedState};
 use proxy_wasm::traits::Context;
 use proxy_wasm::types::Status;

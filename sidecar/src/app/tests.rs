@@ -130,10 +130,11 @@ async fn forwarding_headers_from_an_untrusted_peer_are_not_believed() {
     // A direct request: the sidecar's own pages. An untrusted peer's
     // X-Forwarded-Proto does not make the callback URL https.
     let a = app
-        .handle(request("10.0.0.9", "/oauth2/sign_in?rd=https%3A%2F%2Fevil.example%2F", &[
-            ("host", "app.example.com"),
-            ("x-forwarded-host", "evil.example"),
-        ]))
+        .handle(request(
+            "10.0.0.9",
+            "/oauth2/sign_in?rd=https%3A%2F%2Fevil.example%2F",
+            &[("host", "app.example.com"), ("x-forwarded-host", "evil.example")],
+        ))
         .await;
     assert_eq!(a.status, 200);
     let body = String::from_utf8_lossy(&a.body);

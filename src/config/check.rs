@@ -10,20 +10,16 @@ use crate::encoding::{b64_any_decode, split_url};
 use crate::headers::HeaderNames;
 use crate::secret::SecretSource;
 
-/// Parses a duration: seconds as a number, or `90s`, `15m`, `12h`, `7d`.
+/// Parses a duration: seconds as a number, or `90s`, `15m`, `12h`, `7d`, `1h 30m`.
 pub fn parse_duration(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().ok();
+    }
+    // `humantime` also takes `1h 30m`, `2days`, `1w`, `1.5h`; never a sign,
+    // and never less than whole seconds.
+    let d = humantime::parse_duration(t).ok()?;
+    (d.subsec_nanos() == 0).then(|| d.as_secs())
 }
 
 /// Collects every error and warning of a configuration, each naming its

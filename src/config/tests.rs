@@ -104,7 +104,7 @@ fn single_errors() -> Vec<ErrorCase> {
         ),
         ("timeout out of range", |v| v["provider"]["timeout_ms"] = json!(10), "provider.timeout_ms", &["100 to 60000"]),
         ("absurd clock skew", |v| v["provider"]["clock_skew"] = json!("1h"), "provider.clock_skew", &["fix the clocks"]),
-        ("unparsable duration", |v| v["session"]["lifetime"] = json!("12 hours"), "session.lifetime", &["12h"]),
+        ("unparsable duration", |v| v["session"]["lifetime"] = json!("twelve hours"), "session.lifetime", &["12h"]),
         ("too short lifetime", |v| v["session"]["lifetime"] = json!("30s"), "session.lifetime", &["at least 60s"]),
         ("bad same_site", |v| v["session"]["same_site"] = json!("Relaxed"), "session.same_site", &["Lax", "Strict", "None"]),
         (
@@ -504,9 +504,12 @@ fn durations() {
         ("7d", Some(604800)),
         ("", None),
         ("h", None),
-        ("1.5h", None),
+        ("1.5h", Some(5400)),
+        ("0.5s", None),
         ("-1", None),
-        ("1w", None),
+        ("1w", Some(604800)),
+        ("1h 30m", Some(5400)),
+        ("500ms", None),
         ("99999999999999999999d", None),
     ] {
         assert_eq!(parse_duration(text), secs, "{text:?}");

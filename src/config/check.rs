@@ -19,7 +19,7 @@ pub fn parse_duration(text: &str) -> Option<u64> {
     // `humantime` also takes `1h 30m`, `2days`, `1w`, `1.5h`; never a sign,
     // and never less than whole seconds.
     let d = humantime::parse_duration(t).ok()?;
-    (d.subsec_nanos() == 0).then(|| d.as_secs())
+    (d.subsec_nanos() == 0).then_some(d.as_secs())
 }
 
 /// Collects every error and warning of a configuration, each naming its

@@ -57,8 +57,9 @@ if [ ! -d tests/idp/node_modules ] || [ tests/idp/package-lock.json -nt tests/id
 fi
 
 # Debian's stock nginx: the auth_request stack (and the base of the ngx_wasm_module build);
-# Debian's Chromium for the browser tests (Playwright drives it; it never downloads one).
-apt_install nginx chromium
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads one);
+# Debian's Redis for the fleet tests (two sidecars sharing one store).
+apt_install nginx chromium redis-server
 if [ "${1:-}" = "--bench" ]; then
   apt_install wrk openssl
 fi

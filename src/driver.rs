@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::cache::SessionCache;
 use crate::config::Config;
 use crate::engine::{Engine, Env, Pending, Step};
-use crate::events::{Counter, Event, Severity};
+use crate::events::{Counter, Events, Severity};
 use crate::http::HttpResponse;
 use crate::provider::{ProviderError, ProviderSnapshot, SharedProvider};
 use crate::request::RequestHead;
@@ -49,7 +49,7 @@ pub struct Outcome {
     /// What to do with the request.
     pub step: Step,
     /// What happened: see [`Outcome::counters`] and [`Outcome::log_lines`].
-    pub events: Vec<Event>,
+    pub events: Events,
     /// Records to store (empty when the driver had a synchronous store).
     pub writes: Vec<StoreWrite>,
     /// Sessions this turn revoked (sign-out). Already applied in this
@@ -141,23 +141,24 @@ impl Driver {
 
     fn turn(&mut self, lend: Lend<'_>, first: impl FnOnce(&Engine, &mut Env<'_>) -> Step) -> Outcome {
         let Lend { now, rng, store } = lend;
-        let provider = self.provider.clone();
+        // Borrowed field by field: the hot path clones nothing.
+        let Driver { engine, sessions, provider, revocations, .. } = self;
         let mut env = Env {
             now,
             rng,
             provider: provider.as_deref(),
-            sessions: &mut self.sessions,
-            revocations: &self.revocations,
+            sessions,
+            revocations,
             revoked: Vec::new(),
-            events: Vec::new(),
+            events: Events::new(),
             writes: Vec::new(),
             fetched_jwks: None,
         };
-        let mut step = first(&self.engine, &mut env);
+        let mut step = first(engine, &mut env);
         if let Some(store) = store {
             while let Step::Store { op, pending } = step {
                 let answer = op.perform(store, now);
-                step = self.engine.on_stored(pending, answer, &mut env);
+                step = engine.on_stored(pending, answer, &mut env);
             }
             for write in env.writes.drain(..) {
                 // A write that fails leaves a record missing: another worker

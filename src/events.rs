@@ -35,7 +35,13 @@ pub enum Event {
     RefreshFailed(&'static str),
     /// A request joined a refresh made by another request or worker.
     RefreshCoalesced,
+    /// The shared store did not answer; what the gate did instead.
+    StoreUnavailable(&'static str),
 }
+
+/// The events of one turn: one or two on the hot path, kept inline so that
+/// a decision allocates nothing for them.
+pub type Events = smallvec::SmallVec<[Event; 2]>;
 
 /// How loud a log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,11 +83,13 @@ pub enum Counter {
     RefreshesFailed,
     /// Requests that joined another request's refresh.
     RefreshesCoalesced,
+    /// Store operations that got no answer.
+    StoreUnavailable,
 }
 
 impl Counter {
     /// Every counter, for hosts that define metrics up front.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::LoginsStarted,
         Counter::LoginsCompleted,
         Counter::LoginsFailed,
@@ -96,6 +104,7 @@ impl Counter {
         Counter::RefreshesSucceeded,
         Counter::RefreshesFailed,
         Counter::RefreshesCoalesced,
+        Counter::StoreUnavailable,
     ];
 
     /// The metric name (Envoy and ngx_wasm_module stats; the sidecar's
@@ -116,6 +125,7 @@ impl Counter {
             Counter::RefreshesSucceeded => "oidc_edge_refreshes_succeeded",
             Counter::RefreshesFailed => "oidc_edge_refreshes_failed",
             Counter::RefreshesCoalesced => "oidc_edge_refreshes_coalesced",
+            Counter::StoreUnavailable => "oidc_edge_store_unavailable",
         }
     }
 
@@ -136,6 +146,7 @@ impl Counter {
             Counter::RefreshesSucceeded => "Session refreshes that produced a new session cookie.",
             Counter::RefreshesFailed => "Session refreshes that failed (the log line says whether the session was kept).",
             Counter::RefreshesCoalesced => "Requests that joined a refresh made by another request or worker.",
+            Counter::StoreUnavailable => "Shared-store operations that got no answer (the gate went on without them where safe).",
         }
     }
 
@@ -165,6 +176,7 @@ impl Event {
             Event::RefreshSucceeded => &[Counter::RefreshesSucceeded],
             Event::RefreshFailed(_) => &[Counter::RefreshesFailed],
             Event::RefreshCoalesced => &[Counter::RefreshesCoalesced],
+            Event::StoreUnavailable(_) => &[Counter::StoreUnavailable],
         }
     }
 
@@ -188,6 +200,8 @@ impl Event {
             Event::InvalidCookie(why) => Some(format!("session cookie refused: {why}")),
             Event::ProviderUnavailable => Some("identity provider unavailable: answered 503".into()),
             Event::RefreshFailed(why) => Some(format!("session refresh failed: {why}")),
+            // The sidecar logs the store being down once, rate-limited.
+            Event::StoreUnavailable(_) => None,
             _ => None,
         }
     }

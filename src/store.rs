@@ -109,9 +109,12 @@ pub enum StoreOp {
 pub enum StoreAnswer {
     /// What [`StoreOp::Read`] found.
     Read(Option<Vec<u8>>),
-    /// Whether [`StoreOp::Claim`] got the claim. A store that cannot say
-    /// answers `false` (fail closed).
+    /// Whether [`StoreOp::Claim`] got the claim.
     Claimed(bool),
+    /// The store did not answer (unreachable, timed out). The engine goes on
+    /// without it where that is safe (a login: the provider's code is single
+    /// use anyway) and postpones what is not (a refresh).
+    Unavailable,
 }
 
 /// A record to store; nothing waits for it. `Debug` omits the value (a

@@ -17,6 +17,7 @@ use crate::log::{self, Level};
 use crate::metrics::{self, Metrics};
 use crate::random::OsRandom;
 use crate::settings::SidecarConfig;
+use crate::store::RedisStore;
 
 /// Opened sessions kept per process.
 const SESSION_CACHE: usize = 10_000;
@@ -59,6 +60,8 @@ pub struct App {
     pub idp: IdpClient,
     /// Wakes the metadata loader when a request finds no metadata.
     pub wake_loader: Notify,
+    /// The fleet's shared store; `None` keeps records in this process.
+    pub redis: Option<RedisStore>,
 }
 
 /// An answer, ready for the HTTP layer.
@@ -132,9 +135,10 @@ fn path_only(p: &str) -> &str {
 }
 
 impl App {
-    pub fn new(config: Config, settings: SidecarConfig) -> App {
+    pub fn new(config: Config, settings: SidecarConfig, redis: Option<RedisStore>) -> App {
         let driver = Driver::new(config, SESSION_CACHE);
         App {
+            redis,
             config: driver.shared_config(),
             settings,
             state: Mutex::new(State { driver, records: MemoryStore::new(RECORDS) }),
@@ -159,6 +163,11 @@ impl App {
         self.lock().driver.provider().is_some()
     }
 
+    /// Whether the shared store answers (always, for the in-memory one).
+    pub fn store_up(&self) -> bool {
+        self.redis.as_ref().is_none_or(RedisStore::is_up)
+    }
+
     pub fn trusted(&self, peer: IpAddr) -> bool {
         self.settings.trusted_proxies.iter().any(|n| n.contains(peer))
     }
@@ -170,12 +179,16 @@ impl App {
         match path {
             "/healthz" => return Answer::plain(200, "ok\n"),
             "/readyz" => {
-                return if self.ready() {
-                    Answer::plain(200, "ready\n")
-                } else {
+                if !self.ready() {
                     self.wake_loader.notify_one();
-                    Answer::plain(503, "identity provider metadata not loaded yet\n")
-                };
+                    return Answer::plain(503, "identity provider metadata not loaded yet\n");
+                }
+                // Sessions still work without the store; the fleet's
+                // guarantees (single refresh, sign-out everywhere) do not.
+                if !self.store_up() {
+                    return Answer::plain(503, "shared store unreachable\n");
+                }
+                return Answer::plain(200, "ready\n");
             }
             "/metrics" => return self.metrics(),
             _ => {}
@@ -204,15 +217,15 @@ impl App {
             // The proxy forwards its own request line, not ours.
             rewrites_path: false,
         };
-        let mut events = Vec::new();
-        let step = self.run(&mut events, |driver, lend| driver.on_request(&head, lend));
-        let step = self.finish(&mut events, step).await;
+        let mut turns = Turns::default();
+        let step = self.run(&mut turns, |driver, lend| driver.on_request(&head, lend));
+        let step = self.finish(&mut turns, step).await;
         let answer = self.shape(step, mode, &original);
         // nginx follows an auth_request refusal with a second decision (its
         // error_page asks the forward-auth endpoint for the browser's answer):
         // that one is counted and logged, so each request counts once.
         if !(mode == Mode::AuthRequest && matches!(answer.status, 401 | 403)) {
-            self.record(&events);
+            self.record(&turns.counted);
         }
         if log::enabled(Level::Debug) {
             log::event(
@@ -312,28 +325,67 @@ impl App {
     }
 
     /// One turn of the driver with the in-memory store lent for its duration.
-    fn run(&self, events: &mut Vec<Counted>, turn: impl FnOnce(&mut Driver, Lend<'_>) -> Outcome) -> Step {
+    /// One turn of the driver. The in-memory store is lent for its
+    /// duration; with Redis, store operations come back as steps, and the
+    /// writes and revocations are kept in `turns` for [`App::finish`].
+    fn run(&self, turns: &mut Turns, turn: impl FnOnce(&mut Driver, Lend<'_>) -> Outcome) -> Step {
         let mut guard = self.lock();
         let state = &mut *guard;
         if state.driver.provider().is_none() {
             self.wake_loader.notify_one();
         }
-        let outcome = turn(&mut state.driver, Lend { now: now(), rng: &mut OsRandom, store: Some(&mut state.records) });
+        let store: Option<&mut dyn oidc_edge::SharedState> = if self.redis.is_some() { None } else { Some(&mut state.records) };
+        let mut outcome = turn(&mut state.driver, Lend { now: now(), rng: &mut OsRandom, store });
         drop(guard);
-        events.push(Counted::from(&outcome));
+        turns.counted.push(Counted::from(&outcome));
+        turns.writes.append(&mut outcome.writes);
+        turns.revoked.append(&mut outcome.revoked);
         outcome.step
     }
 
-    /// Performs IdP calls until the driver has an answer.
-    async fn finish(&self, events: &mut Vec<Counted>, mut step: Step) -> Step {
+    /// Performs IdP calls and store operations until the driver has an
+    /// answer, then the records to write and the revocations to publish.
+    async fn finish(&self, turns: &mut Turns, mut step: Step) -> Step {
         loop {
             let (pending, answer): (Pending, oidc_edge::Answer) = match step {
                 Step::Fetch { call, pending } => (pending, oidc_edge::Answer::Http(self.call_idp(&call).await)),
-                // The in-memory store answers within the turn.
-                Step::Store { .. } => return Step::Respond(oidc_edge::pages::page(500, "Error", "Internal error.", None)),
-                done => return done,
+                Step::Store { op, pending } => {
+                    let answer = match &self.redis {
+                        Some(redis) => redis.perform(&op, now()).await,
+                        // The in-memory store answers within the turn.
+                        None => oidc_edge::StoreAnswer::Unavailable,
+                    };
+                    (pending, oidc_edge::Answer::Store(answer))
+                }
+                done => {
+                    self.settle(turns).await;
+                    return done;
+                }
             };
-            step = self.run(events, |driver, lend| driver.on_answer(pending, answer, lend));
+            step = self.run(turns, |driver, lend| driver.on_answer(pending, answer, lend));
+        }
+    }
+
+    async fn settle(&self, turns: &mut Turns) {
+        let Some(redis) = &self.redis else { return };
+        let now = now();
+        for write in turns.writes.drain(..) {
+            redis.write(&write, now).await;
+        }
+        if !turns.revoked.is_empty() && !redis.publish(&turns.revoked).await {
+            log::event(
+                Level::Warn,
+                "a sign-out could not be shared with the fleet",
+                &[("hint", "the other instances accept the signed-out cookie until it expires; check the store".into())],
+            );
+        }
+        turns.revoked.clear();
+    }
+
+    /// Learns revocations other instances published.
+    pub fn learn(&self, revoked: &[oidc_edge::revocation::Revocation]) {
+        if !revoked.is_empty() {
+            self.lock().driver.learn(revoked, now());
         }
     }
 
@@ -435,7 +487,7 @@ impl App {
     }
 
     fn metrics(&self) -> Answer {
-        match self.counters.render(self.ready()) {
+        match self.counters.render(self.ready(), self.store_up()) {
             Ok(text) => Answer::text(200, metrics::CONTENT_TYPE, &text),
             Err(_) => Answer::plain(500, "cannot encode the metrics\n"),
         }
@@ -493,6 +545,15 @@ impl App {
             }
         }
     }
+}
+
+/// What a request's turns left for the host: counters and log lines, and
+/// with Redis the records to write and the revocations to publish.
+#[derive(Default)]
+struct Turns {
+    counted: Vec<Counted>,
+    writes: Vec<oidc_edge::StoreWrite>,
+    revoked: Vec<oidc_edge::revocation::Revocation>,
 }
 
 /// What one turn asks to count and log; recorded once the request's answer

@@ -11,6 +11,7 @@ mod random;
 mod render;
 mod server;
 mod settings;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -187,6 +188,9 @@ fn check_command(path: &Path, (config, settings): (Config, SidecarConfig)) -> Ex
 
 fn serve_command((config, settings): (Config, SidecarConfig)) -> ExitCode {
     log::set_level(settings.log_level);
+    // rediss:// connections take the process's default TLS provider; the
+    // provider client (idp.rs) names ring itself. Fails only if already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     for warning in &config.warnings {
         log::event(
             log::Level::Warn,
@@ -235,8 +239,29 @@ async fn serve(config: Config, settings: SidecarConfig) -> ExitCode {
             )],
         );
     }
-    let app = Arc::new(app::App::new(config, settings));
+    let redis = match &settings.store {
+        settings::StoreConfig::Memory => None,
+        settings::StoreConfig::Redis(redis) => match store::RedisStore::new(redis) {
+            Ok(store) => {
+                log::event(
+                    log::Level::Info,
+                    "shared store",
+                    &[("url", redis.url.as_str().into()), ("key_prefix", redis.key_prefix.as_str().into())],
+                );
+                Some(store)
+            }
+            Err(e) => {
+                log::event(log::Level::Warn, "cannot use the shared store", &[("reason", e.into())]);
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let fleet = redis.is_some();
+    let app = Arc::new(app::App::new(config, settings, redis));
     tokio::spawn(keep_provider_loaded(Arc::clone(&app)));
+    if fleet {
+        tokio::spawn(follow_revocations(Arc::clone(&app)));
+    }
     log::event(log::Level::Info, "listening", &[("address", listen.to_string().into())]);
     tokio::select! {
         () = server::accept_loop(listener, app) => ExitCode::from(1),
@@ -280,6 +305,32 @@ async fn keep_provider_loaded(app: Arc<app::App>) {
                 schedule.next_attempt = 0;
             }
         }
+    }
+}
+
+/// Learns the revocations other instances publish (sign-outs), once a
+/// second: within a few seconds every instance of a fleet refuses a
+/// signed-out cookie. Also notices the store coming back.
+async fn follow_revocations(app: Arc<app::App>) {
+    let Some(redis) = app.redis.as_ref() else { return };
+    // From the start of the stream: revocations made before this instance
+    // started still apply (each until its session would have expired).
+    let mut last_id = "0".to_owned();
+    loop {
+        match redis.revocations_after(&last_id).await {
+            Some((revoked, next)) => {
+                app.learn(&revoked);
+                let caught_up = next == last_id;
+                last_id = next;
+                if !caught_up {
+                    continue;
+                }
+            }
+            None => {
+                let _ = redis.ping().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -16,12 +16,15 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 const PROVIDER_READY: &str = "oidc_edge_provider_ready";
 const PROVIDER_READY_HELP: &str = "1 when discovery and JWKS are loaded";
+const STORE_UP: &str = "oidc_edge_store_up";
+const STORE_UP_HELP: &str = "1 when the shared store answers (always 1 for the in-memory store)";
 
 pub struct Metrics {
     registry: Registry,
     /// At each counter's [`Counter::index`].
     counters: Vec<PromCounter>,
     provider_ready: Gauge,
+    store_up: Gauge,
 }
 
 impl Metrics {
@@ -35,7 +38,9 @@ impl Metrics {
         }
         let provider_ready = Gauge::default();
         registry.register(PROVIDER_READY, PROVIDER_READY_HELP, provider_ready.clone());
-        Metrics { registry, counters, provider_ready }
+        let store_up = Gauge::default();
+        registry.register(STORE_UP, STORE_UP_HELP, store_up.clone());
+        Metrics { registry, counters, provider_ready, store_up }
     }
 
     pub fn inc(&self, counter: Counter) {
@@ -45,8 +50,9 @@ impl Metrics {
     }
 
     /// The exposition, `# EOF` included.
-    pub fn render(&self, provider_ready: bool) -> Result<String, std::fmt::Error> {
+    pub fn render(&self, provider_ready: bool, store_up: bool) -> Result<String, std::fmt::Error> {
         self.provider_ready.set(i64::from(provider_ready));
+        self.store_up.set(i64::from(store_up));
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
@@ -65,7 +71,7 @@ mod tests {
         m.inc(Counter::InvalidCookies);
         m.inc(Counter::InvalidCookies);
         m.inc(Counter::SignOuts);
-        let text = m.render(true).unwrap();
+        let text = m.render(true, true).unwrap();
         for c in Counter::ALL {
             let name = c.name();
             assert!(text.contains(&format!("# HELP {name} {}\n", c.help())), "{name}:\n{text}");
@@ -81,6 +87,6 @@ mod tests {
             "# HELP oidc_edge_provider_ready 1 when discovery and JWKS are loaded.\n# TYPE oidc_edge_provider_ready gauge\noidc_edge_provider_ready 1\n"
         ));
         assert!(text.ends_with("# EOF\n") && !text.contains(".."), "{text}");
-        assert!(m.render(false).unwrap().contains("\noidc_edge_provider_ready 0\n"));
+        assert!(m.render(false, true).unwrap().contains("\noidc_edge_provider_ready 0\n"));
     }
 }

@@ -1,5 +1,6 @@
-//! The sidecar's own section of the configuration (`sidecar:`), checked with
-//! the core's checker so its errors read like every other field's.
+//! The sidecar's own sections of the configuration (`sidecar:` and
+//! `store:`), checked with the core's checker so their errors read like
+//! every other field's.
 
 use std::net::SocketAddr;
 
@@ -31,11 +32,58 @@ pub struct SidecarConfig {
     /// `X-Oidc-Edge-Proxy` (the rendered snippets send it): a decision
     /// endpoint routed to browsers by mistake then gives them nothing.
     pub proxy_token: Option<SecretString>,
+    /// Where records shared by a fleet live.
+    pub store: StoreConfig,
+}
+
+/// Where login states, refresh locks, successors and revocations live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process: one instance (the default).
+    Memory,
+    /// Redis or Valkey: every instance sharing it acts as one gate.
+    Redis(RedisConfig),
+}
+
+/// A Redis (or Valkey) server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://…` (TLS), without credentials.
+    pub url: String,
+    /// ACL user.
+    pub username: Option<String>,
+    /// Password (or the ACL user's).
+    pub password: Option<SecretString>,
+    /// Prefix of every key, so that several gates can share a server.
+    pub key_prefix: String,
+    /// Connecting, milliseconds.
+    pub connect_timeout_ms: u32,
+    /// One command, milliseconds.
+    pub command_timeout_ms: u32,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawSidecar {
+pub struct RawSections {
+    #[serde(default)]
+    sidecar: RawSidecar,
+    store: Option<RawStore>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<RawSecret>,
+    key_prefix: Option<String>,
+    connect_timeout_ms: Option<u32>,
+    command_timeout_ms: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSidecar {
     listen: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     log_level: Option<String>,
@@ -43,10 +91,12 @@ pub struct RawSidecar {
 }
 
 impl Section for SidecarConfig {
-    const KEY: &'static str = "sidecar";
-    type Raw = RawSidecar;
+    const KEYS: &'static [&'static str] = &["sidecar", "store"];
+    type Raw = RawSections;
 
-    fn compile(raw: RawSidecar, c: &mut Checker<'_>) -> SidecarConfig {
+    fn compile(sections: RawSections, c: &mut Checker<'_>) -> SidecarConfig {
+        let store = sections.store.map_or(StoreConfig::Memory, |raw| store(raw, c));
+        let raw = sections.sidecar;
         let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:4180");
         let listen = listen_text.parse().unwrap_or_else(|_| {
             c.err("sidecar.listen", format!("{listen_text:?} is not an address; write ip:port, e.g. 127.0.0.1:4180"));
@@ -80,8 +130,45 @@ impl Section for SidecarConfig {
             }
             ok.then(|| SecretString::new(t))
         });
-        SidecarConfig { listen, trusted_proxies, log_level, proxy_token }
+        SidecarConfig { listen, trusted_proxies, log_level, proxy_token, store }
     }
+}
+
+fn store(raw: RawStore, c: &mut Checker<'_>) -> StoreConfig {
+    let url = match raw.url.as_deref() {
+        None | Some("memory") => return StoreConfig::Memory,
+        Some(url) => url,
+    };
+    let Some((scheme, rest)) = url.split_once("://").filter(|(s, _)| matches!(*s, "redis" | "rediss")) else {
+        c.err("store.url", format!("{url:?}: write redis://host:6379/0 (rediss:// for TLS), or memory"));
+        return StoreConfig::Memory;
+    };
+    // The URL is logged and shown by `check`: credentials go in their own fields.
+    if rest.split('/').next().is_some_and(|authority| authority.contains('@')) {
+        c.err("store.url", "holds credentials; put them in store.username and store.password (e.g. {env: REDIS_PASSWORD})");
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "oidc-edge:".to_owned());
+    if key_prefix.is_empty() || !key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        c.err("store.key_prefix", format!("{key_prefix:?}: use printable characters without spaces, e.g. oidc-edge:"));
+    }
+    let timeout = |c: &mut Checker<'_>, field: &str, value: Option<u32>, default: u32| {
+        let v = value.unwrap_or(default);
+        if !(10..=60_000).contains(&v) {
+            c.err(field, format!("{v} is out of range; use 10 to 60000"));
+        }
+        v
+    };
+    let connect_timeout_ms = timeout(c, "store.connect_timeout_ms", raw.connect_timeout_ms, 2000);
+    let command_timeout_ms = timeout(c, "store.command_timeout_ms", raw.command_timeout_ms, 500);
+    let password = raw.password.as_ref().and_then(|p| c.secret("store.password", p)).map(SecretString::new);
+    StoreConfig::Redis(RedisConfig {
+        url: format!("{scheme}://{rest}"),
+        username: raw.username,
+        password,
+        key_prefix,
+        connect_timeout_ms,
+        command_timeout_ms,
+    })
 }
 
 #[cfg(test)]
@@ -106,13 +193,24 @@ mod tests {
     }
 
     fn parse(sidecar: Value) -> Result<(Config, SidecarConfig), Vec<String>> {
-        let v = json!({
+        parse_with(json!({"sidecar": sidecar}))
+    }
+
+    /// A configuration with `sections` added at the top.
+    fn parse_with(sections: Value) -> Result<(Config, SidecarConfig), Vec<String>> {
+        let mut v = json!({
             "provider": {"issuer": "https://id.example.com", "client_id": "edge", "client_secret": {"env": "S"}},
             "session": {"secrets": [{"env": "C"}]},
             "routes": [{"path": "/"}],
-            "sidecar": sidecar,
         });
-        let env = Env(HashMap::from([("S", "client-secret"), ("C", "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=")]));
+        if let (Some(top), Some(extra)) = (v.as_object_mut(), sections.as_object()) {
+            top.extend(extra.clone());
+        }
+        let env = Env(HashMap::from([
+            ("S", "client-secret"),
+            ("C", "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="),
+            ("REDIS_PASSWORD", "redis-secret"),
+        ]));
         Config::parse_with::<SidecarConfig>(&v.to_string(), &env, IdpCalls::Direct).map_err(|e| e.0.iter().map(ToString::to_string).collect())
     }
 
@@ -146,5 +244,40 @@ mod tests {
         // Unmapped provider hosts are called at their own address.
         let call = config.provider.call("GET", "https://id.example.com:8443/jwks", vec![], vec![]).unwrap();
         assert_eq!(call.target, "id.example.com:8443");
+    }
+
+    #[test]
+    fn the_store_is_memory_unless_a_redis_url_is_given() {
+        let (_, sidecar) = parse(json!({})).unwrap();
+        assert_eq!(sidecar.store, StoreConfig::Memory);
+        let (_, sidecar) = parse_with(json!({"store": {
+            "url": "rediss://cache.internal:6380/2", "username": "gate", "password": {"env": "REDIS_PASSWORD"},
+            "key_prefix": "sso:", "command_timeout_ms": 250
+        }}))
+        .unwrap();
+        let StoreConfig::Redis(redis) = sidecar.store else { panic!("not redis") };
+        assert_eq!(
+            (redis.url.as_str(), redis.username.as_deref(), redis.key_prefix.as_str()),
+            ("rediss://cache.internal:6380/2", Some("gate"), "sso:")
+        );
+        assert_eq!(redis.password.map(|p| p.expose().to_owned()).as_deref(), Some("redis-secret"));
+        assert_eq!((redis.connect_timeout_ms, redis.command_timeout_ms), (2000, 250));
+    }
+
+    #[test]
+    fn store_errors_name_the_field_and_never_show_a_password() {
+        let cases: &[(Value, &str)] = &[
+            (json!({"url": "http://cache:6379"}), "store.url: "),
+            (json!({"url": "redis://gate:hunter2@cache:6379"}), "store.url: holds credentials"),
+            (json!({"url": "redis://cache", "key_prefix": "a b"}), "store.key_prefix: "),
+            (json!({"url": "redis://cache", "command_timeout_ms": 0}), "store.command_timeout_ms: "),
+            (json!({"url": "redis://cache", "password": {"env": "NOPE"}}), "store.password: "),
+            (json!({"url": "redis://cache", "pasword": "x"}), "store.pasword: unknown field"),
+        ];
+        for (store, start) in cases {
+            let errors = parse_with(json!({"store": store})).err().unwrap_or_else(|| panic!("{store} accepted"));
+            assert!(errors.len() == 1 && errors[0].starts_with(start), "{store}: {errors:?}");
+            assert!(!errors[0].contains("hunter2"), "{errors:?}");
+        }
     }
 }

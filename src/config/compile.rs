@@ -59,20 +59,19 @@ impl Config {
     }
 
     fn from_value<S: Section>(mut value: serde_json::Value, secrets: &dyn SecretSource, calls: IdpCalls) -> Result<(Config, S), ConfigErrors> {
-        let mut section = None;
+        let mut section = serde_json::Map::new();
         if let Some(top) = value.as_object_mut() {
-            if !S::KEY.is_empty() {
-                section = top.remove(S::KEY);
+            for key in S::KEYS {
+                if let Some(v) = top.remove(*key) {
+                    section.insert((*key).to_owned(), v);
+                }
             }
             for key in FRONT_END_SECTIONS {
                 top.remove(key);
             }
         }
         let raw: RawConfig = deserialize_at(value, "")?;
-        let section_raw: S::Raw = match section {
-            Some(v) => deserialize_at(v, S::KEY)?,
-            None => S::Raw::default(),
-        };
+        let section_raw: S::Raw = if section.is_empty() { S::Raw::default() } else { deserialize_at(serde_json::Value::Object(section), "")? };
         let mut checker = Checker::new(secrets);
         let mut config = Config::compile(raw, &mut checker, calls);
         let section = S::compile(section_raw, &mut checker);

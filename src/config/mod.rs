@@ -37,23 +37,24 @@ pub enum IdpCalls {
     Direct,
 }
 
-/// A section of the configuration that one front end reads and checks
-/// itself; the core's parser skips it (and every other front end's).
+/// The sections of the configuration that one front end reads and checks
+/// itself; the core's parser skips them (and every other front end's).
 pub trait Section: Sized {
-    /// Its key at the top of the configuration.
-    const KEY: &'static str;
-    /// The section as written.
+    /// Their keys at the top of the configuration.
+    const KEYS: &'static [&'static str];
+    /// The sections as written: deserialized from an object holding only
+    /// the keys present among [`Section::KEYS`].
     type Raw: DeserializeOwned + Default;
     /// Checks the section, reporting errors through `checker`.
     fn compile(raw: Self::Raw, checker: &mut Checker<'_>) -> Self;
 }
 
 /// Keys of the sections front ends read themselves.
-pub const FRONT_END_SECTIONS: [&str; 1] = ["sidecar"];
+pub const FRONT_END_SECTIONS: [&str; 2] = ["sidecar", "store"];
 
 /// No section of its own (the filter).
 impl Section for () {
-    const KEY: &'static str = "";
+    const KEYS: &'static [&'static str] = &[];
     type Raw = ();
     fn compile((): (), _: &mut Checker<'_>) {}
 }

@@ -297,18 +297,46 @@ impl Engine {
     /// as "not found" / "not claimed" (fail closed).
     pub(crate) fn on_stored(&self, pending: Pending, answer: StoreAnswer, env: &mut Env<'_>) -> Step {
         let claimed = matches!(answer, StoreAnswer::Claimed(true));
+        if answer == StoreAnswer::Unavailable {
+            return self.without_store(pending, env);
+        }
         match *pending.0 {
             PendingKind::StateClaim { login, csrf_cookie, code } => self.on_state_claimed(login, csrf_cookie, &code, claimed, env),
             PendingKind::JwksCooldown { login, csrf_cookie, tokens } => self.on_jwks_cooldown(login, csrf_cookie, tokens, claimed, env),
             PendingKind::Successor(refresh) => {
                 let record = match answer {
                     StoreAnswer::Read(r) => r,
-                    StoreAnswer::Claimed(_) => None,
+                    _ => None,
                 };
                 self.on_successor(refresh, record, env)
             }
             PendingKind::RefreshLock(refresh) => self.on_refresh_lock(refresh, claimed, env),
             // An HTTP answer was expected: treat as unreachable.
+            kind => self.on_fetched(Pending(Box::new(kind)), HttpResponse { status: 0, body: Vec::new() }, env),
+        }
+    }
+}
+
+impl Engine {
+    /// The store did not answer: what is safe without it goes on. A login
+    /// goes on (its state is in the login cookie, checked; the provider
+    /// accepts the code once); a refresh waits (two instances refreshing
+    /// one session would end it at a provider that rotates refresh tokens),
+    /// the request served on the still-valid session; a JWKS refetch waits.
+    fn without_store(&self, pending: Pending, env: &mut Env<'_>) -> Step {
+        match *pending.0 {
+            PendingKind::StateClaim { login, csrf_cookie, code } => {
+                env.events.push(Event::StoreUnavailable("login state not recorded; the login goes on"));
+                self.on_state_claimed(login, csrf_cookie, &code, true, env)
+            }
+            PendingKind::Successor(refresh) | PendingKind::RefreshLock(refresh) => {
+                env.events.push(Event::StoreUnavailable("refresh postponed; session kept"));
+                self.serve_old(refresh, env)
+            }
+            PendingKind::JwksCooldown { login, csrf_cookie, tokens } => {
+                env.events.push(Event::StoreUnavailable("JWKS refetch postponed"));
+                self.on_jwks_cooldown(login, csrf_cookie, tokens, false, env)
+            }
             kind => self.on_fetched(Pending(Box::new(kind)), HttpResponse { status: 0, body: Vec::new() }, env),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::login::TokenResponse;
 use super::refresh::Refresh;
 use crate::cache::SessionCache;
-use crate::events::Event;
+use crate::events::Events;
 use crate::http::HttpCall;
 use crate::pages::Response;
 use crate::provider::ProviderSnapshot;
@@ -33,7 +33,7 @@ pub(crate) struct Env<'a> {
     /// Revocations made during this call (sign-out).
     pub revoked: Vec<Revocation>,
     /// What happened, for counters and log lines.
-    pub events: Vec<Event>,
+    pub events: Events,
     /// Records to store; nothing waits for them.
     pub writes: Vec<StoreWrite>,
     /// A JWKS fetched during this call, to install and share.

@@ -968,7 +968,7 @@ fn an_asynchronous_store_sees_every_operation_and_write() {
     // The claim is refused (another instance took it): a replay.
     let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Claimed(false)), Lend { now: NOW, rng: &mut rng, store: None });
     assert_eq!(respond(out.step).status, 400);
-    assert_eq!(out.events, vec![Event::LoginFailed("state replayed")]);
+    assert_eq!(out.events.to_vec(), vec![Event::LoginFailed("state replayed")]);
 
     // A session due for refresh: read the successor, claim the lock, call the
     // IdP; the successor record comes back as a write.

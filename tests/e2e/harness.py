@@ -920,15 +920,20 @@ class Sidecar(Gate):
     has_counters = True
 
     def __init__(self, values: dict, name: str = "sidecar", *, template: str = "e2e.yaml", env: dict | None = None,
-                 cpu: int | None = None, log_level: str = "debug"):
+                 cpu: int | None = None, log_level: str = "debug", store: dict | None = None,
+                 proxy_token: str | None = None):
+        """`store`: the configuration's `store:` section (a fleet's Redis);
+        `proxy_token`: the one its fleet shares (else a new one)."""
         assert SIDECAR.exists(), f"{SIDECAR} missing: build it with `make build`"
         super().__init__(name, free_port(), cpu)
         cfg = filter_config(values, template)
         idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
         cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
-        self.proxy_token = base64.b64encode(os.urandom(32)).decode()
+        self.proxy_token = proxy_token or base64.b64encode(os.urandom(32)).decode()
         cfg["sidecar"] = {"listen": f"127.0.0.1:{self.port}", "log_level": log_level,
                           "proxy_token": {"env": "OIDC_EDGE_PROXY_TOKEN"}}
+        if store is not None:
+            cfg["store"] = store
         RUN.mkdir(parents=True, exist_ok=True)
         self.config_path = RUN / f"{name}.json"
         self.config_path.write_text(json.dumps(cfg, indent=2))
@@ -973,13 +978,15 @@ class Stack:
 
     def __init__(self):
         self.upstream_port = free_port()
-        # The port of the shared gate of each kind, registered at the IdP.
+        # The port of the shared gate of each kind, registered at the IdP,
+        # and one for the fleet (two sidecars behind one nginx).
         self.ports = {kind: free_port() for kind in GATE_CLASSES}
+        self.fleet_port = free_port()
         self.proxy_port = self.ports["envoy"]
         self.es_port = free_port()
         self.ed_port = free_port()
         self.idp = Idp([
-            idp_client("oidc-edge", list(self.ports.values())),
+            idp_client("oidc-edge", [*self.ports.values(), self.fleet_port]),
             idp_client("edge-es256", [self.es_port], "ES256"),
             idp_client("edge-eddsa", [self.ed_port], "EdDSA"),
         ])

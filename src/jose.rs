@@ -31,6 +31,8 @@ pub enum TokenError {
     WrongNonce,
     /// A required claim (`sub`, `exp`, `iat`) is missing or of the wrong type.
     MissingClaim(&'static str),
+    /// A claim this kind of token must not carry (a logout token's `nonce`).
+    ForbiddenClaim(&'static str),
 }
 
 impl std::fmt::Display for TokenError {
@@ -75,6 +77,7 @@ impl TokenError {
             TokenError::NotYetValid => "ID token is not yet valid (check the clocks)".into(),
             TokenError::WrongNonce => "ID token nonce does not match this login".into(),
             TokenError::MissingClaim(c) => format!("ID token lacks the {c} claim"),
+            TokenError::ForbiddenClaim(c) => format!("token carries a {c} claim, which its kind must not"),
         }
     }
 }
@@ -172,6 +175,7 @@ struct Header {
     alg: String,
     kid: Option<String>,
     crit: Option<Value>,
+    typ: Option<String>,
 }
 
 /// `aud` is a string or an array of strings (Pocket ID sends an array).
@@ -222,6 +226,12 @@ pub struct Expected<'a> {
 
 /// Verifies the signature and claims of an ID token.
 pub fn verify_id_token(token: &str, jwks: &Jwks, expected: &Expected<'_>) -> Result<IdClaims, TokenError> {
+    check_claims(&verified_claims(token, jwks, None)?, expected)
+}
+
+/// The claims of a JWT whose signature verifies against the JWKS; `typ`,
+/// when given, is the only header type accepted besides none and `JWT`.
+pub(crate) fn verified_claims(token: &str, jwks: &Jwks, typ: Option<&str>) -> Result<Value, TokenError> {
     let mut parts = token.split('.');
     let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed);
@@ -230,11 +240,15 @@ pub fn verify_id_token(token: &str, jwks: &Jwks, expected: &Expected<'_>) -> Res
     if header.crit.is_some() {
         return Err(TokenError::UnsupportedAlgorithm("crit".into()));
     }
+    if let (Some(want), Some(got)) = (typ, header.typ.as_deref()) {
+        if !got.eq_ignore_ascii_case(want) && !got.eq_ignore_ascii_case("JWT") {
+            return Err(TokenError::Malformed);
+        }
+    }
     let signature = b64url_decode(s64).ok_or(TokenError::Malformed)?;
     let signed = &token.as_bytes()[..h64.len() + 1 + p64.len()];
     check_signature(&header, signed, &signature, jwks)?;
-    let claims: Value = serde_json::from_slice(&b64url_decode(p64).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)?;
-    check_claims(&claims, expected)
+    serde_json::from_slice(&b64url_decode(p64).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)
 }
 
 fn alg_fits(alg: &str, key: &KeyMaterial) -> bool {

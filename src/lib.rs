@@ -21,6 +21,7 @@ pub mod events;
 pub mod headers;
 pub mod http;
 pub mod jose;
+pub mod logout;
 pub mod net;
 pub mod pages;
 pub mod path;

@@ -102,6 +102,7 @@ pub struct Inbound {
     pub method: String,
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Inbound {
@@ -192,6 +193,9 @@ impl App {
             }
             "/metrics" => return self.metrics(),
             _ => {}
+        }
+        if path == paths.backchannel_logout {
+            return self.backchannel_logout(&req).await;
         }
         let mode = if path == paths.auth {
             Mode::AuthRequest
@@ -325,6 +329,23 @@ impl App {
     }
 
     /// One turn of the driver with the in-memory store lent for its duration.
+    /// The provider's back-channel logout: it calls the sidecar directly
+    /// (any peer: the token is signed), and the revocations reach every
+    /// instance of a fleet through the store.
+    async fn backchannel_logout(&self, req: &Inbound) -> Answer {
+        if req.method != "POST" {
+            return Answer::plain(405, "back-channel logout takes a POST\n");
+        }
+        let mut turns = Turns::default();
+        let step = self.run(&mut turns, |driver, lend| driver.on_backchannel_logout(&req.body, lend));
+        let step = self.finish(&mut turns, step).await;
+        self.record(&turns.counted);
+        match step {
+            Step::Respond(r) => Answer::from_response(r),
+            _ => Answer::plain(500, "internal error\n"),
+        }
+    }
+
     /// One turn of the driver. The in-memory store is lent for its
     /// duration; with Redis, store operations come back as steps, and the
     /// writes and revocations are kept in `turns` for [`App::finish`].

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -37,7 +37,7 @@ const MAX_HEADERS: usize = 100;
 /// rendered upstream closes them after 60 s, Caddy's pool after 2 min).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const TRUSTED_HEAD_TIMEOUT: Duration = Duration::from_secs(150);
-/// No endpoint takes a body; a small one (a sign-out form) is tolerated.
+/// Bodies are small: a back-channel logout's form, a sign-out form.
 const MAX_BODY_BYTES: u64 = 16 * 1024;
 /// A client that stops reading our answers for this long is cut off.
 const WRITE_STALL: Duration = Duration::from_secs(10);
@@ -113,12 +113,19 @@ async fn respond(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Respons
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) || req.headers().contains_key("transfer-encoding") {
         return build(Answer::plain(413, "request body too large\n"));
     }
-    let inbound = Inbound {
-        peer: peer.ip(),
-        method: req.method().as_str().to_owned(),
-        path_and_query: req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
-        headers: req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+    let method = req.method().as_str().to_owned();
+    let path_and_query = req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let headers = req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    // Only a back-channel logout reads its body (a form with one token).
+    let body = if declared.is_some_and(|n| n > 0) {
+        match tokio::time::timeout(HEAD_TIMEOUT, http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES as usize).collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+            _ => return build(Answer::plain(400, "request body not received\n")),
+        }
+    } else {
+        Vec::new()
     };
+    let inbound = Inbound { peer: peer.ip(), method, path_and_query, headers, body };
     // Generous: a decision may wait on up to three IdP calls in a row.
     let limit = Duration::from_millis(u64::from(app.config.provider.timeout_ms) * 3 + 5000);
     match tokio::time::timeout(limit, app.handle(inbound)).await {

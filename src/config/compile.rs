@@ -239,8 +239,9 @@ impl Config {
             sign_in: c.path("paths.sign_in", raw.paths.sign_in.as_ref(), "/oauth2/sign_in"),
             auth: c.path("paths.auth", raw.paths.auth.as_ref(), "/oauth2/auth"),
             forward_auth: c.path("paths.forward_auth", raw.paths.forward_auth.as_ref(), "/oauth2/forward_auth"),
+            backchannel_logout: c.path("paths.backchannel_logout", raw.paths.backchannel_logout.as_ref(), "/oauth2/backchannel_logout"),
         };
-        let own = [&paths.callback, &paths.sign_out, &paths.start, &paths.sign_in, &paths.auth, &paths.forward_auth];
+        let own = [&paths.callback, &paths.sign_out, &paths.start, &paths.sign_in, &paths.auth, &paths.forward_auth, &paths.backchannel_logout];
         for (i, a) in own.iter().enumerate() {
             // Written into nginx and Caddy configs by `oidc-edge render`, where
             // `$`, `{`, `*` or `%` would mean something else.

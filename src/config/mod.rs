@@ -210,6 +210,9 @@ pub struct Paths {
     /// Sidecar: forward-auth decisions for Caddy and Traefik, whose non-2xx
     /// answers go to the browser as they are.
     pub forward_auth: String,
+    /// Sidecar: where the provider posts back-channel logout tokens
+    /// (register it as the client's `backchannel_logout_uri`).
+    pub backchannel_logout: String,
 }
 
 /// A validated, compiled configuration.

@@ -93,6 +93,7 @@ pub(crate) struct RawPaths {
     pub(crate) sign_in: Option<String>,
     pub(crate) auth: Option<String>,
     pub(crate) forward_auth: Option<String>,
+    pub(crate) backchannel_logout: Option<String>,
 }
 
 /// Each field: absent = inherit, `""` = disabled, else the header name.

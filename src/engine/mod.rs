@@ -281,6 +281,11 @@ impl Engine {
         Ok(opened)
     }
 
+    /// Answers a back-channel logout (its POSTed body).
+    pub(crate) fn on_backchannel_logout(&self, body: &[u8], env: &mut Env<'_>) -> Step {
+        self.backchannel_logout(body, env)
+    }
+
     /// Continues after a [`Step::Fetch`].
     pub(crate) fn on_fetched(&self, pending: Pending, response: HttpResponse, env: &mut Env<'_>) -> Step {
         match *pending.0 {

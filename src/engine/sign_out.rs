@@ -4,7 +4,10 @@
 use super::{Engine, Env, Step};
 use crate::encoding::{build_query, parse_query};
 use crate::events::Event;
+use crate::jose::TokenError;
+use crate::logout::verify_logout_token;
 use crate::pages;
+use crate::pages::Response;
 use crate::redirect::safe_redirect;
 use crate::request::RequestHead;
 use crate::revocation::Revocation;
@@ -50,5 +53,33 @@ impl Engine {
             None => local,
         };
         Step::Respond(pages::redirect(&location).with_cookies(cookies))
+    }
+
+    /// A back-channel logout from the provider (a POSTed form with
+    /// `logout_token`): 200 once the sessions it names are revoked, 400 for
+    /// anything that is not a valid logout token (§2.8).
+    pub(super) fn backchannel_logout(&self, body: &[u8], env: &mut Env<'_>) -> Step {
+        let form = std::str::from_utf8(body).map(parse_query).unwrap_or_default();
+        let token = form.iter().find(|(k, _)| k == "logout_token").map(|(_, v)| v.as_str());
+        let Some(provider) = env.provider else {
+            env.events.push(Event::ProviderUnavailable);
+            return Step::Respond(pages::json(503, "temporarily_unavailable", "Provider keys not loaded yet.", &[]));
+        };
+        let p = &self.config.provider;
+        let verified = token
+            .ok_or(TokenError::Malformed)
+            .and_then(|t| verify_logout_token(t, &provider.jwks, &p.issuer, &p.client_id, env.now, p.clock_skew));
+        match verified.map(|t| t.revocation(env.now, self.config.session.lifetime)) {
+            Ok(Some(revocation)) => {
+                env.revoked.push(revocation);
+                env.events.push(Event::BackchannelLogout);
+                Step::Respond(Response { status: 200, headers: vec![("cache-control".into(), "no-store".into())], body: Vec::new() })
+            }
+            Ok(None) | Err(_) => {
+                let why = if token.is_some() { "back-channel logout token rejected" } else { "back-channel logout without logout_token" };
+                env.events.push(Event::Denied(why));
+                Step::Respond(pages::json(400, "invalid_request", "Not a valid logout token.", &[]))
+            }
+        }
     }
 }

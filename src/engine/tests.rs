@@ -1681,3 +1681,32 @@ fn a_refreshed_session_stays_revocable_under_its_old_id() {
         assert!(matches!(g.send(&Req::get("/").cookie(COOKIE, cookie)), Step::Respond(_)), "a cookie of the signed-out session still works");
     }
 }
+
+#[test]
+fn back_channel_logout_revokes_the_sessions_of_the_provider_session() {
+    let mut g = Gate::new();
+    let mut with_sid = alice();
+    with_sid["sid"] = json!("idp-sid-7");
+    let (session, _) = g.login_as(&with_sid);
+    let (other, _) = g.login_as(&bob());
+    let logout = |claims: Value| {
+        let token = sign_ed(&ed_key(), Some("ed1"), &claims);
+        build_query(&[("logout_token", &token)]).into_bytes()
+    };
+    let claims = json!({"iss": ISSUER, "aud": CLIENT_ID, "iat": NOW, "jti": "j1", "sid": "idp-sid-7",
+                        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    // Forged (another issuer): 400, nothing revoked.
+    let mut forged = claims.clone();
+    forged["iss"] = json!("https://evil.example.com");
+    let out = g.driver.on_backchannel_logout(&logout(forged), g.host.lend());
+    assert!(out.revoked.is_empty());
+    assert_eq!(respond(g.host.keep(out)).status, 400);
+    assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Allow(_)));
+
+    let out = g.driver.on_backchannel_logout(&logout(claims), g.host.lend());
+    assert_eq!(out.revoked.len(), 1);
+    let r = respond(g.host.keep(out));
+    assert_eq!((r.status, r.header("cache-control")), (200, Some("no-store")));
+    assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Respond(_)), "the provider session ended");
+    assert!(matches!(g.send(&Req::get("/").cookie(COOKIE, &other)), Step::Allow(_)), "another user's session stays");
+}

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from cookies import due_for_refresh
-from harness import COOKIE_SECRET, Browser, NginxSidecar, Proc, Sidecar, free_port, login, wait_port
+from cookies import due_for_refresh, unseal
+from harness import COOKIE_SECRET, Browser, Idp, NginxSidecar, Proc, Sidecar, free_port, idp_client, login, wait_port
 from test_sessions import _burst, _refreshes, _session_cookie, _session_of_new_user
 
 
@@ -198,3 +198,57 @@ def test_an_instance_starts_while_its_store_is_down(stack):
         assert "shared store unreachable" in s.log_text()
     finally:
         s.stop()
+
+
+def test_back_channel_logout_ends_the_session_on_every_instance(stack, redis):
+    """The user signs out at the provider (not through the gate): the
+    provider posts a logout token to one sidecar, which revokes the
+    provider session's sessions on every instance of the fleet."""
+    idp_port = free_port()
+    values = {**stack.values(stack.fleet_port), "IDP_PORT": idp_port, "IDP_CLUSTER_PORT": idp_port}
+    store = {"url": f"redis://127.0.0.1:{redis.port}/0", "key_prefix": f"e2e-{uuid.uuid4().hex[:8]}:"}
+    a = Sidecar(values, "bcl-a", store=store)
+    b = Sidecar(values, "bcl-b", store=store, proxy_token=a.proxy_token)
+    client = idp_client("oidc-edge", [a.port])
+    client["backchannel_logout_uri"] = f"http://127.0.0.1:{a.port}/oauth2/backchannel_logout"
+    client["backchannel_logout_session_required"] = True
+    idp = Idp([client], port=idp_port, name="idp-backchannel").start()
+    stack.gates += [a, b]
+    try:
+        a.start()
+        b.start()
+        a.wait_provider_loaded()
+        b.wait_provider_loaded()
+        browser = Browser()
+        login(browser, f"http://127.0.0.1:{a.port}/oauth2/start?rd=%2Fusers%2F", "alice")
+        session, idt_cookie = browser.cookie("_oidc_edge"), browser.cookie("_oidc_edge_idt")
+        assert session and idt_cookie
+
+        def decision(sidecar) -> int:
+            headers = {"Cookie": f"_oidc_edge={session}", "Accept": "application/json", "X-Forwarded-Proto": "http",
+                       "X-Forwarded-Uri": "/users/", "X-Forwarded-Host": f"127.0.0.1:{a.port}",
+                       "X-Oidc-Edge-Proxy": a.proxy_token}
+            return Browser().get(f"http://127.0.0.1:{sidecar.port}/oauth2/auth", headers=headers).status
+
+        assert [decision(a), decision(b)] == [200, 200]
+        # A forged logout token changes nothing.
+        forged = Browser().request("POST", f"http://127.0.0.1:{b.port}/oauth2/backchannel_logout",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                   body=b"logout_token=eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.")
+        assert forged.status == 400
+        assert [decision(a), decision(b)] == [200, 200]
+        # Signed out at the provider, with the ID token as hint (as another
+        # application of the same provider would do).
+        _, id_token = unseal(COOKIE_SECRET, "_oidc_edge_idt", idt_cookie)
+        r = browser.get(f"{idp.issuer}/session/end?id_token_hint={id_token.decode()}")
+        assert r.status in (302, 303), r.status
+        assert idp.stats()["backchannel_logout"] == 1
+        deadline = time.time() + 5
+        while [decision(a), decision(b)] != [401, 401]:
+            assert time.time() < deadline, [decision(a), decision(b)]
+            time.sleep(0.25)
+        assert "back-channel logout" in a.log_text()
+    finally:
+        a.stop()
+        b.stop()
+        idp.stop()

@@ -290,7 +290,7 @@ function claimsOf(user) {
 function zeroStats() {
   return {
     token: { authorization_code: 0, refresh_token: 0, refresh_failed: 0 },
-    jwks: 0, discovery: 0, userinfo: 0, end_session: 0, logins: 0, authorize: 0,
+    jwks: 0, discovery: 0, userinfo: 0, end_session: 0, logins: 0, authorize: 0, backchannel_logout: 0,
   };
 }
 let stats = zeroStats();
@@ -398,10 +398,20 @@ const provider = new Provider(config.issuer, {
   // ... with strict rotation: reusing a rotated token fails and revokes the grant.
   rotateRefreshToken: true,
 
+  // Relying parties here live on 127.0.0.1, which oidc-provider's SSRF guard
+  // refuses to call (back-channel logout): the test IdP calls them anyway.
+  fetch: (url, options) => {
+    delete options.dispatcher;
+    return globalThis.fetch(url, options);
+  },
+
   features: {
     devInteractions: { enabled: false }, // replaced by the routes below
     userinfo: { enabled: true },
     pushedAuthorizationRequests: { enabled: false }, // on by default in v9
+    // OpenID Connect Back-Channel Logout: clients registered with a
+    // backchannel_logout_uri get a signed logout token when the IdP session ends.
+    backchannelLogout: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
       logoutSource,
@@ -616,6 +626,7 @@ provider.use(async (ctx, next) => {
   const { oidc } = ctx;
   if (!oidc?.entities?.IdTokenHint || !oidc.session) return;
   const { post_logout_redirect_uri: postLogout, state } = oidc.params;
+  await backchannelLogout(oidc.session);
   await oidc.session.destroy();
   ctx.cookies.set(provider.cookieName('session'), null, cookies.long);
   let target;
@@ -629,6 +640,19 @@ provider.use(async (ctx, next) => {
   ctx.status = 303;
   ctx.redirect(target);
 });
+
+// The IdP session ends: every client of it registered for back-channel logout
+// gets a logout token (as oidc-provider's own end_session does), with the sid
+// it saw in its ID token. A client that does not answer 200 is logged.
+async function backchannelLogout(session) {
+  await Promise.all(Object.keys(session.authorizations || {}).map(async (clientId) => {
+    const client = await provider.Client.find(clientId);
+    if (!client?.backchannelLogoutUri) return;
+    stats.backchannel_logout += 1;
+    await client.backchannelLogout(session.accountId, session.sidFor(clientId))
+      .catch((err) => console.error(`backchannel logout to ${client.backchannelLogoutUri} failed: ${err.message} ${err.cause ?? ""}`));
+  }));
+}
 
 // ---------------------------------------------------------------------------
 // Serve

@@ -52,6 +52,7 @@ fn request(peer: &str, path: &str, headers: &[(&str, &str)]) -> Inbound {
         method: "GET".into(),
         path_and_query: path.into(),
         headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        body: Vec::new(),
     }
 }
 

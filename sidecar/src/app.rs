@@ -544,16 +544,11 @@ impl App {
                     progress = load.advance(config, response, schedule, now());
                 }
                 Progress::Loaded { docs, schedule } => {
-                    return match self.lock().driver.install(docs) {
-                        Ok(()) => {
-                            log::event(Level::Info, "identity provider metadata loaded", &[("issuer", config.issuer.as_str().into())]);
-                            schedule
-                        }
-                        Err(e) => {
-                            log::event(Level::Warn, "identity provider metadata not loaded", &[("reason", e.to_string().into())]);
-                            schedule
-                        }
-                    };
+                    match self.lock().driver.install(docs) {
+                        Ok(()) => log::event(Level::Info, "identity provider metadata loaded", &[("issuer", config.issuer.as_str().into())]),
+                        Err(e) => log::event(Level::Warn, "identity provider metadata not loaded", &[("reason", e.to_string().into())]),
+                    }
+                    return schedule;
                 }
                 Progress::Failed { error, schedule } => {
                     log::event(

@@ -11,18 +11,13 @@ use super::*;
 use crate::headers::{FOREIGN_IDENTITY_HEADERS, ROUTING_OVERRIDE_HEADERS};
 use crate::policy::{Requirement, Route, Rule};
 
-/// Deserializes `value`, naming the failing field under `prefix`.
-fn deserialize_at<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, ConfigErrors> {
+/// Deserializes `value`, naming the failing field by its path.
+fn deserialize<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigErrors> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         // serde_path_to_error spells "no field yet" as `.` or a leading `?`.
-        let field = match (prefix, path == "." || path.starts_with('?')) {
-            ("", true) => "configuration".to_owned(),
-            ("", false) => path,
-            (_, true) => prefix.to_owned(),
-            (_, false) => format!("{prefix}.{path}"),
-        };
+        let field = if path == "." || path.starts_with('?') { "configuration".to_owned() } else { path };
         ConfigErrors(vec![FieldIssue::new(&field, inner)])
     })
 }
@@ -70,8 +65,8 @@ impl Config {
                 top.remove(key);
             }
         }
-        let raw: RawConfig = deserialize_at(value, "")?;
-        let section_raw: S::Raw = if section.is_empty() { S::Raw::default() } else { deserialize_at(serde_json::Value::Object(section), "")? };
+        let raw: RawConfig = deserialize(value)?;
+        let section_raw: S::Raw = if section.is_empty() { S::Raw::default() } else { deserialize(serde_json::Value::Object(section))? };
         let mut checker = Checker::new(secrets);
         let mut config = Config::compile(raw, &mut checker, calls);
         let section = S::compile(section_raw, &mut checker);

@@ -162,9 +162,7 @@ def test_with_redis_down_sessions_and_logins_work_and_refreshes_wait(stack, flee
     # A new login still works.
     assert login(Browser(), fleet.url("/users/"), "alice").status == 200
     # Redis back on the same port: ready again, refreshes resume, no restart.
-    redis.proc = Proc(f"redis-{redis.port}", ["redis-server", "--port", str(redis.port), "--bind", "127.0.0.1",
-                                               "--save", "", "--appendonly", "no"])
-    wait_port(redis.port, proc=redis.proc)
+    redis.start()
     deadline = time.time() + 10
     while not all(_ready(s) == (200, "ready") for s in fleet.sidecars):
         assert time.time() < deadline, [_ready(s) for s in fleet.sidecars]

@@ -138,6 +138,14 @@ impl Driver {
         self.turn(lend, |engine, env| engine.on_backchannel_logout(body, env))
     }
 
+    /// The coordinator's side of a fleet refresh: a filter hands over the
+    /// session sealed in `cookie` (the host has checked the fleet key). The
+    /// answer is a [`Step::Respond`] in [`crate::fleet`]'s format, after the
+    /// same lock, successor and provider steps as a refresh of our own.
+    pub fn on_fleet_refresh(&mut self, cookie: &str, lend: Lend<'_>) -> Outcome {
+        self.turn(lend, |engine, env| engine.on_fleet_refresh_request(cookie, env))
+    }
+
     /// Continues a request after the host performed what its last step asked.
     pub fn on_answer(&mut self, pending: Pending, answer: Answer, lend: Lend<'_>) -> Outcome {
         self.turn(lend, |engine, env| match answer {

@@ -18,6 +18,7 @@ pub mod driver;
 pub mod encoding;
 pub mod engine;
 pub mod events;
+pub mod fleet;
 pub mod headers;
 pub mod http;
 pub mod jose;

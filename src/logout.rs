@@ -22,15 +22,34 @@ pub struct LogoutToken {
     pub sid: Option<String>,
     /// The user.
     pub sub: Option<String>,
+    /// Its identifier: a token is used once (§2.6, step 9).
+    pub jti: String,
+    /// Unix seconds.
+    pub iat: u64,
 }
 
 impl LogoutToken {
+    /// A digest of the issuer and `jti`, under which the token is claimed.
+    pub fn replay_key(&self, issuer: &str) -> [u8; 16] {
+        let mac = crate::seal::hmac_sha256(b"oidc-edge/v1/logout-jti", &[issuer.as_bytes(), b"\0", self.jti.as_bytes()]);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&mac[..16]);
+        out
+    }
+
+    /// Until when a replay would still verify, so the claim must last.
+    pub fn replayable_until(&self, leeway: u64) -> u64 {
+        self.iat + MAX_AGE + 2 * leeway
+    }
+
     /// The revocation it asks for, remembered for `lifetime` (no session
     /// outlives `session.lifetime`).
     pub fn revocation(&self, now: u64, lifetime: u64) -> Option<Revocation> {
         match (&self.sid, &self.sub) {
             (Some(sid), _) => Some(Revocation::of_idp_session(sid, now, lifetime)),
-            (None, Some(sub)) => Some(Revocation::of_subject(sub, now, lifetime)),
+            // Sessions begun before the token was issued: a replay ends no
+            // session begun since.
+            (None, Some(sub)) => Some(Revocation::of_subject(sub, self.iat.min(now), lifetime)),
             (None, None) => None,
         }
     }
@@ -63,9 +82,9 @@ pub fn verify_logout_token(token: &str, jwks: &Jwks, issuer: &str, client_id: &s
     if claims.get("exp").and_then(Value::as_u64).is_some_and(|exp| exp + leeway < now) {
         return Err(TokenError::Expired);
     }
-    if !claims.get("jti").is_some_and(Value::is_string) {
+    let Some(jti) = claims.get("jti").and_then(Value::as_str).filter(|j| !j.is_empty()) else {
         return Err(TokenError::MissingClaim("jti"));
-    }
+    };
     if !claims.get("events").and_then(|e| e.get(BACKCHANNEL_LOGOUT_EVENT)).is_some_and(Value::is_object) {
         return Err(TokenError::MissingClaim("events"));
     }
@@ -73,7 +92,7 @@ pub fn verify_logout_token(token: &str, jwks: &Jwks, issuer: &str, client_id: &s
         return Err(TokenError::ForbiddenClaim("nonce"));
     }
     let text = |name: &str| claims.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    let token = LogoutToken { sid: text("sid"), sub: text("sub") };
+    let token = LogoutToken { sid: text("sid"), sub: text("sub"), jti: jti.to_owned(), iat };
     if token.sid.is_none() && token.sub.is_none() {
         return Err(TokenError::MissingClaim("sub or sid"));
     }
@@ -107,9 +126,13 @@ mod tests {
     #[test]
     fn a_valid_logout_token_names_the_provider_session_or_the_subject() {
         let t = verify(&token(|_| {})).unwrap();
-        assert_eq!(t, LogoutToken { sid: Some("sid-1".into()), sub: Some("alice".into()) });
+        assert_eq!(t, LogoutToken { sid: Some("sid-1".into()), sub: Some("alice".into()), jti: "j-1".into(), iat: NOW - 5 });
         let by_sub = verify(&token(|c| drop(c.as_object_mut().unwrap().remove("sid")))).unwrap();
-        assert_eq!(by_sub.revocation(NOW, 3600), Some(Revocation::of_subject("alice", NOW, 3600)));
+        // Sessions begun before the token was issued, even when it is replayed later.
+        assert_eq!(by_sub.revocation(NOW, 3600), Some(Revocation::of_subject("alice", NOW - 5, 3600)));
+        assert_eq!(by_sub.revocation(NOW + 100, 3600), by_sub.revocation(NOW, 3600));
+        assert_ne!(t.replay_key(ISSUER), verify(&token(|c| c["jti"] = json!("j-2"))).unwrap().replay_key(ISSUER));
+        assert_eq!(t.replayable_until(60), NOW - 5 + 300 + 120);
         assert_eq!(t.revocation(NOW, 3600), Some(Revocation::of_idp_session("sid-1", NOW, 3600)));
     }
 

@@ -48,13 +48,15 @@ pub enum RecordKey {
     Successor([u8; 16]),
     /// The pause between JWKS refetches triggered by an unknown `kid`.
     JwksCooldown,
+    /// A back-channel logout token's `jti`, claimed once.
+    LogoutToken([u8; 16]),
 }
 
 impl RecordKey {
     /// The pool the record lives in.
     pub fn pool(&self) -> Pool {
         match self {
-            RecordKey::LoginState(_) => Pool::LoginStates,
+            RecordKey::LoginState(_) | RecordKey::LogoutToken(_) => Pool::LoginStates,
             RecordKey::RefreshLock(_) | RecordKey::Successor(_) | RecordKey::JwksCooldown => Pool::Sessions,
         }
     }
@@ -67,6 +69,7 @@ impl RecordKey {
             RecordKey::RefreshLock(d) => (2, *d),
             RecordKey::Successor(d) => (3, *d),
             RecordKey::JwksCooldown => (4, [0; 16]),
+            RecordKey::LogoutToken(d) => (5, *d),
         };
         let mut out = [0u8; 17];
         out[0] = tag;

@@ -83,6 +83,7 @@ impl EnvSecrets {
         let mut m = HashMap::new();
         m.insert("CLIENT_SECRET".to_owned(), CLIENT_SECRET.to_owned());
         m.insert("COOKIE_SECRET".to_owned(), cookie_secret());
+        m.insert("OTHER_COOKIE_SECRET".to_owned(), "another-secret-32-bytes-long-xyz".to_owned());
         m.insert("SONARR_KEY".to_owned(), API_KEY.to_owned());
         EnvSecrets(m)
     }

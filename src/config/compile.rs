@@ -319,7 +319,22 @@ impl Config {
             routes.push(Route { index: i, host, prefix, rule, api: r.api, inject, headers });
         }
 
+        let sealer = Sealer::new(&keys);
+        let coordinator = match (&raw.fleet, calls) {
+            (None, _) => None,
+            (Some(_), IdpCalls::Direct) => {
+                c.warn("fleet.coordinator", "is for filters; the sidecar is the coordinator and ignores it");
+                None
+            }
+            (Some(f), IdpCalls::Callouts) => {
+                if f.coordinator.is_empty() || f.coordinator.contains(['/', ' ']) {
+                    c.err("fleet.coordinator", "names the sidecar as a callout target: an Envoy cluster, or host:port for nginx");
+                }
+                Some(crate::fleet::Coordinator::new(f.coordinator.clone(), &sealer, timeout_ms))
+            }
+        };
         Config {
+            coordinator,
             provider: ProviderConfig {
                 issuer: p.issuer.clone(),
                 client_id: p.client_id.clone(),
@@ -338,7 +353,7 @@ impl Config {
             },
             session: SessionConfig {
                 cookie_name,
-                sealer: Sealer::new(&keys),
+                sealer,
                 lifetime,
                 login_timeout,
                 refresh_interval,

@@ -233,6 +233,9 @@ pub struct Config {
     pub strip: StripSet,
     /// Routes.
     pub routes: RouteTable,
+    /// The sidecar a filter hands fleet-wide work to (`fleet.coordinator`);
+    /// `None` for a filter on its own, and always for the sidecar itself.
+    pub coordinator: Option<crate::fleet::Coordinator>,
     /// Settings that work but should be changed, each naming its field and
     /// the fix (`oidc-edge check` prints them, the gates log them at start).
     pub warnings: Vec<FieldIssue>,

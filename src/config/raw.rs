@@ -48,6 +48,14 @@ pub(crate) struct RawConfig {
     pub(crate) redirect_url: Option<String>,
     pub(crate) post_logout_redirect_url: Option<String>,
     pub(crate) routes: Vec<RawRoute>,
+    pub(crate) fleet: Option<RawFleet>,
+}
+
+/// Filters in a fleet: the sidecar that coordinates them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub(crate) coordinator: String,
 }
 
 #[derive(Deserialize)]

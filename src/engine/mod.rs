@@ -36,7 +36,7 @@ use crate::SecureRandom;
 
 pub use cookies::MAX_COOKIE_BYTES;
 use login::TokenResponse;
-use refresh::Refresh;
+use refresh::{Refresh, Waiting};
 pub(crate) use step::Env;
 use step::PendingKind;
 pub use step::{Allow, Pending, Step};
@@ -160,9 +160,8 @@ impl Engine {
             env.events.push(Event::InvalidCookie(reason));
             clear_cookie = Some(self.clear_cookie(name, "/"));
         }
-        let opened = opened.map(|(o, _)| o);
         let return_to = || path_and_query(&path, query);
-        let Some(opened) = opened else {
+        let Some((opened, cookie)) = opened else {
             return self.login_or_401(head, route, return_to(), clear_cookie.into_iter().collect(), env);
         };
         self.hide_own_cookies(head, &mut allow);
@@ -172,14 +171,17 @@ impl Engine {
         if let Some(token) = s.refresh_token.as_deref() {
             if env.now >= s.checked_at.saturating_add(self.config.session.refresh_interval) {
                 let refresh = Refresh {
-                    route: route.index,
-                    allow,
                     generation: shared_key(b"generation", token.as_bytes()),
                     old: Arc::clone(&opened),
-                    api: api(),
-                    scheme: head.scheme.to_owned(),
-                    authority: head.authority.to_owned(),
-                    return_to: return_to(),
+                    cookie: cookie.to_owned(),
+                    waiting: Waiting::Request {
+                        route: route.index,
+                        allow,
+                        api: api(),
+                        scheme: head.scheme.to_owned(),
+                        authority: head.authority.to_owned(),
+                        return_to: return_to(),
+                    },
                 };
                 return self.refresh(refresh);
             }
@@ -286,6 +288,11 @@ impl Engine {
         self.backchannel_logout(body, env)
     }
 
+    /// The coordinator's side of a fleet refresh (the host checked the key).
+    pub(crate) fn on_fleet_refresh_request(&self, cookie: &str, env: &mut Env<'_>) -> Step {
+        self.refresh_for_fleet(cookie, env)
+    }
+
     /// Continues after a [`Step::Fetch`].
     pub(crate) fn on_fetched(&self, pending: Pending, response: HttpResponse, env: &mut Env<'_>) -> Step {
         match *pending.0 {
@@ -293,6 +300,8 @@ impl Engine {
             PendingKind::JwksForLogin { login, csrf_cookie, tokens } => self.on_jwks_for_login(login, csrf_cookie, tokens, response, env),
             PendingKind::Refresh(refresh) => self.on_refresh_response(refresh, response, env),
             PendingKind::Userinfo { refresh, refresh_token } => self.on_userinfo_response(refresh, refresh_token, response, env),
+            PendingKind::FleetRefresh(refresh) => self.on_fleet_refresh(refresh, response, env),
+            PendingKind::FleetSignOut(page) => self.on_fleet_sign_out(page, &response, env),
             // A store answer was expected: an HTTP answer says nothing about it.
             kind => self.on_stored(Pending(Box::new(kind)), StoreAnswer::Claimed(false), env),
         }
@@ -316,6 +325,7 @@ impl Engine {
                 self.on_successor(refresh, record, env)
             }
             PendingKind::RefreshLock(refresh) => self.on_refresh_lock(refresh, claimed, env),
+            PendingKind::LogoutToken(revocation) => self.on_logout_token_claimed(revocation, claimed, env),
             // An HTTP answer was expected: treat as unreachable.
             kind => self.on_fetched(Pending(Box::new(kind)), HttpResponse { status: 0, body: Vec::new() }, env),
         }
@@ -337,6 +347,11 @@ impl Engine {
             PendingKind::Successor(refresh) | PendingKind::RefreshLock(refresh) => {
                 env.events.push(Event::StoreUnavailable("refresh postponed; session kept"));
                 self.serve_old(refresh, env)
+            }
+            PendingKind::LogoutToken(revocation) => {
+                // Applying a logout twice only revokes again what it named.
+                env.events.push(Event::StoreUnavailable("logout token's jti not recorded; the logout goes on"));
+                self.on_logout_token_claimed(revocation, true, env)
             }
             PendingKind::JwksCooldown { login, csrf_cookie, tokens } => {
                 env.events.push(Event::StoreUnavailable("JWKS refetch postponed"));

@@ -8,27 +8,35 @@ use std::sync::Arc;
 use super::{oauth_error_code, Allow, Engine, Env, Pending, PendingKind, Step, TokenResponse, MAX_COOKIE_BYTES};
 use crate::cache::OpenedSession;
 use crate::events::Event;
+use crate::fleet::{self, RefreshAnswer};
 use crate::http::HttpResponse;
 use crate::jose::{profile_claims, verify_id_token, Expected, IdClaims, TokenError};
+use crate::pages::Response;
 use crate::session::Session;
 use crate::store::{RecordKey, StoreOp, StoreWrite};
 
 /// Seconds before a refresh that could not reach the IdP is tried again.
 const REFRESH_RETRY: u64 = 10;
 
-/// A request waiting on a session refresh, with everything needed to finish
-/// it: the prepared upstream changes, the old session, and where to send the
-/// user if the IdP has ended the session.
+/// A session refresh in progress, with everything needed to finish it:
+/// the old session, its sealed cookie, and who waits for the result.
 pub(super) struct Refresh {
-    pub(super) route: usize,
-    pub(super) allow: Allow,
     /// Identifies the session generation (derived from its refresh token).
     pub(super) generation: [u8; 16],
     pub(super) old: Arc<OpenedSession>,
-    pub(super) api: bool,
-    pub(super) scheme: String,
-    pub(super) authority: String,
-    pub(super) return_to: String,
+    /// The old session's sealed cookie, handed to a fleet coordinator.
+    pub(super) cookie: String,
+    pub(super) waiting: Waiting,
+}
+
+/// Who waits for a refresh.
+pub(super) enum Waiting {
+    /// A request to this gate: the prepared upstream changes, and where to
+    /// send the user if the IdP has ended the session.
+    Request { route: usize, allow: Allow, api: bool, scheme: String, authority: String, return_to: String },
+    /// A filter of the fleet (this is its coordinator): answered with the
+    /// new cookie, "ended", or "not now".
+    Fleet,
 }
 
 impl Engine {
@@ -63,7 +71,17 @@ impl Engine {
     pub(super) fn on_refresh_lock(&self, refresh: Refresh, claimed: bool, env: &mut Env<'_>) -> Step {
         if !claimed {
             env.events.push(Event::RefreshCoalesced);
+            if let Waiting::Fleet = refresh.waiting {
+                return fleet_answer(409, b"busy");
+            }
             return self.serve_old(refresh, env);
+        }
+        // A filter in a fleet: the coordinator refreshes under the fleet's
+        // lock; this instance's lock keeps it to one call at a time.
+        if let Some(coordinator) = &self.config.coordinator {
+            env.events.push(Event::RefreshStarted);
+            let call = coordinator.refresh_call(&refresh.cookie);
+            return Step::Fetch { call, pending: Pending::new(PendingKind::FleetRefresh(refresh)) };
         }
         let call = match (env.provider, refresh.old.session.refresh_token.as_deref()) {
             (Some(p), Some(token)) => self.token_call(p, &[("grant_type", "refresh_token"), ("refresh_token", token)]),
@@ -82,33 +100,45 @@ impl Engine {
     }
 
     /// Finishes the waiting request with `session` (the old one or its successor).
-    pub(super) fn serve(&self, refresh: Refresh, session: &OpenedSession, env: &mut Env<'_>) -> Step {
-        match self.config.routes.get(refresh.route) {
-            Some(route) => {
-                let api = refresh.api;
-                self.decide(route, refresh.allow, &|| api, session, env)
-            }
-            None => Step::Respond(self.deny_response(refresh.api, "No service is configured at this address.")),
+    fn serve(&self, waiting: Waiting, session: &OpenedSession, env: &mut Env<'_>) -> Step {
+        let Waiting::Request { route, allow, api, .. } = waiting else { return fleet_answer(503, b"later") };
+        match self.config.routes.get(route) {
+            Some(route) => self.decide(route, allow, &|| api, session, env),
+            None => Step::Respond(self.deny_response(api, "No service is configured at this address.")),
         }
     }
 
     pub(super) fn serve_old(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
-        let old = Arc::clone(&refresh.old);
-        self.serve(refresh, &old, env)
+        self.serve(refresh.waiting, &refresh.old, env)
     }
 
-    pub(super) fn serve_refreshed(&self, mut refresh: Refresh, new: Arc<OpenedSession>, cookie: &str, env: &mut Env<'_>) -> Step {
-        let s = &self.config.session;
-        let max_age = new.expires_at.saturating_sub(env.now);
-        refresh.allow.set_cookies.push(format!("{}={cookie}{}", s.cookie_name, self.cookie_attrs("/", max_age, s.same_site)));
-        self.serve(refresh, &new, env)
+    pub(super) fn serve_refreshed(&self, refresh: Refresh, new: Arc<OpenedSession>, cookie: &str, env: &mut Env<'_>) -> Step {
+        let mut waiting = refresh.waiting;
+        match &mut waiting {
+            Waiting::Fleet => {
+                let mut body = fleet::REFRESHED.to_vec();
+                body.extend_from_slice(cookie.as_bytes());
+                return fleet_answer(200, &body);
+            }
+            Waiting::Request { allow, .. } => {
+                let s = &self.config.session;
+                let max_age = new.expires_at.saturating_sub(env.now);
+                allow.set_cookies.push(format!("{}={cookie}{}", s.cookie_name, self.cookie_attrs("/", max_age, s.same_site)));
+            }
+        }
+        self.serve(waiting, &new, env)
     }
 
     /// The IdP has ended the session (revoked grant, disabled user): every
     /// request still carrying it goes back to login.
     pub(super) fn session_ended(&self, refresh: Refresh, env: &mut Env<'_>) -> Step {
-        let clear = vec![self.clear_cookie(&self.config.session.cookie_name, "/")];
-        self.login_again(refresh.api, &refresh.scheme, &refresh.authority, refresh.return_to, clear, env)
+        match refresh.waiting {
+            Waiting::Request { api, scheme, authority, return_to, .. } => {
+                let clear = vec![self.clear_cookie(&self.config.session.cookie_name, "/")];
+                self.login_again(api, &scheme, &authority, return_to, clear, env)
+            }
+            Waiting::Fleet => fleet_answer(200, fleet::ENDED),
+        }
     }
 
     pub(super) fn successor_grace(&self) -> u64 {
@@ -182,6 +212,56 @@ impl Engine {
         }
     }
 
+    /// The coordinator's answer to a refresh this filter handed it.
+    pub(super) fn on_fleet_refresh(&self, refresh: Refresh, resp: HttpResponse, env: &mut Env<'_>) -> Step {
+        match fleet::refresh_answer(&resp) {
+            RefreshAnswer::Refreshed(cookie) => match self.open_session(cookie, env) {
+                Ok(new) => {
+                    // This instance's other requests and workers take it over.
+                    let mut record = b"ok:".to_vec();
+                    record.extend_from_slice(cookie.as_bytes());
+                    let until = env.now + self.successor_grace();
+                    env.writes.push(StoreWrite { key: RecordKey::Successor(refresh.generation), value: record, until });
+                    env.events.push(Event::RefreshSucceeded);
+                    self.serve_refreshed(refresh, new, cookie, env)
+                }
+                Err(_) => {
+                    env.events
+                        .push(Event::RefreshFailed("the fleet coordinator's cookie does not open here (other session secrets?); session kept"));
+                    self.serve_old(refresh, env)
+                }
+            },
+            RefreshAnswer::Ended => self.end_refreshed_session(refresh, "refresh refused: session ended (fleet coordinator)", env),
+            RefreshAnswer::Busy => {
+                env.events.push(Event::RefreshCoalesced);
+                self.serve_old(refresh, env)
+            }
+            RefreshAnswer::Later => {
+                env.events.push(Event::RefreshFailed("fleet coordinator could not refresh now; session kept, retrying later"));
+                self.serve_old(refresh, env)
+            }
+            RefreshAnswer::Misconfigured => {
+                env.events
+                    .push(Event::RefreshFailed("fleet coordinator cannot open our cookies: give it the same session.secrets; session kept"));
+                self.serve_old(refresh, env)
+            }
+        }
+    }
+
+    /// The coordinator's side: a filter of the fleet asks to refresh the
+    /// session sealed in `cookie` (the key was checked by the host).
+    pub(super) fn refresh_for_fleet(&self, cookie: &str, env: &mut Env<'_>) -> Step {
+        let Ok(opened) = self.open_session(cookie, env) else {
+            return fleet_answer(422, b"the session cookie does not open here: give the filters and the sidecar the same session.secrets");
+        };
+        if env.revocations.revokes(&opened.revocation, opened.session.login_at, env.now) {
+            return fleet_answer(200, fleet::ENDED);
+        }
+        let Some(token) = opened.session.refresh_token.as_deref() else { return fleet_answer(422, b"the session has no refresh token") };
+        let generation = crate::engine::shared_key(b"generation", token.as_bytes());
+        self.refresh(Refresh { generation, old: opened, cookie: cookie.to_owned(), waiting: Waiting::Fleet })
+    }
+
     pub(super) fn on_userinfo_response(&self, refresh: Refresh, refresh_token: Option<String>, resp: HttpResponse, env: &mut Env<'_>) -> Step {
         let claims = match resp.status {
             200 => serde_json::from_slice::<serde_json::Value>(&resp.body).ok().and_then(|v| profile_claims(&v)),
@@ -224,6 +304,12 @@ impl Engine {
             Err(_) => self.serve_old(refresh, env),
         }
     }
+}
+
+/// An answer to a filter of the fleet (see [`crate::fleet`]).
+fn fleet_answer(status: u16, body: &[u8]) -> Step {
+    let headers = vec![("cache-control".to_owned(), "no-store".to_owned()), ("content-type".to_owned(), "text/plain".to_owned())];
+    Step::Respond(Response { status, headers, body: body.to_vec() })
 }
 
 /// A session's claims, for a refresh that brought no new ones.

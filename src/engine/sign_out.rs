@@ -1,9 +1,11 @@
 //! Sign-out: clear our cookies and end the provider's session, only when the
 //! request comes from our own pages or the user.
 
-use super::{Engine, Env, Step};
+use super::step::PendingKind;
+use super::{Engine, Env, Pending, Step};
 use crate::encoding::{build_query, parse_query};
 use crate::events::Event;
+use crate::http::HttpResponse;
 use crate::jose::TokenError;
 use crate::logout::verify_logout_token;
 use crate::pages;
@@ -11,6 +13,7 @@ use crate::pages::Response;
 use crate::redirect::safe_redirect;
 use crate::request::RequestHead;
 use crate::revocation::Revocation;
+use crate::store::{RecordKey, StoreOp};
 
 impl Engine {
     pub(super) fn sign_out(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
@@ -52,7 +55,22 @@ impl Engine {
             }
             None => local,
         };
-        Step::Respond(pages::redirect(&location).with_cookies(cookies))
+        let page = pages::redirect(&location).with_cookies(cookies);
+        // In a fleet of filters the coordinator spreads the revocations; the
+        // browser is answered once it has them (or could not be reached).
+        match &self.config.coordinator {
+            Some(coordinator) if !env.revoked.is_empty() => {
+                Step::Fetch { call: coordinator.revoke_call(&env.revoked), pending: Pending::new(PendingKind::FleetSignOut(page)) }
+            }
+            _ => Step::Respond(page),
+        }
+    }
+
+    pub(super) fn on_fleet_sign_out(&self, page: Response, resp: &HttpResponse, env: &mut Env<'_>) -> Step {
+        if !(200..300).contains(&resp.status) {
+            env.events.push(Event::StoreUnavailable("fleet coordinator unreachable: the sign-out reaches only this instance"));
+        }
+        Step::Respond(page)
     }
 
     /// A back-channel logout from the provider (a POSTed form with
@@ -69,17 +87,29 @@ impl Engine {
         let verified = token
             .ok_or(TokenError::Malformed)
             .and_then(|t| verify_logout_token(t, &provider.jwks, &p.issuer, &p.client_id, env.now, p.clock_skew));
-        match verified.map(|t| t.revocation(env.now, self.config.session.lifetime)) {
-            Ok(Some(revocation)) => {
-                env.revoked.push(revocation);
-                env.events.push(Event::BackchannelLogout);
-                Step::Respond(Response { status: 200, headers: vec![("cache-control".into(), "no-store".into())], body: Vec::new() })
-            }
-            Ok(None) | Err(_) => {
+        let claim = verified.ok().and_then(|t| {
+            let revocation = t.revocation(env.now, self.config.session.lifetime)?;
+            Some((StoreOp::Claim { key: RecordKey::LogoutToken(t.replay_key(&p.issuer)), until: t.replayable_until(p.clock_skew) }, revocation))
+        });
+        match claim {
+            Some((op, revocation)) => Step::Store { op, pending: Pending::new(PendingKind::LogoutToken(revocation)) },
+            None => {
                 let why = if token.is_some() { "back-channel logout token rejected" } else { "back-channel logout without logout_token" };
                 env.events.push(Event::Denied(why));
                 Step::Respond(pages::json(400, "invalid_request", "Not a valid logout token.", &[]))
             }
         }
+    }
+
+    /// A verified logout token, once its `jti` claim is answered: a replay
+    /// (within the time the token still verifies) is refused.
+    pub(super) fn on_logout_token_claimed(&self, revocation: Revocation, claimed: bool, env: &mut Env<'_>) -> Step {
+        if !claimed {
+            env.events.push(Event::Denied("back-channel logout token replayed"));
+            return Step::Respond(pages::json(400, "invalid_request", "This logout token was already used.", &[]));
+        }
+        env.revoked.push(revocation);
+        env.events.push(Event::BackchannelLogout);
+        Step::Respond(Response { status: 200, headers: vec![("cache-control".into(), "no-store".into())], body: Vec::new() })
     }
 }

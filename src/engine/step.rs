@@ -130,6 +130,13 @@ pub(super) enum PendingKind {
     /// The refresh lock claim.
     RefreshLock(Refresh),
     Refresh(Refresh),
+    /// A refresh handed to the fleet coordinator.
+    FleetRefresh(Refresh),
+    /// A verified back-channel logout waiting on its `jti` claim.
+    LogoutToken(crate::revocation::Revocation),
+    /// A sign-out's revocations handed to the fleet coordinator; then this
+    /// response.
+    FleetSignOut(Response),
     Userinfo {
         refresh: Refresh,
         refresh_token: Option<String>,

@@ -1710,3 +1710,108 @@ fn back_channel_logout_revokes_the_sessions_of_the_provider_session() {
     assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Respond(_)), "the provider session ended");
     assert!(matches!(g.send(&Req::get("/").cookie(COOKIE, &other)), Step::Allow(_)), "another user's session stays");
 }
+
+// ---------------------------------------------------------------------------
+// Filters in a fleet: the coordinator refreshes and spreads sign-outs.
+
+fn fleet_config() -> Value {
+    let mut c = config_json();
+    c["fleet"] = json!({"coordinator": "oidc_edge_sidecar"});
+    c
+}
+
+#[test]
+fn a_filter_in_a_fleet_hands_its_refresh_to_the_coordinator() {
+    let mut coordinator = Gate::new();
+    let mut filter = Gate::with_config(&fleet_config());
+    let (old, _) = filter.login_as(&bob());
+    filter.host.now += REFRESH_INTERVAL;
+    coordinator.host.now = filter.host.now;
+    let (call, pending) = fetch(filter.send(&Req::get("/").cookie(COOKIE, &old)));
+    assert_eq!((call.target.as_str(), call.method, call.path.as_str()), ("oidc_edge_sidecar", "POST", crate::fleet::REFRESH_PATH));
+    assert_eq!(call.body, old.as_bytes());
+    let key = call.headers.iter().find(|(n, _)| n == crate::fleet::KEY_HEADER).map(|(_, v)| v.clone()).expect("the fleet key");
+    assert!(crate::fleet::key_matches(&coordinator.driver.config().session.sealer, &key));
+    // This instance's other requests wait on its one call, on the old session.
+    assert!(allowed(filter.send(&Req::get("/").cookie(COOKIE, &old))).set_cookies.is_empty());
+
+    // The coordinator refreshes at the provider; a second filter asking meanwhile is told "busy".
+    let out = coordinator.driver.on_fleet_refresh(&old, coordinator.host.lend());
+    let (idp_call, idp_pending) = fetch(coordinator.host.keep(out));
+    assert_eq!(form_param(&idp_call, "grant_type").as_deref(), Some("refresh_token"));
+    let out = coordinator.driver.on_fleet_refresh(&old, coordinator.host.lend());
+    assert_eq!(respond(coordinator.host.keep(out)).status, 409);
+    let now = coordinator.host.now;
+    let answer = respond(coordinator.fetched(idp_pending, refreshed(now, &bob(), "rt-2")));
+    assert_eq!(answer.status, 200);
+    let new = std::str::from_utf8(answer.body.strip_prefix(b"ok:").expect("the new cookie")).unwrap().to_owned();
+    // Asked again (another instance, later): the same successor, no provider call.
+    let out = coordinator.driver.on_fleet_refresh(&old, coordinator.host.lend());
+    assert_eq!(respond(coordinator.host.keep(out)).body, answer.body);
+
+    let a = allowed(filter.fetched(pending, HttpResponse { status: 200, body: answer.body.clone() }));
+    assert_eq!(SetCookie::parse(&a.set_cookies[0]).value, new);
+    assert!(filter.host.take_events().contains(&Event::RefreshSucceeded));
+    // The old cookie on this instance afterwards: the successor, no call.
+    let a = allowed(filter.send(&Req::get("/").cookie(COOKIE, &old)));
+    assert_eq!(SetCookie::parse(&a.set_cookies[0]).value, new);
+
+    // A coordinator with other secrets cannot open the cookie, and says so.
+    let mut other_secret = config_json();
+    other_secret["session"]["secrets"] = json!([{"env": "OTHER_COOKIE_SECRET"}]);
+    let mut stranger = Gate::with_config(&other_secret);
+    let out = stranger.driver.on_fleet_refresh(&old, stranger.host.lend());
+    assert_eq!(respond(stranger.host.keep(out)).status, 422);
+}
+
+#[test]
+fn a_filter_in_a_fleet_keeps_the_session_unless_the_coordinator_says_it_ended() {
+    let mut filter = Gate::with_config(&fleet_config());
+    let (old, _) = filter.login_as(&bob());
+    filter.host.now += REFRESH_INTERVAL;
+    // No answer: the old session, no cookie; the next try waits for the lock.
+    let (_, pending) = fetch(filter.send(&Req::get("/").cookie(COOKIE, &old)));
+    let a = allowed(filter.fetched(pending, HttpResponse { status: 0, body: Vec::new() }));
+    assert!(a.set_cookies.is_empty() && header_of(&a, "Remote-User") == Some("bob"));
+    // Ended: back to login, on every later request too.
+    filter.host.now += 60;
+    let (_, pending) = fetch(filter.send(&Req::get("/").cookie(COOKIE, &old)));
+    let r = respond(filter.fetched(pending, HttpResponse { status: 200, body: b"dead".to_vec() }));
+    assert_eq!(r.status, 302);
+    assert!(set_cookie(&r, COOKIE).is_some_and(|c| c.clears()));
+    assert_eq!(respond(filter.send(&Req::get("/").cookie(COOKIE, &old))).status, 302);
+}
+
+#[test]
+fn a_sign_out_in_a_fleet_reaches_the_coordinator_before_the_browser_is_answered() {
+    let mut filter = Gate::with_config(&fleet_config());
+    let (session, _) = filter.login_as(&bob());
+    let out = filter
+        .driver
+        .on_request(&Req::get("/oauth2/sign_out").cookie(COOKIE, &session).header("sec-fetch-site", "same-origin").head(), filter.host.lend());
+    assert_eq!(out.revoked.len(), 1, "this instance learns it at once");
+    let revoked = out.revoked.clone();
+    let (call, pending) = fetch(filter.host.keep(out));
+    assert_eq!((call.method, call.path.as_str()), ("POST", crate::fleet::REVOCATIONS_PATH));
+    assert_eq!(crate::revocation::Revocation::decode_all(&call.body), revoked);
+    // The coordinator unreachable: the browser is still signed out here.
+    let r = respond(filter.fetched(pending, HttpResponse { status: 0, body: Vec::new() }));
+    assert_eq!(r.status, 302);
+    assert!(set_cookie(&r, COOKIE).is_some_and(|c| c.clears()));
+    assert!(filter.host.take_events().iter().any(|e| matches!(e, Event::StoreUnavailable(_))));
+    assert!(matches!(filter.send(&Req::get("/").cookie(COOKIE, &session)), Step::Respond(_)));
+}
+
+#[test]
+fn a_logout_token_is_used_once() {
+    let mut g = Gate::new();
+    let claims = json!({"iss": ISSUER, "aud": CLIENT_ID, "iat": NOW, "jti": "once", "sub": "b0b",
+                        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    let body = build_query(&[("logout_token", &sign_ed(&ed_key(), Some("ed1"), &claims))]).into_bytes();
+    let out = g.driver.on_backchannel_logout(&body, g.host.lend());
+    assert_eq!(respond(g.host.keep(out)).status, 200);
+    g.host.now += 30;
+    let out = g.driver.on_backchannel_logout(&body, g.host.lend());
+    assert!(out.revoked.is_empty());
+    assert_eq!(respond(g.host.keep(out)).status, 400);
+}

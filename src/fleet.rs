@@ -163,7 +163,7 @@ pub fn decode_poll(resp: &HttpResponse) -> Option<(String, Vec<Revocation>)> {
     let split = resp.body.iter().position(|b| *b == b'\n')?;
     let cursor = std::str::from_utf8(&resp.body[..split]).ok().filter(|c| is_cursor(c))?;
     let records = &resp.body[split + 1..];
-    (records.len() % RECORD == 0).then(|| (cursor.to_owned(), Revocation::decode_all(records)))
+    records.len().is_multiple_of(RECORD).then(|| (cursor.to_owned(), Revocation::decode_all(records)))
 }
 
 fn is_cursor(c: &str) -> bool {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use oidc_edge::events::{Counter, Severity};
+use oidc_edge::fleet::RevocationLog;
 use oidc_edge::provider::{Load, Progress, Schedule};
 use oidc_edge::{Config, Driver, Lend, MemoryStore, Outcome, Pending, RequestHead, Response, Step};
 use serde_json::json;
@@ -50,6 +51,8 @@ impl Mode {
 struct State {
     driver: Driver,
     records: MemoryStore,
+    /// Every revocation this instance knows, for the filters it coordinates.
+    log: RevocationLog,
 }
 
 pub struct App {
@@ -142,7 +145,7 @@ impl App {
             redis,
             config: driver.shared_config(),
             settings,
-            state: Mutex::new(State { driver, records: MemoryStore::new(RECORDS) }),
+            state: Mutex::new(State { driver, records: MemoryStore::new(RECORDS), log: RevocationLog::new(fleet::epoch()) }),
             counters: Metrics::new(),
             idp: IdpClient::new(),
             wake_loader: Notify::new(),
@@ -196,6 +199,9 @@ impl App {
         }
         if path == paths.backchannel_logout {
             return self.backchannel_logout(&req).await;
+        }
+        if let Some(answer) = self.fleet(path, &req).await {
+            return answer;
         }
         let mode = if path == paths.auth {
             Mode::AuthRequest
@@ -356,7 +362,9 @@ impl App {
             self.wake_loader.notify_one();
         }
         let store: Option<&mut dyn oidc_edge::SharedState> = if self.redis.is_some() { None } else { Some(&mut state.records) };
-        let mut outcome = turn(&mut state.driver, Lend { now: now(), rng: &mut OsRandom, store });
+        let now = now();
+        let mut outcome = turn(&mut state.driver, Lend { now, rng: &mut OsRandom, store });
+        state.log.add(&outcome.revoked, now);
         drop(guard);
         turns.counted.push(Counted::from(&outcome));
         turns.writes.append(&mut outcome.writes);
@@ -406,7 +414,10 @@ impl App {
     /// Learns revocations other instances published.
     pub fn learn(&self, revoked: &[oidc_edge::revocation::Revocation]) {
         if !revoked.is_empty() {
-            self.lock().driver.learn(revoked, now());
+            let now = now();
+            let mut state = self.lock();
+            state.driver.learn(revoked, now);
+            state.log.add(revoked, now);
         }
     }
 
@@ -615,5 +626,6 @@ impl Original {
     }
 }
 
+mod fleet;
 #[cfg(test)]
 mod tests;

@@ -233,6 +233,11 @@ impl Engine {
             },
             RefreshAnswer::Ended => self.end_refreshed_session(refresh, "refresh refused: session ended (fleet coordinator)", env),
             RefreshAnswer::Busy => {
+                // Another instance is refreshing: ask again in a second (by
+                // then the coordinator holds its successor), not when this
+                // instance's lock runs out.
+                let key = RecordKey::RefreshLock(refresh.generation);
+                env.writes.push(StoreWrite { key, value: Vec::new(), until: env.now + 1 });
                 env.events.push(Event::RefreshCoalesced);
                 self.serve_old(refresh, env)
             }

@@ -485,6 +485,23 @@ def filter_config(values: dict, template: str = "e2e.yaml") -> dict:
     return json.loads(hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
 
 
+def with_coordinator(envoy_yaml: str, port: int) -> str:
+    """An Envoy config whose filter hands fleet work to the sidecar on `port`
+    (`fleet.coordinator` naming a cluster added for it)."""
+    import yaml
+    boot = yaml.safe_load(envoy_yaml)
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    value = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]
+    cfg = json.loads(value["value"])
+    cfg["fleet"] = {"coordinator": "oidc_edge_sidecar"}
+    value["value"] = json.dumps(cfg)
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+    boot["static_resources"]["clusters"].append({
+        "name": "oidc_edge_sidecar", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "oidc_edge_sidecar", "endpoints": [{"lb_endpoints": [endpoint]}]}})
+    return yaml.safe_dump(boot, sort_keys=False)
+
+
 def wait_login_ready(port: int, timeout: float = 20, log=lambda: "") -> None:
     """Waits until a login can start through the proxy on `port` (discovery
     and JWKS loaded), which the first requests themselves trigger."""
@@ -678,13 +695,16 @@ class Envoy(Gate):
     has_counters = True
 
     def __init__(self, values: dict, name: str = "envoy", *, template: str = "e2e.yaml", env: dict | None = None,
-                 cpu: int | None = None, workers: int = 2):
+                 cpu: int | None = None, workers: int = 2, coordinator_port: int | None = None):
         super().__init__(name, values.get("PROXY_PORT"), cpu)
         self.admin_port = free_port()
         self.values = {"ADMIN_PORT": self.admin_port, "WASM": WASM, **values}
         RUN.mkdir(parents=True, exist_ok=True)
         self.config_path = RUN / f"{name}.yaml"
-        self.config_path.write_text(render(ROOT / "envoy" / template, self.values))
+        text = render(ROOT / "envoy" / template, self.values)
+        if coordinator_port:
+            text = with_coordinator(text, coordinator_port)
+        self.config_path.write_text(text)
         self.workers = workers
         self.env = {**SECRETS_ENV, **(env or {})}
 

@@ -1,16 +1,21 @@
 """A fleet: two sidecars with the same configuration behind one stock nginx
-(round robin), sharing a real Redis. They must act as one gate: one refresh
-call for a burst on a session due for refresh, a sign-out refused on every
-instance within seconds, and with Redis down, sessions and logins still
-working while refreshes wait, without a restart when it returns."""
+(round robin) or Caddy, sharing a real Redis; two Envoys whose filters hand
+fleet work to a sidecar. They must act as one gate: one refresh call for a
+burst on a session due for refresh, a login finished on either instance
+once, a sign-out refused on every instance within seconds, and with Redis
+down, sessions and logins still working while refreshes wait, without a
+restart when it returns."""
 
+import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
 from cookies import due_for_refresh, unseal
-from harness import COOKIE_SECRET, Browser, Idp, NginxSidecar, Proc, Sidecar, free_port, idp_client, login, wait_port
+from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, NginxSidecar, Proc, Sidecar, free_port, idp_client, login,
+                     to_callback, wait_login_ready, wait_port)
 from test_sessions import _burst, _refreshes, _session_cookie, _session_of_new_user
 
 
@@ -33,26 +38,40 @@ class Redis:
             self.proc = None
 
 
-class Fleet:
-    """nginx with two sidecars as one upstream, both on the same Redis."""
+def _store(redis: Redis) -> dict:
+    return {"url": f"redis://127.0.0.1:{redis.port}/0", "key_prefix": f"e2e-{uuid.uuid4().hex[:8]}:",
+            "command_timeout_ms": 300, "connect_timeout_ms": 300}
 
-    def __init__(self, stack, redis: Redis):
+
+class Fleet:
+    """A proxy with two sidecars as one upstream, both on the same Redis:
+    stock nginx (round robin) or Caddy (round robin)."""
+
+    def __init__(self, stack, redis: Redis, proxy: str = "nginx"):
         values = stack.values(stack.fleet_port)
-        store = {"url": f"redis://127.0.0.1:{redis.port}/0", "key_prefix": f"e2e-{uuid.uuid4().hex[:8]}:",
-                 "command_timeout_ms": 300, "connect_timeout_ms": 300}
+        store = _store(redis)
         self.store = store
-        self.a = Sidecar(values, "fleet-a", store=store)
-        self.b = Sidecar(values, "fleet-b", store=store, proxy_token=self.a.proxy_token)
-        self.nginx = NginxSidecar(values, "fleet-nginx", sidecar=self.a)
-        # Both instances behind the snippet's one upstream: what a user does
-        # with the rendered snippets when running two sidecars.
-        http = self.nginx.prefix / "oidc-edge/http.conf"
-        one = f"server 127.0.0.1:{self.a.port};"
-        assert one in http.read_text()
-        http.write_text(http.read_text().replace(one, f"{one}\n    server 127.0.0.1:{self.b.port};"))
-        stack.gates += [self.nginx, self.b]
+        self.a = Sidecar(values, f"fleet-{proxy}-a", store=store)
+        self.b = Sidecar(values, f"fleet-{proxy}-b", store=store, proxy_token=self.a.proxy_token)
+        one = f"127.0.0.1:{self.a.port}"
+        if proxy == "nginx":
+            self.proxy = NginxSidecar(values, "fleet-nginx", sidecar=self.a)
+            # Both instances behind the snippet's one upstream: what a user
+            # does with the rendered snippets when running two sidecars.
+            snippet = self.proxy.prefix / "oidc-edge/http.conf"
+            both = f"server {one};\n    server 127.0.0.1:{self.b.port};"
+            text = snippet.read_text()
+            assert f"server {one};" in text, text
+            snippet.write_text(text.replace(f"server {one};", both))
+        else:
+            self.proxy = Caddy(values, "fleet-caddy", sidecar=self.a)
+            snippet = self.proxy.prefix / "oidc-edge.caddy"
+            text = snippet.read_text()
+            assert f"{one} {{" in text, text
+            snippet.write_text(text.replace(f"{one} {{", f"{one} 127.0.0.1:{self.b.port} {{\n\t\t\tlb_policy round_robin"))
+        stack.gates += [self.proxy, self.b]
         self.b.start()
-        self.nginx.start()
+        self.proxy.start()
         self.a.wait_provider_loaded()
         self.b.wait_provider_loaded()
 
@@ -61,10 +80,10 @@ class Fleet:
         return (self.a, self.b)
 
     def url(self, path: str) -> str:
-        return self.nginx.url(path)
+        return self.proxy.url(path)
 
     def stop(self) -> None:
-        self.nginx.stop()
+        self.proxy.stop()
         self.b.stop()
 
 
@@ -87,26 +106,80 @@ def _ready(sidecar) -> tuple:
     return r.status, r.body.decode().strip()
 
 
-def test_a_burst_on_a_session_due_for_refresh_makes_one_refresh_call_for_the_fleet(stack, fleet):
-    user = "ivyfleet"
+def _burst_over(urls, session, n=20):
+    """`n` requests with the same cookie, spread over `urls`, released at once."""
+    results = []
+    barrier = threading.Barrier(n)
+
+    def hit(url):
+        barrier.wait()
+        results.append(Browser().get(url, headers={"Cookie": f"_oidc_edge={session}"}))
+
+    threads = [threading.Thread(target=hit, args=(urls[i % len(urls)],)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "caddy"])
+def test_a_burst_on_a_session_due_for_refresh_makes_one_refresh_call_for_the_fleet(stack, redis, proxy):
+    fleet = Fleet(stack, redis, proxy)
+    try:
+        _one_refresh_for_the_fleet(stack, fleet, f"ivy{proxy}")
+    finally:
+        fleet.stop()
+
+
+def _one_refresh_for_the_fleet(stack, fleet, user):
     old = due_for_refresh(COOKIE_SECRET, _session_of_new_user(stack, user, ["users"]))
     allowed_before = [s.count("oidc_edge_requests_allowed") for s in fleet.sidecars]
     before = _refreshes(stack)
+    failed_before = stack.idp.stats()["token"]["refresh_failed"]
     results = _burst(fleet.url("/users/x"), old)
+    # Caddy's forward_auth hands a refreshed cookie to the browser with a 307
+    # to the same URL, which the browser follows with it.
+    results = [Browser().get(fleet.url("/users/x"), headers={"Cookie": f"_oidc_edge={_session_cookie(r)}"})
+               if r.status == 307 else r for r in results]
     assert [r.status for r in results] == [200] * 20, [r.status for r in results]
     assert all(r.upstream_header("Remote-User") == user for r in results)
     # Both instances decided part of the burst.
     allowed_after = [s.count("oidc_edge_requests_allowed") for s in fleet.sidecars]
     assert all(a > b for a, b in zip(allowed_after, allowed_before)), (allowed_before, allowed_after)
     assert _refreshes(stack) - before == 1, "one refresh call at the IdP for the whole fleet"
-    assert stack.idp.stats()["token"]["refresh_failed"] == 0
-    new = {c for c in map(_session_cookie, results) if c}
-    assert len(new) == 1, "every instance hands out the one successor"
-    # The old cookie, later, on either instance: the successor, no new call.
+    assert stack.idp.stats()["token"]["refresh_failed"] == failed_before
+    # The old cookie, later, on either instance: the one successor, no new call.
+    new = set()
     for _ in range(4):
         r = Browser().get(fleet.url("/users/"), headers={"Cookie": f"_oidc_edge={old}"})
-        assert r.status == 200 and _session_cookie(r) in new
+        assert r.status in (200, 307) and _session_cookie(r)
+        new.add(_session_cookie(r))
+    assert len(new) == 1, "every instance hands out the one successor"
     assert _refreshes(stack) - before == 1
+    # One interval later the successor is refreshed again, once.
+    due = due_for_refresh(COOKIE_SECRET, new.pop())
+    results = _burst(fleet.url("/users/"), due, n=10)
+    assert all(r.status in (200, 307) for r in results), [r.status for r in results]
+    assert _refreshes(stack) - before == 2
+    assert stack.idp.stats()["token"]["refresh_failed"] == failed_before
+
+
+def test_a_login_started_on_one_instance_completes_on_the_other_once(stack, fleet):
+    b = Browser()
+    site = {"Host": f"127.0.0.1:{stack.fleet_port}"}
+    start = b.get(f"http://127.0.0.1:{fleet.a.port}/oauth2/start?rd=%2Fusers%2F", headers=site)
+    assert start.status == 302
+    callback = urlsplit(to_callback(b, start.location, "alice"))
+    target = f"{callback.path}?{callback.query}"
+    saved = dict(b.jar)
+    done = b.get(f"http://127.0.0.1:{fleet.b.port}{target}", headers=site)
+    assert done.status == 302 and done.location == "/users/", (done.status, done.location)
+    assert _session_cookie(done)
+    # The same callback again, with the login cookie as it was, on either instance.
+    for sidecar in fleet.sidecars:
+        again = Browser(jar=dict(saved)).get(f"http://127.0.0.1:{sidecar.port}{target}", headers=site)
+        assert 400 <= again.status < 500 and not _session_cookie(again), (sidecar.name, again.status)
 
 
 def test_a_sign_out_is_refused_by_every_instance_within_five_seconds(stack, fleet):
@@ -249,4 +322,99 @@ def test_back_channel_logout_ends_the_session_on_every_instance(stack, redis):
     finally:
         a.stop()
         b.stop()
+        idp.stop()
+
+
+def test_envoys_whose_filters_hand_fleet_work_to_a_sidecar_act_as_one_gate(stack, redis):
+    """Two Envoys with the filter and `fleet.coordinator` naming a sidecar on
+    Redis: one refresh for a burst spread over both, a sign-out on one
+    refused by the other within 5 s, and a back-channel logout posted to the
+    sidecar ends the session on both."""
+    coordinator = Sidecar(stack.values(stack.fleet_port), "fleet-coordinator", store=_store(redis))
+    stack.gates.append(coordinator)
+    coordinator.start()
+    coordinator.wait_provider_loaded()
+    envoys = [Envoy(stack.values(free_port()), f"fleet-envoy-{i}", coordinator_port=coordinator.port) for i in range(2)]
+    stack.gates += envoys
+    try:
+        for e in envoys:
+            e.start()
+            wait_login_ready(e.port, log=e.log_text)
+        url = lambda e, path: f"http://127.0.0.1:{e.port}{path}"  # noqa: E731
+
+        # The burst: 10 requests on each Envoy, one refresh at the IdP.
+        old = due_for_refresh(COOKIE_SECRET, _session_of_new_user(stack, "mia", ["users"]))
+        before, failed = _refreshes(stack), stack.idp.stats()["token"]["refresh_failed"]
+        results = _burst_over([url(e, "/users/x") for e in envoys], old)
+        assert [r.status for r in results] == [200] * 20, [r.status for r in results]
+        assert all(r.upstream_header("Remote-User") == "mia" for r in results)
+        assert _refreshes(stack) - before == 1, "one refresh call at the IdP for both Envoys"
+        assert stack.idp.stats()["token"]["refresh_failed"] == failed
+        assert all(e.settled_counter("oidc_edge_refreshes_started") == 1 for e in envoys), "one call per instance at most"
+        # Soon after, the old cookie gets the one successor on both.
+        deadline, successors = time.time() + 5, set()
+        while len(successors) != 1 or None in successors:
+            assert time.time() < deadline, successors
+            time.sleep(0.3)
+            successors = {_session_cookie(Browser().get(url(e, "/users/"), headers={"Cookie": f"_oidc_edge={old}"}))
+                          for e in envoys}
+        assert _refreshes(stack) - before == 1
+
+        # Sign-out on the first Envoy: the copy replayed on the second is refused within 5 s.
+        session = _session_of_new_user(stack, "noahfleet", ["users"])
+        copy = {"Cookie": f"_oidc_edge={session}", "Accept": "application/json"}
+        assert [Browser().get(url(e, "/users/"), headers=copy).status for e in envoys] == [200, 200]
+        r = Browser().get(url(envoys[0], "/oauth2/sign_out"), headers={**copy, "Sec-Fetch-Site": "same-origin"})
+        assert r.status == 302
+        assert Browser().get(url(envoys[0], "/users/"), headers=copy).status == 401, "refused at once where it was signed out"
+        signed_out, status = time.time(), 200
+        while (status := Browser().get(url(envoys[1], "/users/"), headers=copy).status) != 401:
+            assert status == 200 and time.time() - signed_out < 5, (status, time.time() - signed_out)
+            time.sleep(0.25)
+
+        # A fleet call without the key is refused by the coordinator.
+        forged = Browser().request("POST", f"http://127.0.0.1:{coordinator.port}/oauth2/fleet/revocations",
+                                   body=b"\x01" + b"\x00" * 32, headers={"Content-Type": "application/octet-stream"})
+        assert forged.status == 403
+    finally:
+        for e in envoys:
+            e.stop()
+        coordinator.stop()
+
+
+def test_a_back_channel_logout_reaches_the_filters_through_their_coordinator(stack, redis):
+    """The provider posts its logout token to the sidecar that coordinates
+    two Envoys: both refuse the provider session's cookie within 5 s."""
+    idp_port, ports = free_port(), [free_port(), free_port()]
+    coordinator = Sidecar({**stack.values(ports[0]), "IDP_PORT": idp_port, "IDP_CLUSTER_PORT": idp_port},
+                          "bcl-coordinator", store=_store(redis))
+    client = idp_client("oidc-edge", ports)
+    client["backchannel_logout_uri"] = f"http://127.0.0.1:{coordinator.port}/oauth2/backchannel_logout"
+    client["backchannel_logout_session_required"] = True
+    idp = Idp([client], port=idp_port, name="idp-backchannel-filters").start()
+    envoys = [Envoy({**stack.values(p), "IDP_PORT": idp_port, "IDP_CLUSTER_PORT": idp_port}, f"bcl-envoy-{i}",
+                    coordinator_port=coordinator.port) for i, p in enumerate(ports)]
+    stack.gates += [coordinator, *envoys]
+    try:
+        coordinator.start()
+        for e in envoys:
+            e.start()
+            wait_login_ready(e.port, log=e.log_text)
+        browser = Browser()
+        assert login(browser, f"http://127.0.0.1:{ports[0]}/users/", "alice").status == 200
+        copy = {"Cookie": f"_oidc_edge={browser.cookie('_oidc_edge')}", "Accept": "application/json"}
+        statuses = lambda: [Browser().get(f"http://127.0.0.1:{p}/users/", headers=copy).status for p in ports]  # noqa: E731
+        assert statuses() == [200, 200]
+        _, id_token = unseal(COOKIE_SECRET, "_oidc_edge_idt", browser.cookie("_oidc_edge_idt"))
+        r = browser.get(f"{idp.issuer}/session/end?id_token_hint={id_token.decode()}")
+        assert r.status in (302, 303), r.status
+        assert idp.stats()["backchannel_logout"] == 1
+        deadline = time.time() + 5
+        while (now := statuses()) != [401, 401]:
+            assert time.time() < deadline, now
+            time.sleep(0.25)
+    finally:
+        for e in envoys:
+            e.stop()
+        coordinator.stop()
         idp.stop()

@@ -40,8 +40,13 @@ struct Worker {
     rng: FilterRng,
     metrics: Metrics,
     keys: shared::Keys,
-    /// Version of the shared revocation list the driver has learned.
+    /// Version of the shared revocation list the driver has learned, and
+    /// of its change marker.
     revocations_version: Option<u32>,
+    revocations_marker: Option<u32>,
+    /// Whether the last poll of the fleet coordinator got an answer (a
+    /// change is logged once, not every poll).
+    coordinator_answers: bool,
     /// Whether the host forwards the path the filter sets; asked at the
     /// first request (ngx_wasm_module answers properties in request phases).
     rewrites_path: Option<bool>,
@@ -61,8 +66,15 @@ impl Worker {
         }
     }
 
-    /// Learns the revocations other workers shared since the last look.
+    /// Learns the revocations other workers shared since the last look: on
+    /// every request (a sign-out on one worker is refused by all at once),
+    /// at the cost of reading the small change marker.
     fn load_revocations(&mut self, ctx: &dyn Context, now: u64) {
+        let marker = ctx.get_shared_data(&self.keys.revoked_changed).1;
+        if marker == self.revocations_marker {
+            return;
+        }
+        self.revocations_marker = marker;
         if let Some((list, version)) = shared::changed_revocations(ctx, &self.keys.revoked, self.revocations_version) {
             self.driver.learn(&list, now);
             self.revocations_version = version;
@@ -94,6 +106,62 @@ impl Worker {
         }
         let progress = Load::start(config, schedule, now);
         self.continue_load(ctx, progress, now)
+    }
+
+    /// Starts this instance's poll of the fleet coordinator for revocations
+    /// made elsewhere, if one is due and no other request or worker has it.
+    /// Driven by requests, as provider loading is, and before the decision:
+    /// a replayed cookie arriving after a quiet spell is checked against
+    /// what the fleet knows now.
+    fn start_fleet_poll(&mut self, ctx: &dyn Context, now: u64) -> Option<u32> {
+        let coordinator = self.driver.config().coordinator.as_ref()?;
+        let (schedule, cas) = shared::poll_schedule(ctx, &self.keys.fleet);
+        if !schedule.due(now) || !shared::store_poll_schedule(ctx, &self.keys.fleet, &schedule.leased(now), cas) {
+            return None;
+        }
+        match host::dispatch(ctx, &coordinator.poll_call(&schedule.cursor)) {
+            Ok(token) => Some(token),
+            Err(why) => {
+                self.coordinator_reached(false, &why);
+                let _ = shared::store_poll_schedule(ctx, &self.keys.fleet, &schedule.after(None, now), None);
+                None
+            }
+        }
+    }
+
+    /// Learns what the coordinator answered and shares it with the other workers.
+    fn on_fleet_poll(&mut self, ctx: &dyn Context, resp: &HttpResponse, now: u64) {
+        let (schedule, _) = shared::poll_schedule(ctx, &self.keys.fleet);
+        let cursor = match oidc_edge::fleet::decode_poll(resp) {
+            Some((cursor, revoked)) => {
+                self.coordinator_reached(true, "");
+                if !revoked.is_empty() {
+                    self.driver.learn(&revoked, now);
+                    if !shared::append_revocations(ctx, &self.keys, &revoked, now) {
+                        log::warn!("oidc-edge: revocations from the fleet could not be shared with the other workers");
+                    }
+                }
+                Some(cursor)
+            }
+            None => {
+                self.coordinator_reached(false, &format!("status {}", resp.status));
+                None
+            }
+        };
+        let _ = shared::store_poll_schedule(ctx, &self.keys.fleet, &schedule.after(cursor, now), None);
+    }
+
+    fn coordinator_reached(&mut self, answered: bool, why: &str) {
+        if answered != self.coordinator_answers {
+            self.coordinator_answers = answered;
+            if answered {
+                log::info!("oidc-edge: fleet coordinator reachable again");
+            } else {
+                log::warn!(
+                    "oidc-edge: fleet coordinator unreachable ({why}): sessions go on; refreshes wait; sign-outs elsewhere are not learned"
+                );
+            }
+        }
     }
 
     /// Continues a load with the answer to its last callout.
@@ -170,10 +238,12 @@ impl RootContext for Root {
             driver: Driver::new(config, SESSION_CACHE_CAPACITY),
             provider_version: None,
             revocations_version: None,
+            revocations_marker: None,
             rng,
             metrics,
             keys,
             rewrites_path: None,
+            coordinator_answers: true,
         };
         HostShared::create_shards(self, &worker.keys.claims);
         let worker = Rc::new(RefCell::new(worker));
@@ -203,19 +273,27 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // With no valid config, every request is refused rather than let through.
-        Some(Box::new(Request { worker: self.worker.clone(), pending: None, loading: None, set_cookies: Vec::new() }))
+        Some(Box::new(Request { worker: self.worker.clone(), pending: None, waiting: None, set_cookies: Vec::new() }))
     }
 }
 
 /// A request's headers as read once from the host.
 type Headers = Vec<(String, String)>;
 
+/// What a request waits for before it is decided.
+enum Wait {
+    /// Provider metadata being loaded.
+    Provider(Load),
+    /// The fleet coordinator's revocations.
+    Revocations,
+}
+
 struct Request {
     worker: Option<Rc<RefCell<Worker>>>,
     pending: Option<(u32, oidc_edge::Pending)>,
-    /// Provider metadata being loaded before this request is decided, and
-    /// the request's headers, kept for that decision.
-    loading: Option<(u32, Load, Headers)>,
+    /// A callout this request waits on before it is decided (its token),
+    /// and the request's headers, kept for that decision.
+    waiting: Option<(u32, Wait, Headers)>,
     set_cookies: Vec<String>,
 }
 
@@ -235,6 +313,7 @@ impl Request {
         if fresh_provider || w.driver.provider().is_none() {
             w.load_provider(self);
         }
+        w.load_revocations(self, now);
         w.rng.mix_worker_identity();
         let mut shared = HostShared { ctx: self, prefix: &w.keys.claims };
         let outcome = turn(&mut w.driver, Lend { now, rng: &mut w.rng, store: Some(&mut shared) });
@@ -248,7 +327,7 @@ impl Request {
             w.publish(self, docs);
         }
         // Every worker of this proxy learns a sign-out on its next tick.
-        if !outcome.revoked.is_empty() && !shared::append_revocations(self, &w.keys.revoked, &outcome.revoked, now) {
+        if !outcome.revoked.is_empty() && !shared::append_revocations(self, &w.keys, &outcome.revoked, now) {
             log::warn!("oidc-edge: a sign-out could not be shared with the other workers; they accept the cookie until it expires");
         }
         drop(guard);
@@ -338,19 +417,23 @@ impl Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        if let Some((expected, load, headers)) = self.loading.take() {
+        if let Some((expected, wait, headers)) = self.waiting.take() {
             if expected != token {
                 self.respond_error(502, "Unexpected callout response.");
                 return;
             }
             let resp = host::call_response(self, body_size);
             let now = unix_now(self);
-            let next = match self.worker.clone() {
-                Some(w) => w.borrow_mut().on_provider_response(self, load, resp, now),
-                None => None,
+            let Some(worker) = self.worker.clone() else { return };
+            let next = match wait {
+                Wait::Provider(load) => worker.borrow_mut().on_provider_response(self, load, resp, now),
+                Wait::Revocations => {
+                    worker.borrow_mut().on_fleet_poll(self, &resp, now);
+                    None
+                }
             };
             match next {
-                Some((token, load)) => self.loading = Some((token, load, headers)),
+                Some((token, load)) => self.waiting = Some((token, Wait::Provider(load), headers)),
                 None => {
                     let _ = self.decide(headers, true, now);
                 }
@@ -379,9 +462,15 @@ impl HttpContext for Request {
             .map(|(n, v)| (n, String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
             .collect();
         let now = unix_now(self);
-        let load = self.worker.clone().and_then(|w| w.borrow_mut().start_provider_load(self, now));
+        let Some(worker) = self.worker.clone() else { return self.decide(all, false, now) };
+        let load = worker.borrow_mut().start_provider_load(self, now);
         if let Some((token, load)) = load {
-            self.loading = Some((token, load, all));
+            self.waiting = Some((token, Wait::Provider(load), all));
+            return Action::Pause;
+        }
+        let poll = worker.borrow_mut().start_fleet_poll(self, now);
+        if let Some(token) = poll {
+            self.waiting = Some((token, Wait::Revocations, all));
             return Action::Pause;
         }
         self.decide(all, false, now)

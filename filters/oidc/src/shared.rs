@@ -4,6 +4,7 @@
 //! sidecar's store.
 
 use oidc_edge::engine::shared_key;
+use oidc_edge::fleet::PollSchedule;
 use oidc_edge::provider::Schedule;
 use oidc_edge::records::{self, Write};
 use oidc_edge::revocation::Revocation;
@@ -17,6 +18,10 @@ pub struct Keys {
     pub sync: String,
     pub claims: String,
     pub revoked: String,
+    /// Rewritten (empty) whenever `revoked` changes: a request reads this
+    /// small entry, not the list, to know whether a sign-out happened.
+    pub revoked_changed: String,
+    pub fleet: String,
 }
 
 impl Keys {
@@ -28,6 +33,8 @@ impl Keys {
             sync: format!("oidc-edge/sync-{tag}"),
             claims: format!("oidc-edge/claims-{tag}-"),
             revoked: format!("oidc-edge/revoked-{tag}"),
+            revoked_changed: format!("oidc-edge/revoked-changed-{tag}"),
+            fleet: format!("oidc-edge/fleet-{tag}"),
         }
     }
 }
@@ -48,14 +55,22 @@ pub fn store_schedule(ctx: &dyn Context, key: &str, schedule: Schedule, cas: Opt
 /// first); each worker copies the list when it changes.
 const MAX_REVOCATIONS: usize = 10_000;
 
-/// Adds revocations to the list every worker reads, dropping expired ones.
+/// Adds revocations to the list every worker reads, dropping expired ones
+/// and the ones it has (a coordinator's full list after a resync).
 /// Compare-and-swap, retried: two workers signing users out at once both land.
-pub fn append_revocations(ctx: &dyn Context, key: &str, new: &[Revocation], now: u64) -> bool {
+pub fn append_revocations(ctx: &dyn Context, keys: &Keys, new: &[Revocation], now: u64) -> bool {
+    let key = keys.revoked.as_str();
     for _ in 0..8 {
         let (data, cas) = ctx.get_shared_data(key);
         let mut list = data.map(|d| Revocation::decode_all(&d)).unwrap_or_default();
+        let known: std::collections::HashSet<_> = list.iter().map(|r| r.revoked).collect();
+        let mut fresh = new.iter().filter(|r| r.until > now && !known.contains(&r.revoked)).peekable();
+        if fresh.peek().is_none() {
+            return true;
+        }
+        let fresh: Vec<Revocation> = fresh.copied().collect();
         list.retain(|r| r.until > now);
-        list.extend_from_slice(new);
+        list.extend_from_slice(&fresh);
         if list.len() > MAX_REVOCATIONS {
             list.sort_by_key(|r| r.until);
             list.drain(..list.len() - MAX_REVOCATIONS);
@@ -65,12 +80,24 @@ pub fn append_revocations(ctx: &dyn Context, key: &str, new: &[Revocation], now:
             r.encode(&mut bytes);
         }
         match ctx.set_shared_data(key, Some(&bytes), cas) {
-            Ok(()) => return true,
+            Ok(()) => return ctx.set_shared_data(&keys.revoked_changed, Some(&[]), None).is_ok(),
             Err(Status::CasMismatch) => continue,
             Err(_) => return false,
         }
     }
     false
+}
+
+/// When this instance polls its fleet coordinator next, and from where.
+pub fn poll_schedule(ctx: &dyn Context, key: &str) -> (PollSchedule, Option<u32>) {
+    let (data, cas) = ctx.get_shared_data(key);
+    (data.map_or_else(PollSchedule::default, |d| PollSchedule::decode(&d)), cas)
+}
+
+/// Stores the poll schedule if nobody changed it since `cas` was read
+/// (`None`: unconditionally).
+pub fn store_poll_schedule(ctx: &dyn Context, key: &str, schedule: &PollSchedule, cas: Option<u32>) -> bool {
+    ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok()
 }
 
 /// The shared revocations if they changed since `seen` (their version).
@@ -253,16 +280,25 @@ mod tests {
     fn revocations_from_every_worker_land_and_expire() {
         use oidc_edge::revocation::Revoked;
         let host = FakeHost::default();
+        let keys = Keys::for_issuer("https://id.example.com");
+        let r = keys.revoked.as_str();
+        let marker = |host: &FakeHost| host.get_shared_data(&keys.revoked_changed).1;
         let rev = |k: u8, until: u64| Revocation { revoked: Revoked::Session([k; 16]), until };
-        assert!(changed_revocations(&host, "r", None).is_none(), "nothing shared yet");
-        assert!(append_revocations(&host, "r", &[rev(1, 100)], 10));
+        assert!(changed_revocations(&host, r, None).is_none(), "nothing shared yet");
+        assert!(append_revocations(&host, &keys, &[rev(1, 100)], 10));
+        let first = marker(&host);
+        assert!(first.is_some(), "the change marker is set");
         *host.interfere.borrow_mut() = 2;
-        assert!(append_revocations(&host, "r", &[rev(2, 50)], 10), "a lost race is retried");
-        let Some((list, version)) = changed_revocations(&host, "r", None) else { panic!("nothing shared") };
+        assert!(append_revocations(&host, &keys, &[rev(2, 50)], 10), "a lost race is retried");
+        assert_ne!(marker(&host), first);
+        let Some((list, version)) = changed_revocations(&host, r, None) else { panic!("nothing shared") };
         assert_eq!(list, vec![rev(1, 100), rev(2, 50)]);
-        assert!(changed_revocations(&host, "r", version).is_none(), "unchanged since last look");
-        assert!(append_revocations(&host, "r", &[rev(3, 200)], 60));
-        let Some((list, _)) = changed_revocations(&host, "r", version) else { panic!("the change is not seen") };
+        assert!(changed_revocations(&host, r, version).is_none(), "unchanged since last look");
+        let unchanged = marker(&host);
+        assert!(append_revocations(&host, &keys, &[rev(1, 100)], 20), "known ones are not added again");
+        assert_eq!(marker(&host), unchanged);
+        assert!(append_revocations(&host, &keys, &[rev(3, 200)], 60));
+        let Some((list, _)) = changed_revocations(&host, r, version) else { panic!("the change is not seen") };
         assert_eq!(list, vec![rev(1, 100), rev(3, 200)], "the expired one is gone");
     }
 }

@@ -181,11 +181,15 @@ impl RedisStore {
         }
     }
 
-    /// Stores a record; a failure leaves it missing, which the core tolerates
-    /// (another instance sees no successor and refreshes later).
+    /// Stores a record, or removes it when it ends now (a released lock); a
+    /// failure leaves it as it was, which the core tolerates (another
+    /// instance sees no successor and refreshes later; a lock expires).
     pub async fn write(&self, write: &StoreWrite, now: u64) {
-        let Some(ms) = ttl_ms(write.until, now) else { return };
         let key = self.key(&write.key);
+        let Some(ms) = ttl_ms(write.until, now) else {
+            let _ = self.run(|mut c| async move { c.del::<_, ()>(key).await }).await;
+            return;
+        };
         let value = write.value.clone();
         let _ = self.run(|mut c| async move { c.pset_ex::<_, _, ()>(key, value, ms).await }).await;
     }

@@ -62,9 +62,10 @@ impl Engine {
             };
         }
         let timeout = u64::from(self.config.provider.timeout_ms).div_ceil(1000);
-        // Held across the refresh and a possible userinfo call (two callouts),
-        // and it spaces out retries while the IdP is unreachable.
-        let op = StoreOp::Claim { key: RecordKey::RefreshLock(refresh.generation), until: env.now + 2 * timeout + REFRESH_RETRY };
+        // Sized to outlast the refresh and a possible userinfo call (two
+        // callouts, or the coordinator's call that makes them), with a
+        // margin; released or shortened as soon as the outcome is known.
+        let op = StoreOp::Claim { key: RecordKey::RefreshLock(refresh.generation), until: env.now + 2 * timeout + 2 };
         Step::Store { op, pending: Pending::new(PendingKind::RefreshLock(refresh)) }
     }
 
@@ -94,6 +95,7 @@ impl Engine {
             }
             None => {
                 env.events.push(Event::RefreshFailed("provider metadata not loaded; session kept"));
+                self.unlock(refresh.generation, 0, env);
                 self.serve_old(refresh, env)
             }
         }
@@ -141,6 +143,22 @@ impl Engine {
         }
     }
 
+    /// Ends this worker's hold on the generation's refresh lock: released
+    /// (`after` = 0) once the outcome is recorded, or turned into a pause
+    /// of `after` seconds before the next attempt when the refresh could
+    /// not be made. Either way no lock outlives its refresh.
+    fn unlock(&self, generation: [u8; 16], after: u64, env: &mut Env<'_>) {
+        env.writes.push(StoreWrite { key: RecordKey::RefreshLock(generation), value: Vec::new(), until: env.now + after });
+    }
+
+    /// The request goes on with the old session; the next attempt waits
+    /// [`REFRESH_RETRY`] seconds.
+    fn keep_and_retry(&self, refresh: Refresh, why: &'static str, env: &mut Env<'_>) -> Step {
+        env.events.push(Event::RefreshFailed(why));
+        self.unlock(refresh.generation, REFRESH_RETRY, env);
+        self.serve_old(refresh, env)
+    }
+
     pub(super) fn successor_grace(&self) -> u64 {
         self.config.session.refresh_interval.clamp(60, 3600)
     }
@@ -148,6 +166,7 @@ impl Engine {
     pub(super) fn end_refreshed_session(&self, refresh: Refresh, why: &'static str, env: &mut Env<'_>) -> Step {
         let until = env.now + self.successor_grace();
         env.writes.push(StoreWrite { key: RecordKey::Successor(refresh.generation), value: b"dead".to_vec(), until });
+        self.unlock(refresh.generation, 0, env);
         env.events.push(Event::RefreshFailed(why));
         self.session_ended(refresh, env)
     }
@@ -158,8 +177,7 @@ impl Engine {
         // answers a revoked token or a disabled user with its own codes, not
         // always `invalid_grant`.
         if resp.status == 0 || resp.status >= 500 || resp.status == 429 {
-            env.events.push(Event::RefreshFailed("provider unreachable; session kept, retrying later"));
-            return self.serve_old(refresh, env);
+            return self.keep_and_retry(refresh, "provider unreachable; session kept, retrying later", env);
         }
         if resp.status != 200 {
             let code = oauth_error_code(&resp.body);
@@ -171,8 +189,7 @@ impl Engine {
             return self.end_refreshed_session(refresh, why, env);
         }
         let Ok(tokens) = serde_json::from_slice::<TokenResponse>(&resp.body) else {
-            env.events.push(Event::RefreshFailed("refresh response malformed; session kept"));
-            return self.serve_old(refresh, env);
+            return self.keep_and_retry(refresh, "refresh response malformed; session kept", env);
         };
         let p = &self.config.provider;
         let verified = match (tokens.id_token.as_deref(), env.provider) {
@@ -222,13 +239,12 @@ impl Engine {
                     record.extend_from_slice(cookie.as_bytes());
                     let until = env.now + self.successor_grace();
                     env.writes.push(StoreWrite { key: RecordKey::Successor(refresh.generation), value: record, until });
+                    self.unlock(refresh.generation, 0, env);
                     env.events.push(Event::RefreshSucceeded);
                     self.serve_refreshed(refresh, new, cookie, env)
                 }
                 Err(_) => {
-                    env.events
-                        .push(Event::RefreshFailed("the fleet coordinator's cookie does not open here (other session secrets?); session kept"));
-                    self.serve_old(refresh, env)
+                    self.keep_and_retry(refresh, "the fleet coordinator's cookie does not open here (other session secrets?); session kept", env)
                 }
             },
             RefreshAnswer::Ended => self.end_refreshed_session(refresh, "refresh refused: session ended (fleet coordinator)", env),
@@ -236,19 +252,13 @@ impl Engine {
                 // Another instance is refreshing: ask again in a second (by
                 // then the coordinator holds its successor), not when this
                 // instance's lock runs out.
-                let key = RecordKey::RefreshLock(refresh.generation);
-                env.writes.push(StoreWrite { key, value: Vec::new(), until: env.now + 1 });
+                self.unlock(refresh.generation, 1, env);
                 env.events.push(Event::RefreshCoalesced);
                 self.serve_old(refresh, env)
             }
-            RefreshAnswer::Later => {
-                env.events.push(Event::RefreshFailed("fleet coordinator could not refresh now; session kept, retrying later"));
-                self.serve_old(refresh, env)
-            }
+            RefreshAnswer::Later => self.keep_and_retry(refresh, "fleet coordinator could not refresh now; session kept, retrying later", env),
             RefreshAnswer::Misconfigured => {
-                env.events
-                    .push(Event::RefreshFailed("fleet coordinator cannot open our cookies: give it the same session.secrets; session kept"));
-                self.serve_old(refresh, env)
+                self.keep_and_retry(refresh, "fleet coordinator cannot open our cookies: give it the same session.secrets; session kept", env)
             }
         }
     }
@@ -303,6 +313,7 @@ impl Engine {
         let mut record = b"ok:".to_vec();
         record.extend_from_slice(sealed.as_bytes());
         env.writes.push(StoreWrite { key, value: record, until: env.now + self.successor_grace() });
+        self.unlock(refresh.generation, 0, env);
         env.events.push(Event::RefreshSucceeded);
         match self.open_session(&sealed, env) {
             Ok(new) => self.serve_refreshed(refresh, new, &sealed, env),

@@ -985,9 +985,11 @@ fn an_asynchronous_store_sees_every_operation_and_write() {
     assert_eq!(call.path, "/api/oidc/token");
     let answer = Answer::Http(refreshed(now, &bob(), "rt-rotated"));
     let out = g.driver.on_answer(pending, answer, Lend { now, rng: &mut rng, store: None });
-    assert_eq!(out.writes.len(), 1);
+    assert_eq!(out.writes.len(), 2);
     assert_eq!(out.writes[0].key, RecordKey::Successor(generation));
     assert!(out.writes[0].value.starts_with(b"ok:"));
+    // Then the lock is released (it ends now).
+    assert_eq!((&out.writes[1].key, out.writes[1].until), (&RecordKey::RefreshLock(generation), now));
     let allow = allowed(out.step);
     assert_eq!(allow.set_cookies.len(), 1);
 }
@@ -1535,10 +1537,12 @@ fn unreachable_idp_keeps_the_session_and_retries_later() {
     let a = allowed(g.fetched(pending, HttpResponse { status: 0, body: Vec::new() }));
     assert_eq!(header_of(&a, "Remote-User"), Some("bob"));
     assert!(a.set_cookies.is_empty());
-    // Right after: no new attempt (the lock spaces retries out).
+    // Right after, and until the pause ends: no new attempt.
     let _ = allowed(g.send(&Req::get("/").cookie(COOKIE, &old)));
-    // Later: tried again, and a 5xx also keeps the session.
-    g.host.now += 60;
+    g.host.now += 9;
+    let _ = allowed(g.send(&Req::get("/").cookie(COOKIE, &old)));
+    // Then tried again, and a 5xx also keeps the session.
+    g.host.now += 1;
     let (_, pending) = fetch(g.send(&Req::get("/").cookie(COOKIE, &old)));
     let a = allowed(g.fetched(pending, HttpResponse { status: 503, body: b"down".to_vec() }));
     assert_eq!(header_of(&a, "Remote-User"), Some("bob"));

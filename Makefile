@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 
-.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy run-traefik test unit e2e lint bench soak fuzz ngx-wasm clean
+.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy run-traefik run-fleet test unit e2e lint bench soak fuzz ngx-wasm clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ run-caddy: ## The same demo behind Caddy: forward_auth to the sidecar on :4180
 
 run-traefik: ## The same demo behind Traefik: forwardAuth to the sidecar on :4180
 	./scripts/demo.sh traefik
+
+run-fleet: ## A fleet: two sidecars (:4180, :4181) on one Redis behind nginx, and a tour (one refresh for a burst)
+	./scripts/demo.sh fleet
 
 test: ## Every test: lint, unit (native and wasm32), end-to-end through Envoy, nginx, Caddy and Traefik
 	./scripts/test.sh

@@ -50,5 +50,7 @@ step "pyflakes (the e2e suite, its harness, the soak and the bench)"
 .venv/bin/python -m pyflakes tests
 step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"
 ./scripts/build-ngx-wasm.sh >/dev/null
+step "Valkey from Debian's source package, for the fleet tests (about 1.5 minutes the first time, then cached)"
+./scripts/build-valkey.sh >/dev/null
 step "end-to-end (Envoy, nginx + ngx_wasm_module, nginx + sidecar, Caddy + sidecar, Traefik + sidecar; real OpenID provider)"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

@@ -6,29 +6,43 @@ once, a sign-out refused on every instance within seconds, and with Redis
 down, sessions and logins still working while refreshes wait, without a
 restart when it returns."""
 
+import functools
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from cookies import due_for_refresh, unseal
-from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, NginxSidecar, Proc, Sidecar, free_port, idp_client, login,
+from harness import (COOKIE_SECRET, ROOT, Browser, Caddy, Envoy, Idp, NginxSidecar, Proc, Sidecar, free_port, idp_client, login,
                      to_callback, wait_login_ready, wait_port)
 from test_sessions import _burst, _refreshes, _session_cookie, _session_of_new_user
 
 
-class Redis:
-    """Debian's redis-server on a port of its own, nothing saved to disk."""
+@functools.lru_cache(maxsize=None)
+def valkey_server() -> str:
+    """Valkey's server, built from Debian's source package once per machine."""
+    r = subprocess.run([str(ROOT / "scripts/build-valkey.sh")], capture_output=True, text=True, check=False)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RuntimeError(f"scripts/build-valkey.sh failed:\n{r.stderr[-3000:]}")
+    return r.stdout.strip().splitlines()[-1]
 
-    def __init__(self):
+
+class Redis:
+    """Debian's redis-server (or Valkey's server) on a port of its own,
+    nothing saved to disk."""
+
+    def __init__(self, server: str = "redis-server"):
         self.port = free_port()
+        self.server = server
         self.proc = None
 
     def start(self) -> "Redis":
-        self.proc = Proc(f"redis-{self.port}", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                                "--save", "", "--appendonly", "no"])
+        self.proc = Proc(f"{Path(self.server).name}-{self.port}",
+                         [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         wait_port(self.port, proc=self.proc)
         return self
 
@@ -163,6 +177,26 @@ def _one_refresh_for_the_fleet(stack, fleet, user):
     assert all(r.status in (200, 307) for r in results), [r.status for r in results]
     assert _refreshes(stack) - before == 2
     assert stack.idp.stats()["token"]["refresh_failed"] == failed_before
+
+
+def test_valkey_serves_a_fleet_as_redis_does(stack):
+    """The same fleet on Valkey: one refresh for a burst, a sign-out refused by both instances."""
+    valkey = Redis(valkey_server()).start()
+    fleet = Fleet(stack, valkey)
+    try:
+        assert "Valkey" in subprocess.run([valkey.server, "--version"], capture_output=True, text=True).stdout
+        _one_refresh_for_the_fleet(stack, fleet, "ivyvalkey")
+        session = _session_of_new_user(stack, "judyvalkey", ["users"])
+        copy = {"Cookie": f"_oidc_edge={session}", "Accept": "application/json"}
+        r = Browser().get(fleet.url("/oauth2/sign_out"), headers={**copy, "Sec-Fetch-Site": "same-origin"})
+        assert r.status == 302
+        deadline = time.time() + 5
+        while (statuses := [Browser().get(fleet.url("/users/"), headers=copy).status for _ in range(6)]) != [401] * 6:
+            assert time.time() < deadline, statuses
+            time.sleep(0.25)
+    finally:
+        fleet.stop()
+        valkey.stop()
 
 
 def test_a_login_started_on_one_instance_completes_on_the_other_once(stack, fleet):

@@ -86,7 +86,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from harness import (API_KEY, CADDY, CLIENT_SECRET, ENVOY, NGINX, ROOT, RUN, WASM, Browser, Caddy, Envoy, Gate,  # noqa: E402
-                     Idp, Nginx, NginxSidecar, Resp, Sidecar, free_port, idp_client, login, rss_kib)
+                     Idp, Nginx, NginxSidecar, Redis, Resp, Sidecar, free_port, idp_client, login, rss_kib)
 
 TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
 ENVOY_CPU, LOAD_CPU = 0, 1
@@ -102,6 +102,7 @@ TARGET_WASM_BYTES = 1_000_000
 TARGET_NGINX_VS_TRIVIAL = 0.95  # nginx: "within a few percent of the trivial filter", taken as >= 0.95 of it
 TARGET_SIDECAR_DECISIONS = 20_000  # authenticated /oauth2/auth decisions per second on one core
 TARGET_SIDECAR_RSS_KIB = 20 * 1000  # "under 20 MB"
+TARGET_FLEET_SAME = 0.95  # a fleet's hot path "not slower": within this machine's run-to-run noise
 RETRY_PAUSE = 5  # seconds: bursts of other load on these machines last a few seconds
 
 
@@ -327,11 +328,11 @@ def verify(configs: dict) -> list:
               f"{cfg.label}: the benchmark request got {r.status} {r.header('location') or ''} "
               f"{r.body[:200]!r}, not 200 from the upstream")
     # Filters must really be guarding "/": the same request without cookies is sent to sign in.
-    for key in ("filter", "oauth2", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
+    for key in ("filter", "filter-fleet", "oauth2", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
         r = get(configs[key].gate.port, "/")
         check(r.status == 302, f"{configs[key].label}: a request without cookies got {r.status}, expected a "
                                "redirect to sign in (is the filter in the chain?)")
-    for key in ("filter", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
+    for key in ("filter", "filter-fleet", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
         # oidc-edge: the upstream receives the identity headers and API key, and no session cookie.
         label = configs[key].label
         r = get(configs[key].gate.port, "/__bench/headers", configs[key].cookie)
@@ -465,6 +466,12 @@ def report(configs: dict, args, notes: list, order_log: list, env_info: str) -> 
         f"behind nginx {configs['nginx-sidecar'].sidecar_rss_kib / 1024:.1f} MiB, "
         f"behind Caddy {configs['caddy-sidecar'].sidecar_rss_kib / 1024:.1f} MiB",
     ]
+    fleet_filter = results["filter-fleet"][0] / results["filter"][0]
+    fleet_sidecar = results["sidecar-redis"][0] / sc_rps
+    redis_rps = results["sidecar-redis"][0]
+    lines.append(f"fleet, same rounds: the filter with fleet.coordinator / without {fleet_filter:.3f} (p99 "
+                 f"{results['filter-fleet'][3]:.3f} vs {results['filter'][3]:.3f} ms); the sidecar with a Redis "
+                 f"store / in memory {fleet_sidecar:.3f} ({redis_rps:,.0f} vs {sc_rps:,.0f} decisions/s)")
     f_ratio, f_dp99 = results["filter"][1], results["filter"][4]
     o_ratio = results["oauth2"][1]
     n_ratio = results["nginx-filter"][1]
@@ -472,6 +479,12 @@ def report(configs: dict, args, notes: list, order_log: list, env_info: str) -> 
     targets = [
         (sc_rps >= TARGET_SIDECAR_DECISIONS, f"sidecar: {sc_rps:,.0f} authenticated decisions/s on one core "
                                              f"(target >= {TARGET_SIDECAR_DECISIONS:,})"),
+        (redis_rps >= TARGET_SIDECAR_DECISIONS, f"sidecar with a Redis store: {redis_rps:,.0f} decisions/s on one core "
+                                                f"(target >= {TARGET_SIDECAR_DECISIONS:,})"),
+        (fleet_filter >= TARGET_FLEET_SAME, f"filter with a coordinator: {fleet_filter:.3f} of the filter alone "
+                                            f"(target: not slower, taken as >= {TARGET_FLEET_SAME} for noise)"),
+        (fleet_sidecar >= TARGET_FLEET_SAME, f"sidecar with a Redis store: {fleet_sidecar:.3f} of the sidecar alone "
+                                             f"(target: not slower, taken as >= {TARGET_FLEET_SAME} for noise)"),
         (sidecar_rss < TARGET_SIDECAR_RSS_KIB, f"sidecar: largest RSS under load {sidecar_rss / 1024:.1f} MiB "
                                                f"(target < 20 MB)"),
         (f_ratio >= TARGET_RATIO, f"oidc-edge throughput {f_ratio:.3f} of no-filter (target >= {TARGET_RATIO})"),
@@ -537,7 +550,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         upstream_port = free_port()
-        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "filter-compare", "oauth2", "nginx-baseline",
+        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "filter-compare", "filter-fleet", "oauth2",
+                                          "nginx-baseline",
                                           "nginx-trivial", "nginx-filter", "nginx-filter-compare", "nginx-sidecar",
                                           "caddy-baseline", "caddy-sidecar")}
         idp = Idp([idp_client(CLIENT_ID, [ports["filter"], ports["filter-compare"]])], name="bench-idp")
@@ -554,6 +568,7 @@ def main() -> int:
             "trivial": Config("trivial", "trivial wasm filter", "bench-trivial.yaml"),
             "filter": Config("filter", "oidc-edge", "bench-filter.yaml"),
             "filter-compare": Config("filter-compare", "oidc-edge (compared)", "bench-filter.yaml"),
+            "filter-fleet": Config("filter-fleet", "oidc-edge, coordinated", "bench-filter.yaml"),
             "oauth2": Config("oauth2", "envoy oauth2 filter", "bench-oauth2.yaml"),
             "nginx-baseline": Config("nginx-baseline", "nginx no filter", "bench-baseline.conf", "nginx",
                                      "nginx-baseline"),
@@ -571,7 +586,15 @@ def main() -> int:
             "sidecar": Config("sidecar", "sidecar /oauth2/auth", "", "sidecar", "sidecar", path="/oauth2/auth",
                               headers={"X-Forwarded-Uri": "/", "X-Forwarded-Method": "GET",
                                        "X-Forwarded-Proto": "http"}),
+            "sidecar-redis": Config("sidecar-redis", "sidecar, Redis store", "", "sidecar", "sidecar",
+                                    path="/oauth2/auth", headers={"X-Forwarded-Uri": "/", "X-Forwarded-Method": "GET",
+                                                                  "X-Forwarded-Proto": "http"}),
         }
+        # A fleet's store, and the sidecar that coordinates the filter of
+        # "filter-fleet": off the proxy's CPU, like the IdP.
+        redis = Redis().start()
+        stop_list.append(redis)
+        fleet_store = {"url": f"redis://127.0.0.1:{redis.port}/0", "key_prefix": "bench:"}
         if not args.compare:
             del configs["filter-compare"], configs["nginx-filter-compare"]
 
@@ -583,10 +606,15 @@ def main() -> int:
 
         def new_sidecar(key):
             return Sidecar(sidecar_values, f"bench-{key}-sidecar", template="bench-filter.yaml", log_level="warn")
+        coordinator = Sidecar(sidecar_values, "bench-coordinator", template="bench-filter.yaml", log_level="warn",
+                              cpu=LOAD_CPU if pin else None, store=fleet_store)
+        stop_list.append(coordinator)
+        coordinator.start()
         for key, cfg in configs.items():
             name = f"bench-{key}"
             if cfg.family == "sidecar":
-                cfg.gate = Sidecar(sidecar_values, name, template="bench-filter.yaml", log_level="warn", cpu=proxy_cpu)
+                cfg.gate = Sidecar(sidecar_values, name, template="bench-filter.yaml", log_level="warn", cpu=proxy_cpu,
+                                   store=fleet_store if key == "sidecar-redis" else None)
             elif cfg.family == "caddy":
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port}
                 cfg.gate = Caddy(values, name, template=cfg.template, cpu=proxy_cpu, workers=1,
@@ -602,7 +630,8 @@ def main() -> int:
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
                           "CLIENT_ID": CLIENT_ID, "OAUTH2_TOKEN_SECRET": CLIENT_SECRET,
                           "OAUTH2_HMAC_SECRET": hmac_secret, "TRIVIAL_WASM": TRIVIAL_WASM, "WASM": wasm_for(key)}
-                cfg.gate = Envoy(values, name, template=cfg.template, cpu=proxy_cpu, workers=1)
+                cfg.gate = Envoy(values, name, template=cfg.template, cpu=proxy_cpu, workers=1,
+                                 coordinator_port=coordinator.port if key == "filter-fleet" else None)
             stop_list.append(cfg.gate)
             cfg.gate.start()
             if cfg.family == "nginx":
@@ -632,10 +661,12 @@ def main() -> int:
             for key in ("filter-compare", "nginx-filter-compare"):
                 configs[key].cookie = f"{COOKIE}={other.cookie(COOKIE)}"
                 configs[key].gate.wait_provider_loaded()
-        configs["sidecar"].headers["Host"] = f"127.0.0.1:{ports['nginx-sidecar']}"
-        configs["sidecar"].headers["X-Oidc-Edge-Proxy"] = configs["sidecar"].gate.proxy_token
-        for key in ("nginx-filter", "nginx-sidecar", "caddy-sidecar"):
+        for key in ("sidecar", "sidecar-redis"):
+            configs[key].headers["Host"] = f"127.0.0.1:{ports['nginx-sidecar']}"
+            configs[key].headers["X-Oidc-Edge-Proxy"] = configs[key].gate.proxy_token
+        for key in ("nginx-filter", "nginx-sidecar", "caddy-sidecar", "filter-fleet", "sidecar-redis"):
             configs[key].gate.wait_provider_loaded()
+        coordinator.wait_provider_loaded()
         configs["oauth2"].cookie = oauth2_cookies(f"127.0.0.1:{ports['oauth2']}", hmac_secret, idp.issuer)
 
         notes = verify(configs)
@@ -648,6 +679,7 @@ def main() -> int:
             order = keys if rnd % 2 == 0 else keys[::-1]
             order_log.append(",".join({"baseline": "none", "trivial": "trivial", "filter": "oidc-edge",
                                        "filter-compare": "compared", "nginx-filter-compare": "ngx-compared",
+                                       "filter-fleet": "coordinated", "sidecar-redis": "sidecar-redis",
                                        "oauth2": "oauth2", "nginx-baseline": "ngx-none",
                                        "nginx-trivial": "ngx-trivial", "nginx-filter": "ngx-oidc-edge",
                                        "nginx-sidecar": "ngx-sidecar", "caddy-baseline": "caddy-none",

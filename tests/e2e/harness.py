@@ -513,6 +513,38 @@ def wait_login_ready(port: int, timeout: float = 20, log=lambda: "") -> None:
     raise RuntimeError(f"provider metadata not loaded after {timeout}s:\n{log()[-3000:]}")
 
 
+# --- a fleet's store -------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def valkey_server() -> str:
+    """Valkey's server, built from Debian's source package once per machine."""
+    r = subprocess.run([str(ROOT / "scripts/build-valkey.sh")], capture_output=True, text=True, check=False)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RuntimeError(f"scripts/build-valkey.sh failed:\n{r.stderr[-3000:]}")
+    return r.stdout.strip().splitlines()[-1]
+
+
+class Redis:
+    """Debian's redis-server (or Valkey's server) on a port of its own,
+    nothing saved to disk."""
+
+    def __init__(self, server: str = "redis-server"):
+        self.port = free_port()
+        self.server = server
+        self.proc = None
+
+    def start(self) -> "Redis":
+        self.proc = Proc(f"{Path(self.server).name}-{self.port}",
+                         [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+
 # --- gates ---------------------------------------------------------------------
 # A gate is a proxy in front of the echo upstream (or the sidecar alone), as
 # the conformance tests, the soak and the bench start it: one interface for

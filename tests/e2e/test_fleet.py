@@ -6,50 +6,18 @@ once, a sign-out refused on every instance within seconds, and with Redis
 down, sessions and logins still working while refreshes wait, without a
 restart when it returns."""
 
-import functools
 import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from cookies import due_for_refresh, unseal
-from harness import (COOKIE_SECRET, ROOT, Browser, Caddy, Envoy, Idp, NginxSidecar, Proc, Sidecar, free_port, idp_client, login,
-                     to_callback, wait_login_ready, wait_port)
+from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, NginxSidecar, Redis, Sidecar, free_port, idp_client, login,
+                     to_callback, valkey_server, wait_login_ready)
 from test_sessions import _burst, _refreshes, _session_cookie, _session_of_new_user
-
-
-@functools.lru_cache(maxsize=None)
-def valkey_server() -> str:
-    """Valkey's server, built from Debian's source package once per machine."""
-    r = subprocess.run([str(ROOT / "scripts/build-valkey.sh")], capture_output=True, text=True, check=False)
-    if r.returncode != 0 or not r.stdout.strip():
-        raise RuntimeError(f"scripts/build-valkey.sh failed:\n{r.stderr[-3000:]}")
-    return r.stdout.strip().splitlines()[-1]
-
-
-class Redis:
-    """Debian's redis-server (or Valkey's server) on a port of its own,
-    nothing saved to disk."""
-
-    def __init__(self, server: str = "redis-server"):
-        self.port = free_port()
-        self.server = server
-        self.proc = None
-
-    def start(self) -> "Redis":
-        self.proc = Proc(f"{Path(self.server).name}-{self.port}",
-                         [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        wait_port(self.port, proc=self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
-            self.proc = None
 
 
 def _store(redis: Redis) -> dict:

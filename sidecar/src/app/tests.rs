@@ -141,3 +141,42 @@ async fn forwarding_headers_from_an_untrusted_peer_are_not_believed() {
     let body = String::from_utf8_lossy(&a.body);
     assert!(!body.contains("evil.example"), "{body}");
 }
+
+#[tokio::test]
+async fn fleet_calls_need_the_fleet_key_and_revocations_come_back_to_pollers() {
+    use oidc_edge::fleet::{self, KEY_HEADER, REVOCATIONS_PATH};
+    use oidc_edge::revocation::{Revocation, Revoked};
+    let app = app();
+    let key = fleet::key(&app.config.session.sealer);
+    // From any peer: the key is what counts.
+    let without = app.handle(request("203.0.113.9", REVOCATIONS_PATH, &[])).await;
+    assert_eq!(without.status, 403);
+    let wrong = app.handle(request("203.0.113.9", REVOCATIONS_PATH, &[(KEY_HEADER, "00")])).await;
+    assert_eq!(wrong.status, 403);
+
+    let poll = |cursor: &str| request("203.0.113.9", &format!("{REVOCATIONS_PATH}?after={cursor}"), &[(KEY_HEADER, key.as_str())]);
+    let first = app.handle(poll("")).await;
+    let (cursor, none) = fleet::decode_poll(&oidc_edge::HttpResponse { status: first.status, body: first.body }).unwrap();
+    assert!(none.is_empty());
+
+    let revoked = Revocation { revoked: Revoked::Session([7; 16]), until: now() + 600 };
+    let mut body = Vec::new();
+    revoked.encode(&mut body);
+    let mut post = request("203.0.113.9", REVOCATIONS_PATH, &[(KEY_HEADER, key.as_str())]);
+    post.method = "POST".into();
+    post.body = body;
+    assert_eq!(app.handle(post).await.status, 204);
+    let next = app.handle(poll(&cursor)).await;
+    let (_, learned) = fleet::decode_poll(&oidc_edge::HttpResponse { status: next.status, body: next.body }).unwrap();
+    assert_eq!(learned, vec![revoked]);
+
+    // A body that is not a list of revocations, a cookie that does not open.
+    let mut junk = request("203.0.113.9", REVOCATIONS_PATH, &[(KEY_HEADER, key.as_str())]);
+    junk.method = "POST".into();
+    junk.body = b"junk".to_vec();
+    assert_eq!(app.handle(junk).await.status, 400);
+    let mut refresh = request("203.0.113.9", fleet::REFRESH_PATH, &[(KEY_HEADER, key.as_str())]);
+    refresh.method = "POST".into();
+    refresh.body = b"not-a-cookie".to_vec();
+    assert_eq!(app.handle(refresh).await.status, 422);
+}

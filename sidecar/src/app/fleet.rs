@@ -59,7 +59,7 @@ impl App {
     }
 
     async fn revocations_from_filter(&self, body: &[u8]) -> Answer {
-        if body.is_empty() || body.len() % RECORD != 0 {
+        if body.is_empty() || !body.len().is_multiple_of(RECORD) {
             return Answer::plain(400, "the body is a list of revocations\n");
         }
         let revoked = Revocation::decode_all(body);

@@ -811,7 +811,7 @@ class Nginx(Gate):
     template = "e2e.conf"
 
     def __init__(self, values: dict, name: str = "nginx", *, template: str | None = None, env: dict | None = None,
-                 cpu: int | None = None, sidecar=None):
+                 cpu: int | None = None, sidecar=None, coordinator_port: int | None = None):
         super().__init__(name, values["PROXY_PORT"], cpu)
         self.prefix = RUN / name
         shutil.rmtree(self.prefix, ignore_errors=True)
@@ -826,6 +826,8 @@ class Nginx(Gate):
             cfg = filter_config(values)
             idp = f"127.0.0.1:{values['IDP_CLUSTER_PORT']}"
             cfg["provider"]["callouts"] = {k: idp for k in cfg["provider"]["callouts"]}
+            if coordinator_port:
+                cfg["fleet"] = {"coordinator": f"127.0.0.1:{coordinator_port}"}
             fill["FILTER_CONFIG"] = json.dumps(cfg)
         if self.sidecar is not None:
             self.sidecar.render("nginx", self.prefix / "oidc-edge")

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from cookies import due_for_refresh, unseal
-from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, NginxSidecar, Redis, Sidecar, free_port, idp_client, login,
+from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, Nginx, NginxSidecar, Redis, Sidecar, free_port, idp_client, login,
                      to_callback, valkey_server, wait_login_ready)
 from test_sessions import _burst, _refreshes, _session_cookie, _session_of_new_user
 
@@ -420,3 +420,46 @@ def test_a_back_channel_logout_reaches_the_filters_through_their_coordinator(sta
             e.stop()
         coordinator.stop()
         idp.stop()
+
+
+def test_nginx_and_envoy_filters_share_one_coordinator(stack, redis):
+    """The filter inside nginx (ngx_wasm_module: callouts to host:port, no
+    timer calls) and inside Envoy, on one coordinator: nginx hands its
+    refresh over, and a sign-out on either is refused by the other."""
+    coordinator = Sidecar(stack.values(stack.fleet_port), "mixed-coordinator", store=_store(redis))
+    stack.gates.append(coordinator)
+    coordinator.start()
+    coordinator.wait_provider_loaded()
+    nginx = Nginx(stack.values(free_port()), "mixed-nginx", coordinator_port=coordinator.port)
+    envoy = Envoy(stack.values(free_port()), "mixed-envoy", coordinator_port=coordinator.port)
+    stack.gates += [nginx, envoy]
+    try:
+        for g in (nginx, envoy):
+            g.start()
+            wait_login_ready(g.port, log=g.log_text)
+        url = lambda g, path: f"http://127.0.0.1:{g.port}{path}"  # noqa: E731
+        # A refresh on nginx goes through the coordinator: one IdP call, made by it.
+        due = due_for_refresh(COOKIE_SECRET, _session_of_new_user(stack, "olgamixed", ["users"]))
+        before, made = _refreshes(stack), coordinator.count("oidc_edge_refreshes_started")
+        r = Browser().get(url(nginx, "/users/"), headers={"Cookie": f"_oidc_edge={due}"})
+        assert r.status == 200 and _session_cookie(r), r.status
+        assert _refreshes(stack) - before == 1
+        assert coordinator.count("oidc_edge_refreshes_started") - made == 1, "the coordinator made the call"
+        # Its successor, on Envoy: no second call.
+        r = Browser().get(url(envoy, "/users/"), headers={"Cookie": f"_oidc_edge={due}"})
+        assert r.status == 200 and _session_cookie(r) and _refreshes(stack) - before == 1
+
+        for signed_out_on, other in ((nginx, envoy), (envoy, nginx)):
+            session = _session_of_new_user(stack, f"pia{signed_out_on.kind}", ["users"])
+            copy = {"Cookie": f"_oidc_edge={session}", "Accept": "application/json"}
+            assert [Browser().get(url(g, "/users/"), headers=copy).status for g in (nginx, envoy)] == [200, 200]
+            r = Browser().get(url(signed_out_on, "/oauth2/sign_out"), headers={**copy, "Sec-Fetch-Site": "same-origin"})
+            assert r.status == 302
+            started = time.time()
+            while (status := Browser().get(url(other, "/users/"), headers=copy).status) != 401:
+                assert status == 200 and time.time() - started < 5, (other.kind, status)
+                time.sleep(0.25)
+    finally:
+        nginx.stop()
+        envoy.stop()
+        coordinator.stop()

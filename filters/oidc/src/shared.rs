@@ -18,7 +18,7 @@ pub struct Keys {
     pub sync: String,
     pub claims: String,
     pub revoked: String,
-    /// Rewritten (empty) whenever `revoked` changes: a request reads this
+    /// Rewritten (a counter) whenever `revoked` changes: a request reads this
     /// small entry, not the list, to know whether a sign-out happened.
     pub revoked_changed: String,
     pub fleet: String,
@@ -80,7 +80,7 @@ pub fn append_revocations(ctx: &dyn Context, keys: &Keys, new: &[Revocation], no
             r.encode(&mut bytes);
         }
         match ctx.set_shared_data(key, Some(&bytes), cas) {
-            Ok(()) => return ctx.set_shared_data(&keys.revoked_changed, Some(&[]), None).is_ok(),
+            Ok(()) => return mark_changed(ctx, &keys.revoked_changed),
             Err(Status::CasMismatch) => continue,
             Err(_) => return false,
         }
@@ -98,6 +98,14 @@ pub fn poll_schedule(ctx: &dyn Context, key: &str) -> (PollSchedule, Option<u32>
 /// (`None`: unconditionally).
 pub fn store_poll_schedule(ctx: &dyn Context, key: &str, schedule: &PollSchedule, cas: Option<u32>) -> bool {
     ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok()
+}
+
+/// Bumps the change marker. Its value changes too (a counter): a host may
+/// not treat an empty or repeated value as a change.
+fn mark_changed(ctx: &dyn Context, key: &str) -> bool {
+    let (data, _) = ctx.get_shared_data(key);
+    let count = data.and_then(|d| d.get(..8).and_then(|b| b.try_into().ok())).map_or(0, u64::from_le_bytes);
+    ctx.set_shared_data(key, Some(&count.wrapping_add(1).to_le_bytes()), None).is_ok()
 }
 
 /// The shared revocations if they changed since `seen` (their version).

@@ -103,7 +103,7 @@ impl RedisStore {
             }
             Ok(Err(e)) => {
                 *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                self.failed(&e.to_string())
+                self.failed(&describe(&e))
             }
             Err(_) => {
                 *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -143,7 +143,7 @@ impl RedisStore {
                 self.answered();
                 Some(v)
             }
-            Ok(Err(e)) => self.failed(&e.to_string()),
+            Ok(Err(e)) => self.failed(&describe(&e)),
             Err(_) => self.failed("command timed out"),
         }
     }
@@ -241,6 +241,19 @@ impl RedisStore {
     /// Answers whether the server is there (for the follower's idle turns).
     pub async fn ping(&self) -> bool {
         self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await.is_some()
+    }
+}
+
+/// An error and, where the fix is in the configuration, the fix.
+fn describe(e: &RedisError) -> String {
+    match e.kind() {
+        redis::ErrorKind::AuthenticationFailed => {
+            format!("{e}; check store.username and store.password (the ACL user's, not the URL's)")
+        }
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+            format!("{e}; the ACL user needs GET SET PSETEX DEL XADD XREAD PING on the prefix's keys")
+        }
+        _ => e.to_string(),
     }
 }
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from cookies import due_for_refresh, unseal
-from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, Nginx, NginxSidecar, Redis, Sidecar, free_port, idp_client, login,
-                     to_callback, valkey_server, wait_login_ready)
+from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, Nginx, NginxSidecar, Proc, Redis, Sidecar, free_port, idp_client,
+                     login, to_callback, valkey_server, wait_login_ready, wait_port)
 from test_sessions import _burst, _refreshes, _session_cookie, _session_of_new_user
 
 
@@ -463,3 +463,69 @@ def test_nginx_and_envoy_filters_share_one_coordinator(stack, redis):
         nginx.stop()
         envoy.stop()
         coordinator.stop()
+
+
+def _tls_server_cert(directory) -> tuple:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    def run(*argv):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True)
+    ca, ca_key, csr = directory / "ca.pem", directory / "ca.key", directory / "server.csr"
+    cert, key, ext = directory / "server.pem", directory / "server.key", directory / "ext.cnf"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=oidc-edge test CA")
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
+        "-days", "2", "-extfile", str(ext))
+    return ca, cert, key
+
+
+def test_a_store_over_tls_with_an_acl_user(stack, tmp_path):
+    """rediss:// to a server whose CA comes from SSL_CERT_FILE, as an ACL user
+    whose password comes from the environment: refreshes go through it. With
+    a wrong password the instance says the store is unreachable and why,
+    and the password appears in no log line."""
+    ca, cert, key = _tls_server_cert(tmp_path)
+    port = free_port()
+    server = Proc(f"redis-tls-{port}", ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                                        "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                                        "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+                                        "--user", "gate", "on", ">gate-password-1", "~*", "&*", "+@all",
+                                        "--user", "default", "off"])
+    store = {"url": f"rediss://127.0.0.1:{port}/0", "username": "gate", "password": {"env": "REDIS_PASSWORD"},
+             "key_prefix": f"e2e-{uuid.uuid4().hex[:8]}:", "connect_timeout_ms": 1000}
+    good = Sidecar(stack.values(stack.fleet_port), "fleet-tls", store=store,
+                   env={"SSL_CERT_FILE": str(ca), "REDIS_PASSWORD": "gate-password-1"})
+    bad = Sidecar(stack.values(stack.fleet_port), "fleet-tls-wrong-password", store=store,
+                  env={"SSL_CERT_FILE": str(ca), "REDIS_PASSWORD": "not-the-password-2"})
+    stack.gates += [good, bad]
+    try:
+        wait_port(port, proc=server)
+        for s in (good, bad):
+            s.start()
+            s.wait_provider_loaded()
+        deadline = time.time() + 5
+        while _ready(good) != (200, "ready"):
+            assert time.time() < deadline, (_ready(good), good.log_text()[-2000:])
+            time.sleep(0.2)
+        due = due_for_refresh(COOKIE_SECRET, _session_of_new_user(stack, "quinntls", ["users"]))
+        decide = {"Cookie": f"_oidc_edge={due}", "Accept": "application/json", "X-Forwarded-Proto": "http",
+                  "X-Forwarded-Uri": "/users/", "X-Forwarded-Host": f"127.0.0.1:{stack.fleet_port}",
+                  "X-Oidc-Edge-Proxy": good.proxy_token}
+        before = _refreshes(stack)
+        r = Browser().get(f"http://127.0.0.1:{good.port}/oauth2/auth", headers=decide)
+        assert r.status == 200 and _session_cookie(r), r.status
+        assert _refreshes(stack) == before + 1
+        assert good.count("oidc_edge_store_unavailable") == 0
+        # The wrong password: not ready, the reason logged, the password nowhere.
+        assert _ready(bad) == (503, "shared store unreachable")
+        deadline = time.time() + 5
+        while "shared store unreachable" not in (log := bad.log_text()):
+            assert time.time() < deadline, log[-2000:]
+            time.sleep(0.2)
+        assert "authentication failed" in log.lower() and "store.password" in log, log[-2000:]
+        assert "not-the-password-2" not in log and "gate-password-1" not in good.log_text()
+    finally:
+        good.stop()
+        bad.stop()
+        server.stop()

@@ -109,6 +109,12 @@ pub const FOREIGN_IDENTITY_HEADERS: &[&str] = &[
 pub const ROUTING_OVERRIDE_HEADERS: &[&str] =
     &["X-Original-URL", "X-Original-URI", "X-Original-Method", "X-Rewrite-URL", "X-Forwarded-Uri", "X-Forwarded-Method"];
 
+/// Headers some frameworks take the request method from (Express's
+/// method-override, Rails, Google APIs): with routes chosen by method, a
+/// client's copy would make the upstream run another method than the one
+/// decided, so they are removed when any route lists `methods`.
+pub const METHOD_OVERRIDE_HEADERS: &[&str] = &["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

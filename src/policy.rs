@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
+use std::net::IpAddr;
+
 use crate::headers::HeaderNames;
+use crate::net::IpNet;
 use crate::secret::SecretString;
 use crate::session::Session;
 
@@ -118,16 +121,66 @@ pub struct Route {
     pub inject: Vec<(Arc<str>, SecretString)>,
     /// Identity header names for this route.
     pub headers: HeaderNames,
+    /// The methods the route covers (upper case); `None`: every method.
+    pub methods: Option<Vec<String>>,
+    /// Clients that pass without a login, and clients always refused.
+    pub networks: Networks,
+    /// A CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) passes without a session.
+    pub cors_preflight: bool,
+}
+
+/// A route's network rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks {
+    /// Clients in these ranges pass without a login.
+    pub allow: Vec<IpNet>,
+    /// Clients in these ranges are refused, logged in or not.
+    pub deny: Vec<IpNet>,
+}
+
+/// What a route's network rules say about a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkVerdict {
+    /// No rule applies: the route's own rule decides.
+    Unlisted,
+    /// In an allowed range: no login needed.
+    Allowed,
+    /// In a denied range, or unknown where ranges are denied.
+    Denied,
+}
+
+impl Networks {
+    /// Whether the route has any network rule.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// The verdict for `client`. An unknown address (none, or not enough
+    /// trusted hops) is never allowed, and is refused where ranges are denied.
+    pub fn verdict(&self, client: Option<IpAddr>) -> NetworkVerdict {
+        match client {
+            None if !self.deny.is_empty() => NetworkVerdict::Denied,
+            None => NetworkVerdict::Unlisted,
+            Some(ip) if self.deny.iter().any(|n| n.contains(ip)) => NetworkVerdict::Denied,
+            Some(ip) if self.allow.iter().any(|n| n.contains(ip)) => NetworkVerdict::Allowed,
+            Some(_) => NetworkVerdict::Unlisted,
+        }
+    }
 }
 
 impl Route {
-    /// Whether the route covers `host` and the normalized `path`.
+    /// Whether the route covers `host`, the normalized `path` and `method`.
     ///
     /// Protected routes match the path without regard to case and public ones
     /// with it, so that case folding only ever makes a request face a stricter
     /// rule (`/ADMIN` on a case-insensitive upstream is still the admin area).
-    pub fn matches(&self, host: &str, path: &str) -> bool {
-        self.host.matches(host) && prefix_matches(&self.prefix, path, matches!(self.rule, Rule::Protected(_)))
+    /// Methods match without regard to case: an upstream that reads `post`
+    /// as POST must not see it pass a rule written for GET.
+    pub fn matches(&self, host: &str, path: &str, method: &str) -> bool {
+        self.host.matches(host)
+            && self.methods.as_ref().is_none_or(|m| m.iter().any(|x| x.eq_ignore_ascii_case(method)))
+            && prefix_matches(&self.prefix, path, matches!(self.rule, Rule::Protected(_)))
     }
 }
 
@@ -157,8 +210,14 @@ impl RouteTable {
     }
 
     /// The first route covering the request.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(host, path))
+    pub fn find(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(host, path, method))
+    }
+
+    /// Whether any route decides on the client's address (hosts read it
+    /// only then).
+    pub fn use_client_address(&self) -> bool {
+        self.routes.iter().any(|r| !r.networks.is_empty())
     }
 
     /// The route at config index `index`.
@@ -185,6 +244,9 @@ mod tests {
             api: false,
             inject: vec![],
             headers: HeaderNames::default(),
+            methods: None,
+            networks: Networks::default(),
+            cors_preflight: false,
         }
     }
 
@@ -203,15 +265,38 @@ mod tests {
     #[test]
     fn prefixes_match_whole_segments() {
         let r = route("/admin/", Rule::Protected(Requirement::default()));
-        assert!(r.matches("h", "/admin"));
-        assert!(r.matches("h", "/admin/"));
-        assert!(r.matches("h", "/admin/x"));
-        assert!(r.matches("h", "/ADMIN/x"));
-        assert!(!r.matches("h", "/administrator"));
+        assert!(r.matches("h", "/admin", "GET"));
+        assert!(r.matches("h", "/admin/", "GET"));
+        assert!(r.matches("h", "/admin/x", "GET"));
+        assert!(r.matches("h", "/ADMIN/x", "GET"));
+        assert!(!r.matches("h", "/administrator", "GET"));
         let p = route("/public", Rule::Public);
-        assert!(p.matches("h", "/public/a"));
-        assert!(!p.matches("h", "/PUBLIC/a"));
-        assert!(!p.matches("h", "/publicity"));
+        assert!(p.matches("h", "/public/a", "GET"));
+        assert!(!p.matches("h", "/PUBLIC/a", "GET"));
+        assert!(!p.matches("h", "/publicity", "GET"));
+    }
+
+    #[test]
+    fn methods_match_in_any_case() {
+        let r = Route { methods: Some(vec!["GET".into(), "HEAD".into()]), ..route("/wiki/", Rule::Public) };
+        assert!(r.matches("h", "/wiki/a", "GET") && r.matches("h", "/wiki/a", "head"));
+        assert!(!r.matches("h", "/wiki/a", "POST") && !r.matches("h", "/wiki/a", "post"));
+    }
+
+    #[test]
+    fn network_verdicts() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let n = Networks {
+            allow: vec![IpNet::parse("192.168.0.0/16").unwrap()],
+            deny: vec![IpNet::parse("192.168.9.0/24").unwrap()],
+        };
+        assert_eq!(n.verdict(ip("192.168.1.2")), NetworkVerdict::Allowed);
+        assert_eq!(n.verdict(ip("192.168.9.2")), NetworkVerdict::Denied, "deny wins");
+        assert_eq!(n.verdict(ip("10.0.0.1")), NetworkVerdict::Unlisted);
+        assert_eq!(n.verdict(None), NetworkVerdict::Denied, "unknown where ranges are denied");
+        let allow_only = Networks { deny: vec![], ..n };
+        assert_eq!(allow_only.verdict(None), NetworkVerdict::Unlisted, "unknown is never allowed");
+        assert_eq!(allow_only.verdict(ip("::ffff:192.168.1.2")), NetworkVerdict::Allowed);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The parts of a request the engine reads, and what it asks of them.
 
+use std::net::IpAddr;
+
 /// The parts of a request the engine reads.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
@@ -18,6 +20,9 @@ pub struct RequestHead<'a> {
     /// path that normalization changes is never forwarded: the upstream would
     /// read the spelling, not the decision.
     pub rewrites_path: bool,
+    /// The address the proxy saw the request come from (its connection's
+    /// peer), when a route decides on it ([`crate::policy::RouteTable::use_client_address`]).
+    pub client: Option<IpAddr>,
 }
 
 impl RequestHead<'_> {
@@ -58,10 +63,75 @@ impl RequestHead<'_> {
         }
     }
 
+    /// A CORS preflight: `OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method` (it never carries credentials).
+    pub(crate) fn is_cors_preflight(&self) -> bool {
+        self.method.eq_ignore_ascii_case("OPTIONS") && self.header("origin").is_some() && self.header("access-control-request-method").is_some()
+    }
+
+    /// The client's address: the proxy's peer, or with `hops` trusted
+    /// proxies in front of it, the `hops`-th `X-Forwarded-For` entry from
+    /// the right (what the farthest trusted one saw). `None` when there are
+    /// not that many entries or the entry is not an address: never a guess.
+    pub fn client_address(&self, hops: u8) -> Option<IpAddr> {
+        if hops == 0 {
+            return self.client;
+        }
+        let entries: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .collect();
+        let entry = entries.len().checked_sub(usize::from(hops)).and_then(|i| entries.get(i))?;
+        parse_address(entry)
+    }
+
     pub(crate) fn looks_like_api(&self) -> bool {
         let accept = self.header("accept").unwrap_or("");
         (accept.contains("application/json") && !accept.contains("text/html"))
             || self.header("sec-fetch-mode").is_some_and(|m| m.eq_ignore_ascii_case("cors"))
             || self.header("x-requested-with").is_some_and(|m| m.eq_ignore_ascii_case("xmlhttprequest"))
+    }
+}
+
+/// An address as proxies write it: `ip`, `ip:port`, `[v6]` or `[v6]:port`.
+pub fn parse_address(text: &str) -> Option<IpAddr> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sock) = t.parse::<std::net::SocketAddr>() {
+        return Some(sock.ip());
+    }
+    t.strip_prefix('[').and_then(|r| r.strip_suffix(']')).and_then(|v6| v6.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_address_is_the_peer_or_a_trusted_hop_back() {
+        let headers =
+            vec![("X-Forwarded-For".to_owned(), "6.6.6.6, 10.0.0.7".to_owned()), ("x-forwarded-for".to_owned(), "10.0.0.9".to_owned())];
+        let head = RequestHead {
+            method: "GET",
+            scheme: "https",
+            authority: "a",
+            path: "/",
+            headers: &headers,
+            rewrites_path: true,
+            client: parse_address("192.0.2.1:5555"),
+        };
+        assert_eq!(head.client_address(0), parse_address("192.0.2.1"));
+        assert_eq!(head.client_address(1), parse_address("10.0.0.9"));
+        assert_eq!(head.client_address(2), parse_address("10.0.0.7"));
+        assert_eq!(head.client_address(3), parse_address("6.6.6.6"));
+        assert_eq!(head.client_address(4), None, "not that many hops: unknown");
+        assert_eq!(parse_address("[2001:db8::1]:443"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_address("[2001:db8::1]"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_address("unknown"), None);
     }
 }

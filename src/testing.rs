@@ -265,6 +265,7 @@ pub struct Req {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub rewrites_path: bool,
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Req {
@@ -282,7 +283,14 @@ impl Req {
             path: path.to_owned(),
             headers: vec![("accept".to_owned(), "text/html,application/xhtml+xml,*/*;q=0.8".to_owned())],
             rewrites_path: true,
+            client: "198.51.100.7".parse().ok(),
         }
+    }
+
+    /// From the client at `ip` (as the proxy saw it).
+    pub fn from(mut self, ip: &str) -> Req {
+        self.client = ip.parse().ok();
+        self
     }
 
     /// As seen by a host that forwards the path as received (nginx, forward-auth proxies).
@@ -323,6 +331,7 @@ impl Req {
             path: &self.path,
             headers: &self.headers,
             rewrites_path: self.rewrites_path,
+            client: self.client,
         }
     }
 }

@@ -134,7 +134,15 @@ pub fn redirect(data: &[u8]) {
 pub fn cookie_header(data: &[u8]) {
     let input = text(data);
     let headers: Vec<(String, String)> = input.split('\n').map(|line| ("cookie".to_owned(), line.to_owned())).collect();
-    let head = RequestHead { method: "GET", scheme: "https", authority: "a", path: "/", headers: &headers, rewrites_path: true };
+    let head = RequestHead {
+        method: "GET",
+        scheme: "https",
+        authority: "a",
+        path: "/",
+        headers: &headers,
+        rewrites_path: true,
+        client: None,
+    };
     for name in ["_oidc_edge", "a", ""] {
         for value in head.cookies(name) {
             assert!(!value.contains(';'), "{input:?}: value {value:?}");

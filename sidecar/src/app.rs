@@ -226,6 +226,7 @@ impl App {
             headers: &original.headers,
             // The proxy forwards its own request line, not ours.
             rewrites_path: false,
+            client: original.client,
         };
         let mut turns = Turns::default();
         let step = self.run(&mut turns, |driver, lend| driver.on_request(&head, lend));
@@ -267,7 +268,8 @@ impl App {
         let headers: Vec<(String, String)> =
             req.headers.iter().filter(|(n, _)| !FORWARDING.iter().any(|f| n.eq_ignore_ascii_case(f))).cloned().collect();
         if mode == Mode::Direct {
-            return Ok(Original { method: req.method.clone(), scheme, authority, path: req.path_and_query.clone(), headers });
+            let client = Some(req.peer);
+            return Ok(Original { method: req.method.clone(), scheme, authority, path: req.path_and_query.clone(), headers, client });
         }
         if !trusted {
             return Err(Answer::refused(
@@ -331,7 +333,8 @@ impl App {
                 &[("peer", req.peer.to_string().into())],
             ));
         }
-        Ok(Original { method, scheme, authority, path, headers })
+        let (headers, client) = client_from_proxy(headers);
+        Ok(Original { method, scheme, authority, path, headers, client })
     }
 
     /// One turn of the driver with the in-memory store lent for its duration.
@@ -597,6 +600,23 @@ impl From<&Outcome> for Counted {
     }
 }
 
+/// What a trusted proxy says about the client: its `X-Forwarded-For` ends
+/// with the address it saw (the rendered snippets append it; Caddy and
+/// Traefik do by themselves). That entry becomes the client's address and
+/// the rest is the header as the proxy received it, so that
+/// `client_address.forwarded_hops` counts from the same place as in the filter.
+fn client_from_proxy(mut headers: Vec<(String, String)>) -> (Vec<(String, String)>, Option<IpAddr>) {
+    let is_xff = |n: &str| n.eq_ignore_ascii_case("x-forwarded-for");
+    let mut entries: Vec<String> =
+        headers.iter().filter(|(n, _)| is_xff(n)).flat_map(|(_, v)| v.split(',')).map(|e| e.trim().to_owned()).collect();
+    let Some(last) = entries.pop() else { return (headers, None) };
+    headers.retain(|(n, _)| !is_xff(n));
+    if !entries.is_empty() {
+        headers.push(("x-forwarded-for".to_owned(), entries.join(", ")));
+    }
+    (headers, oidc_edge::request::parse_address(&last))
+}
+
 /// The request under decision.
 struct Original {
     method: String,
@@ -604,6 +624,8 @@ struct Original {
     authority: String,
     path: String,
     headers: Vec<(String, String)>,
+    /// The address the proxy saw the client at.
+    client: Option<IpAddr>,
 }
 
 impl Original {

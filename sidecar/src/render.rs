@@ -114,6 +114,9 @@ pub fn nginx(config: &Config, settings: &SidecarConfig, sidecar: &str) -> Result
          proxy_set_header X-Forwarded-Host $http_host;\n\
          proxy_set_header X-Forwarded-Uri $request_uri;\n\
          proxy_set_header X-Forwarded-Method $request_method;\n\
+         # The client's address as nginx saw it, appended: the sidecar takes the\n\
+         # last entry (routes' allow_networks / deny_networks), never a client's.\n\
+         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
          proxy_set_header X-Original-URL \"\";\n\
          proxy_set_header X-Original-URI \"\";\n\
          proxy_set_header X-Original-Method \"\";\n\

@@ -107,6 +107,18 @@ impl<'a> Checker<'a> {
         p.to_owned()
     }
 
+    /// Address ranges (`10.0.0.0/8`, `192.168.1.5`, `fd00::/8`).
+    pub(super) fn networks(&mut self, field: &str, list: &[String]) -> Vec<crate::net::IpNet> {
+        let mut out = Vec::new();
+        for text in list {
+            match crate::net::IpNet::parse(text) {
+                Some(n) => out.push(n),
+                None => self.err(field, format!("{text:?} is not an address range; write e.g. 192.168.1.0/24 or 10.0.0.5")),
+            }
+        }
+        out
+    }
+
     pub(super) fn header_name(&mut self, field: &str, name: &str) {
         let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if name.is_empty() || !name.bytes().all(token) {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use super::check::{decode_cookie_secret, is_loopback, looks_human_made, Checker};
 use super::raw::RawConfig;
 use super::*;
-use crate::headers::{FOREIGN_IDENTITY_HEADERS, ROUTING_OVERRIDE_HEADERS};
-use crate::policy::{Requirement, Route, Rule};
+use crate::headers::{FOREIGN_IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS, ROUTING_OVERRIDE_HEADERS};
+use crate::policy::{Networks, Requirement, Route, Rule};
 
 /// Deserializes `value`, naming the failing field by its path.
 fn deserialize<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigErrors> {
@@ -316,7 +316,44 @@ impl Config {
                 None => base_headers.clone(),
             };
             strip_names.extend(headers.all().map(str::to_owned));
-            routes.push(Route { index: i, host, prefix, rule, api: r.api, inject, headers });
+            let methods = r.methods.as_ref().map(|list| {
+                if list.is_empty() {
+                    c.err(&format!("{field}.methods"), "is empty; list the methods the route covers, e.g. [GET, HEAD], or drop it");
+                }
+                for m in list {
+                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        c.err(&format!("{field}.methods"), format!("{m:?} is not an HTTP method; write e.g. GET, HEAD, POST"));
+                    }
+                }
+                list.iter().map(|m| m.to_ascii_uppercase()).collect::<Vec<_>>()
+            });
+            if methods.is_some() {
+                // Frameworks that take the method from these headers would
+                // see a method the route was not chosen for.
+                strip_names.extend(METHOD_OVERRIDE_HEADERS.iter().map(|h| (*h).to_owned()));
+            }
+            let networks = Networks {
+                allow: c.networks(&format!("{field}.allow_networks"), &r.allow_networks),
+                deny: c.networks(&format!("{field}.deny_networks"), &r.deny_networks),
+            };
+            if r.public && !networks.allow.is_empty() {
+                c.warn(&format!("{field}.allow_networks"), "has no effect on a public route (everyone passes)");
+            }
+            if r.public && r.cors_preflight {
+                c.warn(&format!("{field}.cors_preflight"), "has no effect on a public route (everyone passes)");
+            }
+            routes.push(Route {
+                index: i,
+                host,
+                prefix,
+                rule,
+                api: r.api,
+                inject,
+                headers,
+                methods,
+                networks,
+                cors_preflight: r.cors_preflight,
+            });
         }
 
         let sealer = Sealer::new(&keys);
@@ -333,7 +370,12 @@ impl Config {
                 Some(crate::fleet::Coordinator::new(f.coordinator.clone(), &sealer, timeout_ms))
             }
         };
+        let client_hops = raw.client_address.as_ref().map_or(0, |a| a.forwarded_hops);
+        if client_hops > 10 {
+            c.err("client_address.forwarded_hops", "counts the trusted proxies in front of this one; more than 10 is a mistake");
+        }
         Config {
+            client_hops,
             coordinator,
             provider: ProviderConfig {
                 issuer: p.issuer.clone(),

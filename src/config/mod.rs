@@ -233,6 +233,10 @@ pub struct Config {
     pub strip: StripSet,
     /// Routes.
     pub routes: RouteTable,
+    /// Trusted proxies in front of the gate's own proxy: the client's
+    /// address is the `X-Forwarded-For` entry this many hops back (0: the
+    /// proxy's peer). `client_address.forwarded_hops`.
+    pub client_hops: u8,
     /// The sidecar a filter hands fleet-wide work to (`fleet.coordinator`);
     /// `None` for a filter on its own, and always for the sidecar itself.
     pub coordinator: Option<crate::fleet::Coordinator>,

@@ -49,6 +49,15 @@ pub(crate) struct RawConfig {
     pub(crate) post_logout_redirect_url: Option<String>,
     pub(crate) routes: Vec<RawRoute>,
     pub(crate) fleet: Option<RawFleet>,
+    pub(crate) client_address: Option<RawClientAddress>,
+}
+
+/// Where the client's address comes from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClientAddress {
+    #[serde(default)]
+    pub(crate) forwarded_hops: u8,
 }
 
 /// Filters in a fleet: the sidecar that coordinates them.
@@ -132,4 +141,11 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) inject_headers: BTreeMap<String, RawSecret>,
     pub(crate) identity_headers: Option<RawHeaderNames>,
+    pub(crate) methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) allow_networks: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny_networks: Vec<String>,
+    #[serde(default)]
+    pub(crate) cors_preflight: bool,
 }

@@ -321,7 +321,7 @@ fn defaults() {
     assert_eq!(c.redirect_url, None);
     assert_eq!(c.post_logout_redirect_url, None);
     assert!(c.allowed_redirect_hosts.is_empty());
-    let route = c.routes.find("any.host", "/x").expect("catch-all route");
+    let route = c.routes.find("any.host", "/x", "GET").expect("catch-all route");
     assert_eq!(route.headers, HeaderNames::default());
     assert_eq!(route.headers.user.as_deref(), Some("Remote-User"));
     assert_eq!(route.headers.email.as_deref(), Some("Remote-Email"));
@@ -392,16 +392,16 @@ fn a_full_config_parses() {
     assert_eq!(c.session.login_timeout, 300);
     assert_eq!(c.session.same_site, SameSite::Strict);
     assert_eq!(c.paths.start, "/_auth/in");
-    let grafana = c.routes.find("grafana.example.com", "/").unwrap();
+    let grafana = c.routes.find("grafana.example.com", "/", "GET").unwrap();
     assert_eq!(grafana.headers.user.as_deref(), Some("X-WEBAUTH-USER"));
     assert_eq!(grafana.headers.name, None, "disabled at the top level, inherited");
     assert_eq!(grafana.headers.email.as_deref(), Some("Remote-Email"));
-    let family = c.routes.find("app.test", "/family/x").unwrap();
+    let family = c.routes.find("app.test", "/family/x", "GET").unwrap();
     assert_eq!(
         family.rule,
         Rule::Protected(Requirement { groups: vec![], emails: vec!["mom@example.com".into()], email_domains: vec!["example.org".into()] })
     );
-    let sonarr = c.routes.find("app.test", "/sonarr/").unwrap();
+    let sonarr = c.routes.find("app.test", "/sonarr/", "GET").unwrap();
     assert_eq!(&*sonarr.inject[0].0, "X-Api-Key");
     assert_eq!(sonarr.inject[0].1.expose(), API_KEY);
     // Every name we set is stripped, in every spelling; so are the extra ones.

@@ -26,7 +26,7 @@ use crate::events::Event;
 use crate::http::HttpResponse;
 use crate::pages::{self, Response};
 use crate::path::{normalize, PathError};
-use crate::policy::{Denial, Route, Rule};
+use crate::policy::{Denial, NetworkVerdict, Route, Rule};
 use crate::redirect::{authority_host, safe_redirect};
 use crate::request::RequestHead;
 use crate::seal::{hmac_sha256, Reject};
@@ -118,7 +118,7 @@ impl Engine {
         }
 
         let host = authority_host(head.authority);
-        let Some(route) = self.config.routes.find(host, &path) else {
+        let Some(route) = self.config.routes.find(host, &path, head.method) else {
             env.events.push(Event::Denied("no route matches"));
             return Step::Respond(self.deny_response(head.looks_like_api(), "No service is configured at this address."));
         };
@@ -128,10 +128,18 @@ impl Engine {
             set_path: (path.as_ref() != raw_path).then(|| path_and_query(&path, query)),
             set_cookies: Vec::new(),
         };
-        if route.rule == Rule::Public {
-            self.hide_own_cookies(head, &mut allow);
-            env.events.push(Event::Allowed);
-            return Step::Allow(allow);
+        if !route.networks.is_empty() {
+            match route.networks.verdict(head.client_address(self.config.client_hops)) {
+                NetworkVerdict::Denied => {
+                    env.events.push(Event::Denied("client address in the route's deny_networks (or unknown)"));
+                    return Step::Respond(self.deny_response(route.api || head.looks_like_api(), "Access from your network is not allowed."));
+                }
+                NetworkVerdict::Allowed => return self.pass_without_login(head, allow, env),
+                NetworkVerdict::Unlisted => {}
+            }
+        }
+        if route.rule == Rule::Public || route.cors_preflight && head.is_cors_preflight() {
+            return self.pass_without_login(head, allow, env);
         }
         let name = &self.config.session.cookie_name;
         let mut clear_cookie = None;
@@ -237,6 +245,15 @@ impl Engine {
                 Step::Respond(resp.with_cookies(allow.set_cookies))
             }
         }
+    }
+
+    /// A request that needs no login (a public route, an allowed network, a
+    /// CORS preflight): no identity headers (the strip set removed every
+    /// client copy), and not our cookies either.
+    fn pass_without_login(&self, head: &RequestHead<'_>, mut allow: Allow, env: &mut Env<'_>) -> Step {
+        self.hide_own_cookies(head, &mut allow);
+        env.events.push(Event::Allowed);
+        Step::Allow(allow)
     }
 
     /// The sealed session is for this gate only: the upstream gets the

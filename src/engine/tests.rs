@@ -1424,6 +1424,7 @@ fn cookie_header_parsing_is_strict_about_names() {
         path: "/",
         headers: &headers,
         rewrites_path: true,
+        client: None,
     };
     assert_eq!(head.cookie("_oidc_edge"), Some("v"));
     assert_eq!(head.cookie("b"), Some("3"));
@@ -1818,4 +1819,79 @@ fn a_logout_token_is_used_once() {
     let out = g.driver.on_backchannel_logout(&body, g.host.lend());
     assert!(out.revoked.is_empty());
     assert_eq!(respond(g.host.keep(out)).status, 400);
+}
+
+// ---------------------------------------------------------------------------
+// Methods, networks, preflight.
+
+fn policy_config(hops: u8) -> Value {
+    let mut c = config_json();
+    c["client_address"] = json!({"forwarded_hops": hops});
+    c["routes"] = json!([
+        {"path": "/wiki/", "methods": ["GET", "HEAD"], "public": true},
+        {"path": "/wiki/", "groups": ["admins"]},
+        {"path": "/lan/", "allow_networks": ["192.168.0.0/16"], "deny_networks": ["192.168.66.0/24"], "groups": ["admins"]},
+        {"path": "/cors/", "cors_preflight": true, "api": true},
+        {"path": "/"}
+    ]);
+    c
+}
+
+#[test]
+fn methods_choose_the_route_and_method_overrides_never_reach_the_upstream() {
+    let mut g = Gate::with_config(&policy_config(0));
+    let (bob_session, _) = g.login_as(&bob());
+    let (alice_session, _) = g.login_as(&alice());
+    let a = allowed(g.send(&Req::get("/wiki/page").header("X-HTTP-Method-Override", "DELETE")));
+    assert!(a.strip.iter().any(|h| h.eq_ignore_ascii_case("x-http-method-override")), "{a:?}");
+    assert!(matches!(g.send(&Req::new("HEAD", "/wiki/page")), Step::Allow(_)));
+    assert_eq!(respond(g.send(&Req::new("POST", "/wiki/page"))).status, 302, "a write needs a login");
+    assert_eq!(respond(g.send(&Req::new("post", "/wiki/page"))).status, 302, "in any case");
+    assert_eq!(respond(g.send(&Req::new("POST", "/wiki/page").cookie(COOKIE, &bob_session))).status, 403);
+    assert!(matches!(g.send(&Req::new("POST", "/wiki/page").cookie(COOKIE, &alice_session)), Step::Allow(_)));
+}
+
+#[test]
+fn allowed_networks_pass_without_a_login_and_denied_ones_never() {
+    let mut g = Gate::with_config(&policy_config(0));
+    let (alice_session, _) = g.login_as(&alice());
+    let a = allowed(g.send(&Req::get("/lan/x").from("192.168.1.20").header("Remote-User", "forged")));
+    assert!(header_of(&a, "Remote-User").is_none() && a.strip.iter().any(|h| h.eq_ignore_ascii_case("remote-user")));
+    assert_eq!(respond(g.send(&Req::get("/lan/x").from("203.0.113.9"))).status, 302, "elsewhere: a login");
+    // A client's X-Forwarded-For is not its address (no trusted hops configured).
+    assert_eq!(respond(g.send(&Req::get("/lan/x").from("203.0.113.9").header("X-Forwarded-For", "192.168.1.20"))).status, 302);
+    // Denied even with a session; an unknown address is denied where ranges are.
+    assert_eq!(respond(g.send(&Req::get("/lan/x").from("192.168.66.5").cookie(COOKIE, &alice_session))).status, 403);
+    let mut unknown = Req::get("/lan/x").cookie(COOKIE, &alice_session);
+    unknown.client = None;
+    assert_eq!(respond(g.send(&unknown)).status, 403);
+
+    // Behind one trusted load balancer: its X-Forwarded-For entry, not the client's own.
+    let mut g = Gate::with_config(&policy_config(1));
+    let lb = |xff: &str| Req::get("/lan/x").from("10.0.0.2").header("X-Forwarded-For", xff);
+    assert!(matches!(g.send(&lb("192.168.1.20")), Step::Allow(_)));
+    assert_eq!(respond(g.send(&lb("192.168.1.20, 203.0.113.9"))).status, 302, "the client's entry is not the one the LB added");
+    assert_eq!(respond(g.send(&Req::get("/lan/x").from("192.168.1.20"))).status, 403, "no entry: unknown, refused where ranges are denied");
+}
+
+#[test]
+fn a_cors_preflight_passes_without_a_session_and_nothing_else_does() {
+    let mut g = Gate::with_config(&policy_config(0));
+    let preflight = Req::new("OPTIONS", "/cors/items")
+        .header("Origin", "https://web.example.com")
+        .header("Access-Control-Request-Method", "PUT");
+    assert!(matches!(g.send(&preflight), Step::Allow(_)));
+    assert_eq!(respond(g.send(&Req::new("OPTIONS", "/cors/items").header("Origin", "https://web.example.com"))).status, 401);
+    assert_eq!(respond(g.send(&Req::new("PUT", "/cors/items").header("Origin", "https://web.example.com"))).status, 401);
+    assert_eq!(respond(g.send(&Req::new("OPTIONS", "/other").header("Origin", "x").header("Access-Control-Request-Method", "PUT"))).status, 302);
+}
+
+#[test]
+fn policy_fields_are_checked() {
+    let mut c = policy_config(0);
+    c["routes"][0]["methods"] = json!(["GET", "G E T"]);
+    c["routes"][2]["allow_networks"] = json!(["192.168.0.0/33"]);
+    let Err(e) = Config::from_json(&c.to_string(), &EnvSecrets::standard()) else { panic!("accepted") };
+    let text = e.to_string();
+    assert!(text.contains("routes[0].methods") && text.contains("routes[2].allow_networks"), "{text}");
 }

@@ -90,6 +90,14 @@ pub fn received_request_target() -> Option<String> {
     }
 }
 
+/// The address of the proxy's peer (Envoy: `ip:port`; ngx_wasm_module: `ip`).
+pub fn client_address() -> Option<std::net::IpAddr> {
+    match hostcalls::get_property(vec!["source", "address"]) {
+        Ok(Some(raw)) => oidc_edge::request::parse_address(&String::from_utf8_lossy(&raw)),
+        _ => None,
+    }
+}
+
 /// Secrets from the VM's environment (Envoy: `vm_config.environment_variables`).
 pub struct HostSecrets;
 

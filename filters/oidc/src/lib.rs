@@ -404,7 +404,14 @@ impl Request {
             let path_only = path.split('?').next().unwrap_or("");
             path_only == w.borrow().driver.config().paths.callback.as_str()
         });
-        let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all, rewrites_path };
+        // Read from the host only when a route decides on it.
+        let client = self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.borrow().driver.config().routes.use_client_address())
+            .then(host::client_address)
+            .flatten();
+        let head = oidc_edge::RequestHead { method, scheme, authority, path, headers: &all, rewrites_path, client };
         self.run(resumed, callback, now, |driver, lend| driver.on_request(&head, lend))
     }
 

@@ -78,6 +78,9 @@ impl Outcome {
 pub struct Driver {
     engine: Engine,
     sessions: SessionCache,
+    /// Verified bearer tokens, one cache per audience set (their own bound:
+    /// API clients never evict browser sessions).
+    tokens: Vec<SessionCache>,
     provider: Option<Arc<ProviderSnapshot>>,
     /// The documents the snapshot was built from, to rebuild it when a
     /// login fetches a rotated JWKS.
@@ -88,9 +91,11 @@ pub struct Driver {
 impl Driver {
     /// A driver for `config`, caching up to `session_capacity` opened sessions.
     pub fn new(config: impl Into<Arc<Config>>, session_capacity: usize) -> Driver {
+        let config: Arc<Config> = config.into();
         Driver {
-            engine: Engine::new(config.into()),
+            engine: Engine::new(Arc::clone(&config)),
             sessions: SessionCache::new(session_capacity),
+            tokens: (0..config.bearer_caches).map(|_| SessionCache::new(session_capacity)).collect(),
             provider: None,
             docs: None,
             revocations: Revocations::default(),
@@ -126,6 +131,12 @@ impl Driver {
         Ok(())
     }
 
+    /// Drops the provider metadata, as before its first load.
+    #[cfg(test)]
+    pub(crate) fn forget_provider(&mut self) {
+        self.provider = None;
+    }
+
     /// Decides a request.
     pub fn on_request(&mut self, head: &RequestHead<'_>, lend: Lend<'_>) -> Outcome {
         self.turn(lend, |engine, env| engine.on_request(head, env))
@@ -157,12 +168,13 @@ impl Driver {
     fn turn(&mut self, lend: Lend<'_>, first: impl FnOnce(&Engine, &mut Env<'_>) -> Step) -> Outcome {
         let Lend { now, rng, store } = lend;
         // Borrowed field by field: the hot path clones nothing.
-        let Driver { engine, sessions, provider, revocations, .. } = self;
+        let Driver { engine, sessions, tokens, provider, revocations, .. } = self;
         let mut env = Env {
             now,
             rng,
             provider: provider.as_deref(),
             sessions,
+            tokens,
             revocations,
             revoked: Vec::new(),
             events: Events::new(),

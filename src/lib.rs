@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bearer;
 pub mod cache;
 pub mod config;
 pub mod drbg;

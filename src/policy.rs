@@ -128,6 +128,8 @@ pub struct Route {
     /// A CORS preflight (`OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`) passes without a session.
     pub cors_preflight: bool,
+    /// API clients with `Authorization: Bearer <JWT>`, when accepted.
+    pub bearer: Option<crate::bearer::BearerRule>,
 }
 
 /// A route's network rules.
@@ -214,6 +216,13 @@ impl RouteTable {
         self.routes.iter().find(|r| r.matches(host, path, method))
     }
 
+    /// Whether some route takes bearer tokens and removes them before the
+    /// upstream (forward-auth proxies must then copy `Authorization` from
+    /// the sidecar's answer).
+    pub fn strips_bearer_tokens(&self) -> bool {
+        self.routes.iter().any(|r| r.bearer.as_ref().is_some_and(|b| !b.forward))
+    }
+
     /// Whether any route decides on the client's address (hosts read it
     /// only then).
     pub fn use_client_address(&self) -> bool {
@@ -247,6 +256,7 @@ mod tests {
             methods: None,
             networks: Networks::default(),
             cors_preflight: false,
+            bearer: None,
         }
     }
 

@@ -91,6 +91,7 @@ impl RequestHead<'_> {
     pub(crate) fn looks_like_api(&self) -> bool {
         let accept = self.header("accept").unwrap_or("");
         (accept.contains("application/json") && !accept.contains("text/html"))
+            || self.header("authorization").is_some_and(|a| a.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")))
             || self.header("sec-fetch-mode").is_some_and(|m| m.eq_ignore_ascii_case("cors"))
             || self.header("x-requested-with").is_some_and(|m| m.eq_ignore_ascii_case("xmlhttprequest"))
     }

@@ -461,6 +461,13 @@ impl App {
                 headers.push(("cookie".to_owned(), cookies.join("; ")));
             }
         }
+        // The proxy copies Authorization from this answer where routes take
+        // bearer tokens: handed back unless the token was for the gate only.
+        if self.config.routes.strips_bearer_tokens() && !allow.strip.iter().any(|n| n.eq_ignore_ascii_case("authorization")) {
+            if let Some((_, v)) = original.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+                headers.push(("authorization".to_owned(), v.clone()));
+            }
+        }
         headers.push(("cache-control".to_owned(), "no-store".to_owned()));
         headers.extend(allow.set_cookies.into_iter().map(|c| ("set-cookie".to_owned(), c)));
         Answer { status: 200, headers, body: Vec::new() }

@@ -25,6 +25,9 @@ fn handed_over(config: &Config) -> Vec<String> {
         route.inject.iter().for_each(|(n, _)| add(n));
     }
     add("Cookie");
+    if config.routes.strips_bearer_tokens() {
+        add("Authorization");
+    }
     out
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::check::{decode_cookie_secret, is_loopback, looks_human_made, Checker};
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawRouteBearer};
 use super::*;
 use crate::headers::{FOREIGN_IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS, ROUTING_OVERRIDE_HEADERS};
 use crate::policy::{Networks, Requirement, Route, Rule};
@@ -276,6 +276,7 @@ impl Config {
             c.err("routes", "is empty; every request would be denied. Add e.g. {\"path\": \"/\", \"groups\": []}");
         }
         let mut routes = Vec::new();
+        let mut audience_sets: Vec<Vec<String>> = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let field = format!("routes[{i}]");
             let host = match HostPattern::parse(r.host.as_deref().unwrap_or("*")) {
@@ -342,7 +343,31 @@ impl Config {
             if r.public && r.cors_preflight {
                 c.warn(&format!("{field}.cors_preflight"), "has no effect on a public route (everyone passes)");
             }
+            let mut bearer_rule = |raw: &super::raw::RawBearer| {
+                let mut audiences = raw.audiences.clone().unwrap_or_else(|| vec![p.client_id.clone()]);
+                audiences.sort();
+                audiences.dedup();
+                let cache = audience_sets.iter().position(|a| *a == audiences).unwrap_or_else(|| {
+                    audience_sets.push(audiences.clone());
+                    audience_sets.len() - 1
+                });
+                crate::bearer::BearerRule { audiences, cache, forward: raw.forward }
+            };
+            let bearer = match (&r.bearer, &raw.bearer) {
+                (_, _) if r.public => None,
+                (None, global) => global.as_ref().map(bearer_rule),
+                (Some(RawRouteBearer::Switch(false)), _) => None,
+                (Some(RawRouteBearer::Switch(true)), global) => Some(bearer_rule(&global.clone().unwrap_or_default())),
+                (Some(RawRouteBearer::Rule(own)), _) => Some(bearer_rule(own)),
+            };
+            if bearer.as_ref().is_some_and(|b| b.audiences.iter().any(String::is_empty) || b.audiences.is_empty()) {
+                c.err(&format!("{field}.bearer.audiences"), "lists no audience; name the client id or the API's audience");
+            }
+            if r.public && r.bearer.is_some() {
+                c.warn(&format!("{field}.bearer"), "has no effect on a public route (everyone passes)");
+            }
             routes.push(Route {
+                bearer,
                 index: i,
                 host,
                 prefix,
@@ -375,6 +400,7 @@ impl Config {
             c.err("client_address.forwarded_hops", "counts the trusted proxies in front of this one; more than 10 is a mistake");
         }
         Config {
+            bearer_caches: audience_sets.len(),
             client_hops,
             coordinator,
             provider: ProviderConfig {

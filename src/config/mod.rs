@@ -233,6 +233,9 @@ pub struct Config {
     pub strip: StripSet,
     /// Routes.
     pub routes: RouteTable,
+    /// Distinct audience sets of routes taking bearer tokens (one token
+    /// cache each).
+    pub bearer_caches: usize,
     /// Trusted proxies in front of the gate's own proxy: the client's
     /// address is the `X-Forwarded-For` entry this many hops back (0: the
     /// proxy's peer). `client_address.forwarded_hops`.

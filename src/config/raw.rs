@@ -50,6 +50,7 @@ pub(crate) struct RawConfig {
     pub(crate) routes: Vec<RawRoute>,
     pub(crate) fleet: Option<RawFleet>,
     pub(crate) client_address: Option<RawClientAddress>,
+    pub(crate) bearer: Option<RawBearer>,
 }
 
 /// Where the client's address comes from.
@@ -148,4 +149,22 @@ pub(crate) struct RawRoute {
     pub(crate) deny_networks: Vec<String>,
     #[serde(default)]
     pub(crate) cors_preflight: bool,
+    pub(crate) bearer: Option<RawRouteBearer>,
+}
+
+/// A route's `bearer`: on or off (with the global settings), or its own.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawRouteBearer {
+    Switch(bool),
+    Rule(RawBearer),
+}
+
+/// Bearer-token settings.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBearer {
+    pub(crate) audiences: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) forward: bool,
 }

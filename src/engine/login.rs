@@ -38,7 +38,15 @@ impl Engine {
         env: &mut Env<'_>,
     ) -> Step {
         let return_to = if matches!(head.method, "GET" | "HEAD") { return_to } else { "/".to_owned() };
-        self.login_again(route.api || head.looks_like_api(), head.scheme, head.authority, return_to, cookies, env)
+        let step = self.login_again(route.api || head.looks_like_api(), head.scheme, head.authority, return_to, cookies, env);
+        match step {
+            // A route that takes bearer tokens says so to API clients (RFC 6750 §3).
+            Step::Respond(mut r) if r.status == 401 && route.bearer.is_some() => {
+                r.headers.push(("www-authenticate".to_owned(), "Bearer realm=\"oidc-edge\"".to_owned()));
+                Step::Respond(r)
+            }
+            other => other,
+        }
     }
 
     /// 401 JSON for API clients, else the redirect to the IdP.

@@ -8,6 +8,7 @@
 //! sessions with the refresh token; `sign_out` ends them; `cookies` writes
 //! every `Set-Cookie`.
 
+mod bearer;
 mod cookies;
 mod login;
 mod refresh;
@@ -140,6 +141,11 @@ impl Engine {
         }
         if route.rule == Rule::Public || route.cors_preflight && head.is_cors_preflight() {
             return self.pass_without_login(head, allow, env);
+        }
+        if let Some(rule) = &route.bearer {
+            if let Some(token) = crate::bearer::bearer_token(head) {
+                return self.decide_bearer(route, rule, token, head, allow, env);
+            }
         }
         let name = &self.config.session.cookie_name;
         let mut clear_cookie = None;

@@ -28,6 +28,9 @@ pub(crate) struct Env<'a> {
     pub provider: Option<&'a ProviderSnapshot>,
     /// This worker's cache of opened sessions.
     pub sessions: &'a mut SessionCache,
+    /// This worker's caches of verified bearer tokens (one per audience
+    /// set), by the exact token.
+    pub tokens: &'a mut [SessionCache],
     /// The revocations this worker knows.
     pub revocations: &'a Revocations,
     /// Revocations made during this call (sign-out).

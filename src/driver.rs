@@ -81,6 +81,7 @@ pub struct Driver {
     /// Verified bearer tokens, one cache per audience set (their own bound:
     /// API clients never evict browser sessions).
     tokens: Vec<SessionCache>,
+    signed: crate::identity::SignedCache,
     provider: Option<Arc<ProviderSnapshot>>,
     /// The documents the snapshot was built from, to rebuild it when a
     /// login fetches a rotated JWKS.
@@ -96,6 +97,7 @@ impl Driver {
             engine: Engine::new(Arc::clone(&config)),
             sessions: SessionCache::new(session_capacity),
             tokens: (0..config.bearer_caches).map(|_| SessionCache::new(session_capacity)).collect(),
+            signed: crate::identity::SignedCache::new(session_capacity),
             provider: None,
             docs: None,
             revocations: Revocations::default(),
@@ -168,13 +170,14 @@ impl Driver {
     fn turn(&mut self, lend: Lend<'_>, first: impl FnOnce(&Engine, &mut Env<'_>) -> Step) -> Outcome {
         let Lend { now, rng, store } = lend;
         // Borrowed field by field: the hot path clones nothing.
-        let Driver { engine, sessions, tokens, provider, revocations, .. } = self;
+        let Driver { engine, sessions, tokens, signed, provider, revocations, .. } = self;
         let mut env = Env {
             now,
             rng,
             provider: provider.as_deref(),
             sessions,
             tokens,
+            signed,
             revocations,
             revoked: Vec::new(),
             events: Events::new(),

@@ -22,6 +22,7 @@ pub mod events;
 pub mod fleet;
 pub mod headers;
 pub mod http;
+pub mod identity;
 pub mod jose;
 pub mod logout;
 pub mod net;

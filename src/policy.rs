@@ -130,6 +130,8 @@ pub struct Route {
     pub cors_preflight: bool,
     /// API clients with `Authorization: Bearer <JWT>`, when accepted.
     pub bearer: Option<crate::bearer::BearerRule>,
+    /// The header that carries a signed identity token, when asked for.
+    pub signed_identity: Option<Arc<str>>,
 }
 
 /// A route's network rules.
@@ -257,6 +259,7 @@ mod tests {
             networks: Networks::default(),
             cors_preflight: false,
             bearer: None,
+            signed_identity: None,
         }
     }
 

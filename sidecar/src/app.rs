@@ -207,7 +207,7 @@ impl App {
             Mode::AuthRequest
         } else if path == paths.forward_auth {
             Mode::ForwardAuth
-        } else if [&paths.start, &paths.callback, &paths.sign_out, &paths.sign_in].iter().any(|p| p.as_str() == path) {
+        } else if [&paths.start, &paths.callback, &paths.sign_out, &paths.sign_in, &paths.jwks].iter().any(|p| p.as_str() == path) {
             Mode::Direct
         } else {
             return Answer::plain(404, "not an oidc-edge endpoint\n");

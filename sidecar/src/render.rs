@@ -24,6 +24,11 @@ fn handed_over(config: &Config) -> Vec<String> {
     for route in config.routes.iter() {
         route.inject.iter().for_each(|(n, _)| add(n));
     }
+    for route in config.routes.iter() {
+        if let Some(h) = &route.signed_identity {
+            add(h);
+        }
+    }
     add("Cookie");
     if config.routes.strips_bearer_tokens() {
         add("Authorization");
@@ -146,9 +151,9 @@ pub fn nginx(config: &Config, settings: &SidecarConfig, sidecar: &str) -> Result
          # header: refuse a request where the two differ, so both read the same host.\n\
          set $oidc_edge_hosts \"$host|$http_host\";\n\
          if ($oidc_edge_hosts !~* \"^([^|]*)\\|\\1\\.?(:[0-9]*)?$\") {{\n    return 400;\n}}\n\n\
-         # Login start, callback, sign-out and the sign-in page.\n"
+         # Login start, callback, sign-out, the sign-in page (and the identity JWKS).\n"
     );
-    for path in [&p.start, &p.callback, &p.sign_out, &p.sign_in] {
+    for path in config.pages() {
         sidecar_conf.push_str(&format!("location = {path} {{\n    include oidc-edge/to-sidecar.conf;\n}}\n"));
     }
     sidecar_conf.push_str(&format!(
@@ -235,7 +240,7 @@ pub fn caddy(config: &Config, settings: &SidecarConfig, sidecar: &str) -> Result
          #   }}\n\n\
          # The sidecar's own pages: login start, callback, sign-out, sign-in.\n\
          (oidc_edge_endpoints) {{\n\
-         \t@oidc_edge_pages path {} {} {} {}\n\
+         \t@oidc_edge_pages path {}\n\
          \thandle @oidc_edge_pages {{\n\
          \t\treverse_proxy {sidecar} {{\n\
          \t\t\t# The sidecar believes the X-Forwarded-* / X-Original-* headers of\n\
@@ -265,7 +270,7 @@ pub fn caddy(config: &Config, settings: &SidecarConfig, sidecar: &str) -> Result
          \t\t# Every name the gate strips: its own headers (set again below from the\n\
          \t\t# sidecar's answer only), other gates' identity headers, and the headers\n\
          \t\t# some frameworks take the path from.\n",
-        p.start, p.callback, p.sign_out, p.sign_in
+        config.pages().join(" ")
     );
     for name in stripped(config) {
         out.push_str(&format!("\t\trequest_header -{name}\n"));
@@ -303,7 +308,7 @@ pub fn traefik(config: &Config, settings: &SidecarConfig, sidecar: &str) -> Resu
     let p = &config.paths;
     let handed = handed_over(config);
     let quote = |v: &str| serde_json::Value::from(v).to_string();
-    let pages = [&p.start, &p.callback, &p.sign_out, &p.sign_in].iter().map(|x| format!("Path(`{x}`)")).collect::<Vec<_>>().join(" || ");
+    let pages = config.pages().iter().map(|x| format!("Path(`{x}`)")).collect::<Vec<_>>().join(" || ");
     let mut out = format!(
         "{GENERATED}# Traefik dynamic configuration (file provider). Protect a router with\n\
          #   middlewares: [oidc-edge-protect@file]\n\

@@ -1,15 +1,13 @@
 //! From the configuration as written to a [`Config`]: the parsers, and the
 //! checks and defaults of the core's sections.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use super::check::{decode_cookie_secret, is_loopback, looks_human_made, Checker};
-use super::raw::{RawConfig, RawRouteBearer};
+use super::raw::RawConfig;
+use super::routes::{compile_identity, compile_routes};
 use super::*;
-use crate::headers::{FOREIGN_IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS, ROUTING_OVERRIDE_HEADERS};
-use crate::policy::{Networks, Requirement, Route, Rule};
+use crate::headers::{FOREIGN_IDENTITY_HEADERS, ROUTING_OVERRIDE_HEADERS};
 
 /// Deserializes `value`, naming the failing field by its path.
 fn deserialize<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigErrors> {
@@ -235,8 +233,18 @@ impl Config {
             auth: c.path("paths.auth", raw.paths.auth.as_ref(), "/oauth2/auth"),
             forward_auth: c.path("paths.forward_auth", raw.paths.forward_auth.as_ref(), "/oauth2/forward_auth"),
             backchannel_logout: c.path("paths.backchannel_logout", raw.paths.backchannel_logout.as_ref(), "/oauth2/backchannel_logout"),
+            jwks: c.path("paths.jwks", raw.paths.jwks.as_ref(), "/oauth2/jwks"),
         };
-        let own = [&paths.callback, &paths.sign_out, &paths.start, &paths.sign_in, &paths.auth, &paths.forward_auth, &paths.backchannel_logout];
+        let own = [
+            &paths.callback,
+            &paths.sign_out,
+            &paths.start,
+            &paths.sign_in,
+            &paths.auth,
+            &paths.forward_auth,
+            &paths.backchannel_logout,
+            &paths.jwks,
+        ];
         for (i, a) in own.iter().enumerate() {
             // Written into nginx and Caddy configs by `oidc-edge render`, where
             // `$`, `{`, `*` or `%` would mean something else.
@@ -272,115 +280,7 @@ impl Config {
         }
         strip_names.extend(base_headers.all().map(str::to_owned));
 
-        if raw.routes.is_empty() {
-            c.err("routes", "is empty; every request would be denied. Add e.g. {\"path\": \"/\", \"groups\": []}");
-        }
-        let mut routes = Vec::new();
-        let mut audience_sets: Vec<Vec<String>> = Vec::new();
-        for (i, r) in raw.routes.iter().enumerate() {
-            let field = format!("routes[{i}]");
-            let host = match HostPattern::parse(r.host.as_deref().unwrap_or("*")) {
-                Some(h) => h,
-                None => {
-                    c.err(&format!("{field}.host"), "must be a host, *.domain or *");
-                    HostPattern::Any
-                }
-            };
-            let prefix = c.path(&format!("{field}.path"), r.path.as_ref(), "/");
-            let has_requirement = !(r.groups.is_empty() && r.emails.is_empty() && r.email_domains.is_empty());
-            if r.public && has_requirement {
-                c.err(&field, "is public but also lists groups/emails/email_domains; drop one or the other");
-            }
-            let rule = if r.public {
-                Rule::Public
-            } else {
-                Rule::Protected(Requirement {
-                    groups: r.groups.clone(),
-                    emails: r.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
-                    email_domains: r.email_domains.iter().map(|d| d.trim_start_matches('@').to_ascii_lowercase()).collect(),
-                })
-            };
-            let mut inject = Vec::new();
-            for (name, src) in &r.inject_headers {
-                let f = format!("{field}.inject_headers.{name}");
-                c.header_name(&f, name);
-                if let Some(v) = c.secret(&f, src) {
-                    if v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                        c.err(&f, "value contains control characters");
-                    }
-                    inject.push((Arc::from(name.as_str()), SecretString::new(v)));
-                }
-                strip_names.push(name.clone());
-            }
-            let headers = match &r.identity_headers {
-                Some(h) => c.header_names(&format!("{field}.identity_headers"), h, &base_headers),
-                None => base_headers.clone(),
-            };
-            strip_names.extend(headers.all().map(str::to_owned));
-            let methods = r.methods.as_ref().map(|list| {
-                if list.is_empty() {
-                    c.err(&format!("{field}.methods"), "is empty; list the methods the route covers, e.g. [GET, HEAD], or drop it");
-                }
-                for m in list {
-                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                        c.err(&format!("{field}.methods"), format!("{m:?} is not an HTTP method; write e.g. GET, HEAD, POST"));
-                    }
-                }
-                list.iter().map(|m| m.to_ascii_uppercase()).collect::<Vec<_>>()
-            });
-            if methods.is_some() {
-                // Frameworks that take the method from these headers would
-                // see a method the route was not chosen for.
-                strip_names.extend(METHOD_OVERRIDE_HEADERS.iter().map(|h| (*h).to_owned()));
-            }
-            let networks = Networks {
-                allow: c.networks(&format!("{field}.allow_networks"), &r.allow_networks),
-                deny: c.networks(&format!("{field}.deny_networks"), &r.deny_networks),
-            };
-            if r.public && !networks.allow.is_empty() {
-                c.warn(&format!("{field}.allow_networks"), "has no effect on a public route (everyone passes)");
-            }
-            if r.public && r.cors_preflight {
-                c.warn(&format!("{field}.cors_preflight"), "has no effect on a public route (everyone passes)");
-            }
-            let mut bearer_rule = |raw: &super::raw::RawBearer| {
-                let mut audiences = raw.audiences.clone().unwrap_or_else(|| vec![p.client_id.clone()]);
-                audiences.sort();
-                audiences.dedup();
-                let cache = audience_sets.iter().position(|a| *a == audiences).unwrap_or_else(|| {
-                    audience_sets.push(audiences.clone());
-                    audience_sets.len() - 1
-                });
-                crate::bearer::BearerRule { audiences, cache, forward: raw.forward }
-            };
-            let bearer = match (&r.bearer, &raw.bearer) {
-                (_, _) if r.public => None,
-                (None, global) => global.as_ref().map(bearer_rule),
-                (Some(RawRouteBearer::Switch(false)), _) => None,
-                (Some(RawRouteBearer::Switch(true)), global) => Some(bearer_rule(&global.clone().unwrap_or_default())),
-                (Some(RawRouteBearer::Rule(own)), _) => Some(bearer_rule(own)),
-            };
-            if bearer.as_ref().is_some_and(|b| b.audiences.iter().any(String::is_empty) || b.audiences.is_empty()) {
-                c.err(&format!("{field}.bearer.audiences"), "lists no audience; name the client id or the API's audience");
-            }
-            if r.public && r.bearer.is_some() {
-                c.warn(&format!("{field}.bearer"), "has no effect on a public route (everyone passes)");
-            }
-            routes.push(Route {
-                bearer,
-                index: i,
-                host,
-                prefix,
-                rule,
-                api: r.api,
-                inject,
-                headers,
-                methods,
-                networks,
-                cors_preflight: r.cors_preflight,
-            });
-        }
-
+        let (routes, audience_sets) = compile_routes(&raw, c, &base_headers, &mut strip_names);
         let sealer = Sealer::new(&keys);
         let coordinator = match (&raw.fleet, calls) {
             (None, _) => None,
@@ -399,7 +299,9 @@ impl Config {
         if client_hops > 10 {
             c.err("client_address.forwarded_hops", "counts the trusted proxies in front of this one; more than 10 is a mistake");
         }
+        let identity = raw.signed_identity.as_ref().and_then(|si| compile_identity(si, c));
         Config {
+            identity,
             bearer_caches: audience_sets.len(),
             client_hops,
             coordinator,

@@ -10,6 +10,7 @@
 mod check;
 mod compile;
 mod raw;
+mod routes;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -213,6 +214,8 @@ pub struct Paths {
     /// Sidecar: where the provider posts back-channel logout tokens
     /// (register it as the client's `backchannel_logout_uri`).
     pub backchannel_logout: String,
+    /// The public keys of signed identity tokens (`signed_identity`).
+    pub jwks: String,
 }
 
 /// A validated, compiled configuration.
@@ -233,6 +236,8 @@ pub struct Config {
     pub strip: StripSet,
     /// Routes.
     pub routes: RouteTable,
+    /// The key that signs identity tokens for routes' `signed_identity`.
+    pub identity: Option<crate::identity::IdentitySigner>,
     /// Distinct audience sets of routes taking bearer tokens (one token
     /// cache each).
     pub bearer_caches: usize,
@@ -246,6 +251,20 @@ pub struct Config {
     /// Settings that work but should be changed, each naming its field and
     /// the fix (`oidc-edge check` prints them, the gates log them at start).
     pub warnings: Vec<FieldIssue>,
+}
+
+impl Config {
+    /// The paths the gate answers itself for browsers and clients (not
+    /// decisions): what a proxy in front of the sidecar routes to it. The
+    /// identity JWKS only where identity tokens are signed.
+    pub fn pages(&self) -> Vec<&str> {
+        let p = &self.paths;
+        let mut out = vec![p.start.as_str(), p.callback.as_str(), p.sign_out.as_str(), p.sign_in.as_str()];
+        if self.identity.is_some() {
+            out.push(p.jwks.as_str());
+        }
+        out
+    }
 }
 
 impl fmt::Debug for Config {

@@ -51,6 +51,7 @@ pub(crate) struct RawConfig {
     pub(crate) fleet: Option<RawFleet>,
     pub(crate) client_address: Option<RawClientAddress>,
     pub(crate) bearer: Option<RawBearer>,
+    pub(crate) signed_identity: Option<RawSignedIdentity>,
 }
 
 /// Where the client's address comes from.
@@ -112,6 +113,7 @@ pub(crate) struct RawPaths {
     pub(crate) auth: Option<String>,
     pub(crate) forward_auth: Option<String>,
     pub(crate) backchannel_logout: Option<String>,
+    pub(crate) jwks: Option<String>,
 }
 
 /// Each field: absent = inherit, `""` = disabled, else the header name.
@@ -150,6 +152,25 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) cors_preflight: bool,
     pub(crate) bearer: Option<RawRouteBearer>,
+    pub(crate) signed_identity: Option<RawRouteIdentity>,
+}
+
+/// A route's `signed_identity`: on (the default header) or the header's name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawRouteIdentity {
+    Switch(bool),
+    Header(String),
+}
+
+/// The key and settings of signed identity tokens.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSignedIdentity {
+    pub(crate) key: RawSecret,
+    pub(crate) algorithm: Option<String>,
+    pub(crate) lifetime: Option<RawDuration>,
+    pub(crate) issuer: Option<String>,
 }
 
 /// A route's `bearer`: on or off (with the global settings), or its own.

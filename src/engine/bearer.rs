@@ -33,7 +33,9 @@ impl Engine {
                 let p = &self.config.provider;
                 match verify_bearer(token, &provider.jwks, &p.issuer, &rule.audiences, env.now, p.clock_skew) {
                     Ok(claims) => {
-                        let session = self.session_from_claims(&claims, None, claims.iat, [0; 16]);
+                        // Its own id, for the signed identity cache.
+                        let id = crate::engine::shared_key(b"bearer", token.as_bytes());
+                        let session = self.session_from_claims(&claims, None, claims.iat, id);
                         let opened = Arc::new(OpenedSession::new(session, claims.exp.saturating_add(p.clock_skew)));
                         if let Some(cache) = env.tokens.get_mut(rule.cache) {
                             cache.insert(token, Arc::clone(&opened), env.now);
@@ -61,6 +63,7 @@ impl Engine {
             return Step::Respond(bearer_refusal(403, "insufficient_scope", "The token's subject is not allowed to use this service."));
         }
         identity_headers(&route.headers, &opened, &mut allow.set);
+        self.signed_identity(route, &opened, head.authority, &mut allow, env);
         env.events.push(Event::Allowed);
         Step::Allow(allow)
     }

@@ -106,6 +106,19 @@ impl Engine {
         if path == paths.sign_out.as_str() {
             return self.sign_out(head, query.unwrap_or(""), env);
         }
+        if path == paths.jwks.as_str() {
+            return Step::Respond(match &self.config.identity {
+                Some(signer) => Response {
+                    status: 200,
+                    headers: vec![
+                        ("content-type".into(), "application/jwk-set+json".into()),
+                        ("cache-control".into(), "public, max-age=300".into()),
+                    ],
+                    body: signer.jwks().into_bytes(),
+                },
+                None => pages::page(404, "Not found", "No identity signing key is configured.", None),
+            });
+        }
         if path == paths.start.as_str() || path == paths.sign_in.as_str() {
             let rd = parse_query(query.unwrap_or("")).into_iter().find(|(k, _)| k == "rd").map(|(_, v)| v);
             let return_to =
@@ -200,7 +213,7 @@ impl Engine {
                 return self.refresh(refresh);
             }
         }
-        self.decide(route, allow, &api, &opened, env)
+        self.decide(route, allow, &api, &opened, head.authority, env)
     }
 
     /// Answers a request whose path normalization changed, on a host that
@@ -227,7 +240,15 @@ impl Engine {
 
     /// Applies the route's rule to an authenticated user. `api` says whether
     /// a refusal should be JSON.
-    fn decide(&self, route: &Route, mut allow: Allow, api: &dyn Fn() -> bool, opened: &OpenedSession, env: &mut Env<'_>) -> Step {
+    fn decide(
+        &self,
+        route: &Route,
+        mut allow: Allow,
+        api: &dyn Fn() -> bool,
+        opened: &OpenedSession,
+        authority: &str,
+        env: &mut Env<'_>,
+    ) -> Step {
         let Rule::Protected(requirement) = &route.rule else {
             env.events.push(Event::Allowed);
             return Step::Allow(allow);
@@ -235,6 +256,7 @@ impl Engine {
         match requirement.check(&opened.session, self.config.provider.trust_unverified_email) {
             Ok(()) => {
                 identity_headers(&route.headers, opened, &mut allow.set);
+                self.signed_identity(route, opened, authority, &mut allow, env);
                 env.events.push(Event::Allowed);
                 Step::Allow(allow)
             }
@@ -250,6 +272,16 @@ impl Engine {
                 let resp = self.deny_response(api(), "Your account is not allowed to use this service.");
                 Step::Respond(resp.with_cookies(allow.set_cookies))
             }
+        }
+    }
+
+    /// The route's signed identity header, from this worker's cache of
+    /// tokens (signed again once half their lifetime has passed).
+    fn signed_identity(&self, route: &Route, opened: &OpenedSession, authority: &str, allow: &mut Allow, env: &mut Env<'_>) {
+        if let (Some(header), Some(signer)) = (&route.signed_identity, &self.config.identity) {
+            let host = authority_host(authority).to_ascii_lowercase();
+            let token = env.signed.token(signer, opened, route.index, &host, env.now);
+            allow.set.push((Arc::clone(header), token));
         }
     }
 

@@ -103,9 +103,9 @@ impl Engine {
 
     /// Finishes the waiting request with `session` (the old one or its successor).
     fn serve(&self, waiting: Waiting, session: &OpenedSession, env: &mut Env<'_>) -> Step {
-        let Waiting::Request { route, allow, api, .. } = waiting else { return fleet_answer(503, b"later") };
+        let Waiting::Request { route, allow, api, authority, .. } = waiting else { return fleet_answer(503, b"later") };
         match self.config.routes.get(route) {
-            Some(route) => self.decide(route, allow, &|| api, session, env),
+            Some(route) => self.decide(route, allow, &|| api, session, &authority, env),
             None => Step::Respond(self.deny_response(api, "No service is configured at this address.")),
         }
     }

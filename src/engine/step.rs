@@ -31,6 +31,8 @@ pub(crate) struct Env<'a> {
     /// This worker's caches of verified bearer tokens (one per audience
     /// set), by the exact token.
     pub tokens: &'a mut [SessionCache],
+    /// This worker's signed identity tokens.
+    pub signed: &'a mut crate::identity::SignedCache,
     /// The revocations this worker knows.
     pub revocations: &'a Revocations,
     /// Revocations made during this call (sign-out).

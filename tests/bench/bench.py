@@ -85,8 +85,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from harness import (API_KEY, CADDY, CLIENT_SECRET, ENVOY, NGINX, ROOT, RUN, WASM, Browser, Caddy, Envoy, Gate,  # noqa: E402
-                     Idp, Nginx, NginxSidecar, Redis, Resp, Sidecar, free_port, idp_client, login, rss_kib)
+from cookies import unseal  # noqa: E402
+from harness import (API_KEY, CADDY, CLIENT_SECRET, COOKIE_SECRET, ENVOY, NGINX, ROOT, RUN, WASM, Browser, Caddy, Envoy,  # noqa: E402
+                     Gate, Idp, Nginx, NginxSidecar, Redis, Resp, Sidecar, free_port, idp_client, login, rss_kib)
 
 TRIVIAL_WASM = WASM.with_name("oidc_edge_trivial_filter.wasm")
 ENVOY_CPU, LOAD_CPU = 0, 1
@@ -102,6 +103,12 @@ TARGET_WASM_BYTES = 1_000_000
 TARGET_NGINX_VS_TRIVIAL = 0.95  # nginx: "within a few percent of the trivial filter", taken as >= 0.95 of it
 TARGET_SIDECAR_DECISIONS = 20_000  # authenticated /oauth2/auth decisions per second on one core
 TARGET_SIDECAR_RSS_KIB = 20 * 1000  # "under 20 MB"
+# The filter's configurations besides the session case, as edits of bench-filter.yaml's filter config.
+FILTER_EDITS = {
+    "filter-bearer": lambda cfg: cfg["routes"][0].update(bearer=True),
+    "filter-signed": lambda cfg: (cfg.update(signed_identity={"key": base64.b64encode(bytes(range(32))).decode()}),
+                                  cfg["routes"][0].update(signed_identity="X-Identity-Token")),
+}
 TARGET_FLEET_SAME = 0.95  # a fleet's hot path "not slower": within this machine's run-to-run noise
 RETRY_PAUSE = 5  # seconds: bursts of other load on these machines last a few seconds
 
@@ -305,8 +312,8 @@ def measure(cfg: Config, args, pin: bool, log) -> Run:
 
 # --- checks before measuring ---------------------------------------------------
 
-def get(port: int, path: str, cookie: str = "") -> Resp:
-    return Browser().get(f"http://127.0.0.1:{port}{path}", headers={"Cookie": cookie} if cookie else None)
+def get(port: int, path: str, cookie: str = "", headers: dict | None = None) -> Resp:
+    return Browser().get(f"http://127.0.0.1:{port}{path}", headers={**({"Cookie": cookie} if cookie else {}), **(headers or {})})
 
 
 def verify(configs: dict) -> list:
@@ -323,19 +330,22 @@ def verify(configs: dict) -> list:
             check(r.status == 401, f"{cfg.label}: a decision without a session was {r.status}, not 401")
             notes.append(f"{cfg.label}: 200 with Remote-User alice and x-api-key; 401 without the cookie")
             continue
-        r = get(cfg.gate.port, "/", cfg.cookie)
+        r = get(cfg.gate.port, "/", cfg.cookie, cfg.headers)
         check(r.status == 200 and r.body == b"ok\n",
               f"{cfg.label}: the benchmark request got {r.status} {r.header('location') or ''} "
               f"{r.body[:200]!r}, not 200 from the upstream")
     # Filters must really be guarding "/": the same request without cookies is sent to sign in.
-    for key in ("filter", "filter-fleet", "oauth2", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
+    for key in ("filter", "filter-fleet", "filter-bearer", "filter-signed", "jwt-authn", "oauth2", "nginx-filter",
+                "nginx-sidecar", "caddy-sidecar"):
         r = get(configs[key].gate.port, "/")
-        check(r.status == 302, f"{configs[key].label}: a request without cookies got {r.status}, expected a "
-                               "redirect to sign in (is the filter in the chain?)")
-    for key in ("filter", "filter-fleet", "nginx-filter", "nginx-sidecar", "caddy-sidecar"):
+        want = 401 if key == "jwt-authn" else 302
+        check(r.status == want, f"{configs[key].label}: a request without cookies got {r.status}, expected "
+                                f"{want} (is the filter in the chain?)")
+    for key in ("filter", "filter-fleet", "filter-bearer", "filter-signed", "nginx-filter", "nginx-sidecar",
+                "caddy-sidecar"):
         # oidc-edge: the upstream receives the identity headers and API key, and no session cookie.
         label = configs[key].label
-        r = get(configs[key].gate.port, "/__bench/headers", configs[key].cookie)
+        r = get(configs[key].gate.port, "/__bench/headers", configs[key].cookie, configs[key].headers)
         check(r.status == 200, f"{label}: header check got {r.status}")
         seen = dict(line.split("=", 1) for line in r.body.decode().splitlines())
         missing = [h for h in INJECTED if not seen.get(h)]
@@ -466,6 +476,13 @@ def report(configs: dict, args, notes: list, order_log: list, env_info: str) -> 
         f"behind nginx {configs['nginx-sidecar'].sidecar_rss_kib / 1024:.1f} MiB, "
         f"behind Caddy {configs['caddy-sidecar'].sidecar_rss_kib / 1024:.1f} MiB",
     ]
+    lines.append(f"API clients, same rounds: oidc-edge with a bearer JWT {results['filter-bearer'][1]:.3f} of no filter "
+                 f"({results['filter-bearer'][0] / results['filter'][0]:.3f} of the session case), Envoy's jwt_authn "
+                 f"(cached) {results['jwt-authn'][1]:.3f}; p99 {results['filter-bearer'][3]:.3f} vs "
+                 f"{results['jwt-authn'][3]:.3f} ms")
+    lines.append(f"signed identity (an EdDSA JWT per session and route, reused for half its 5 min): "
+                 f"{results['filter-signed'][1]:.3f} of no filter, {results['filter-signed'][0] / results['filter'][0]:.3f} "
+                 f"of the session case")
     fleet_filter = results["filter-fleet"][0] / results["filter"][0]
     fleet_sidecar = results["sidecar-redis"][0] / sc_rps
     redis_rps = results["sidecar-redis"][0]
@@ -550,7 +567,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         upstream_port = free_port()
-        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "filter-compare", "filter-fleet", "oauth2",
+        ports = {k: free_port() for k in ("baseline", "trivial", "filter", "filter-compare", "filter-fleet",
+                                          "filter-bearer", "filter-signed", "jwt-authn", "oauth2",
                                           "nginx-baseline",
                                           "nginx-trivial", "nginx-filter", "nginx-filter-compare", "nginx-sidecar",
                                           "caddy-baseline", "caddy-sidecar")}
@@ -569,6 +587,9 @@ def main() -> int:
             "filter": Config("filter", "oidc-edge", "bench-filter.yaml"),
             "filter-compare": Config("filter-compare", "oidc-edge (compared)", "bench-filter.yaml"),
             "filter-fleet": Config("filter-fleet", "oidc-edge, coordinated", "bench-filter.yaml"),
+            "filter-bearer": Config("filter-bearer", "oidc-edge, bearer JWT", "bench-filter.yaml"),
+            "jwt-authn": Config("jwt-authn", "envoy jwt_authn", "bench-jwt-authn.yaml"),
+            "filter-signed": Config("filter-signed", "oidc-edge, signed id", "bench-filter.yaml"),
             "oauth2": Config("oauth2", "envoy oauth2 filter", "bench-oauth2.yaml"),
             "nginx-baseline": Config("nginx-baseline", "nginx no filter", "bench-baseline.conf", "nginx",
                                      "nginx-baseline"),
@@ -630,8 +651,11 @@ def main() -> int:
                 values = {"PROXY_PORT": ports[key], "UPSTREAM_PORT": upstream_port, "IDP_PORT": idp.port,
                           "CLIENT_ID": CLIENT_ID, "OAUTH2_TOKEN_SECRET": CLIENT_SECRET,
                           "OAUTH2_HMAC_SECRET": hmac_secret, "TRIVIAL_WASM": TRIVIAL_WASM, "WASM": wasm_for(key)}
+                if key == "jwt-authn":
+                    values["JWKS_JSON"] = Browser().get(f"{idp.issuer}/jwks").body.decode()
                 cfg.gate = Envoy(values, name, template=cfg.template, cpu=proxy_cpu, workers=1,
-                                 coordinator_port=coordinator.port if key == "filter-fleet" else None)
+                                 coordinator_port=coordinator.port if key == "filter-fleet" else None,
+                                 filter_edit=FILTER_EDITS.get(key))
             stop_list.append(cfg.gate)
             cfg.gate.start()
             if cfg.family == "nginx":
@@ -648,8 +672,12 @@ def main() -> int:
         session = browser.cookie(COOKIE)
         check(bool(session), "no session cookie after login")
         for key, cfg in configs.items():
-            if key != "oauth2":
+            if key not in ("oauth2", "filter-bearer", "jwt-authn"):
                 cfg.cookie = f"{COOKIE}={session}"
+        # Alice's ID token (from the same login): the API client's credential.
+        _, id_token = unseal(COOKIE_SECRET, f"{COOKIE}_idt", browser.cookie(f"{COOKIE}_idt"))
+        for key in ("filter-bearer", "jwt-authn"):
+            configs[key].headers["Authorization"] = f"Bearer {id_token.decode()}"
         if args.compare:
             # The compared build may not read this build's cookies (a format
             # change): its own login, through its own Envoy.
@@ -664,7 +692,8 @@ def main() -> int:
         for key in ("sidecar", "sidecar-redis"):
             configs[key].headers["Host"] = f"127.0.0.1:{ports['nginx-sidecar']}"
             configs[key].headers["X-Oidc-Edge-Proxy"] = configs[key].gate.proxy_token
-        for key in ("nginx-filter", "nginx-sidecar", "caddy-sidecar", "filter-fleet", "sidecar-redis"):
+        for key in ("nginx-filter", "nginx-sidecar", "caddy-sidecar", "filter-fleet", "sidecar-redis", "filter-bearer",
+                    "filter-signed"):
             configs[key].gate.wait_provider_loaded()
         coordinator.wait_provider_loaded()
         configs["oauth2"].cookie = oauth2_cookies(f"127.0.0.1:{ports['oauth2']}", hmac_secret, idp.issuer)
@@ -680,6 +709,7 @@ def main() -> int:
             order_log.append(",".join({"baseline": "none", "trivial": "trivial", "filter": "oidc-edge",
                                        "filter-compare": "compared", "nginx-filter-compare": "ngx-compared",
                                        "filter-fleet": "coordinated", "sidecar-redis": "sidecar-redis",
+                                       "filter-bearer": "bearer", "jwt-authn": "jwt_authn", "filter-signed": "signed",
                                        "oauth2": "oauth2", "nginx-baseline": "ngx-none",
                                        "nginx-trivial": "ngx-trivial", "nginx-filter": "ngx-oidc-edge",
                                        "nginx-sidecar": "ngx-sidecar", "caddy-baseline": "caddy-none",

@@ -485,16 +485,23 @@ def filter_config(values: dict, template: str = "e2e.yaml") -> dict:
     return json.loads(hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
 
 
-def with_coordinator(envoy_yaml: str, port: int) -> str:
-    """An Envoy config whose filter hands fleet work to the sidecar on `port`
-    (`fleet.coordinator` naming a cluster added for it)."""
+def edit_filter_config(envoy_yaml: str, edit) -> str:
+    """An Envoy config whose filter configuration `edit(cfg)` changed."""
     import yaml
     boot = yaml.safe_load(envoy_yaml)
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     value = hcm["http_filters"][0]["typed_config"]["config"]["configuration"]
     cfg = json.loads(value["value"])
-    cfg["fleet"] = {"coordinator": "oidc_edge_sidecar"}
+    edit(cfg)
     value["value"] = json.dumps(cfg)
+    return yaml.safe_dump(boot, sort_keys=False)
+
+
+def with_coordinator(envoy_yaml: str, port: int) -> str:
+    """An Envoy config whose filter hands fleet work to the sidecar on `port`
+    (`fleet.coordinator` naming a cluster added for it)."""
+    import yaml
+    boot = yaml.safe_load(edit_filter_config(envoy_yaml, lambda cfg: cfg.update(fleet={"coordinator": "oidc_edge_sidecar"})))
     endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
     boot["static_resources"]["clusters"].append({
         "name": "oidc_edge_sidecar", "type": "STATIC", "connect_timeout": "1s",
@@ -727,7 +734,7 @@ class Envoy(Gate):
     has_counters = True
 
     def __init__(self, values: dict, name: str = "envoy", *, template: str = "e2e.yaml", env: dict | None = None,
-                 cpu: int | None = None, workers: int = 2, coordinator_port: int | None = None):
+                 cpu: int | None = None, workers: int = 2, coordinator_port: int | None = None, filter_edit=None):
         super().__init__(name, values.get("PROXY_PORT"), cpu)
         self.admin_port = free_port()
         self.values = {"ADMIN_PORT": self.admin_port, "WASM": WASM, **values}
@@ -736,6 +743,8 @@ class Envoy(Gate):
         text = render(ROOT / "envoy" / template, self.values)
         if coordinator_port:
             text = with_coordinator(text, coordinator_port)
+        if filter_edit:
+            text = edit_filter_config(text, filter_edit)
         self.config_path.write_text(text)
         self.workers = workers
         self.env = {**SECRETS_ENV, **(env or {})}

@@ -115,7 +115,9 @@ def test_every_shipped_envoy_config_validates(config):
     values.update({k: v for k, v in {
         "WASM": WASM, "TRIVIAL_WASM": WASM.parent / "oidc_edge_trivial_filter.wasm", "CLIENT_ID": "oidc-edge",
         "COOKIE_SECRETS": '[{"env": "OIDC_EDGE_COOKIE_SECRET"}]', "SESSION_LIFETIME": "1h",
-        "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000, **TEMPLATE_DEFAULTS}.items() if k in names})
+        "REFRESH_INTERVAL": "1h", "TIMEOUT_MS": 3000, **TEMPLATE_DEFAULTS,
+        "JWKS_JSON": '{"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "k", "x": "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik"}]}',
+    }.items() if k in names})
     _validate(render(ROOT / "envoy" / config, values), config)
 
 

@@ -58,7 +58,7 @@ pub(super) fn compile_routes(
             strip_names.push(name.clone());
         }
         let headers = match &r.identity_headers {
-            Some(h) => c.header_names(&format!("{field}.identity_headers"), h, &base_headers),
+            Some(h) => c.header_names(&format!("{field}.identity_headers"), h, base_headers),
             None => base_headers.clone(),
         };
         strip_names.extend(headers.all().map(str::to_owned));

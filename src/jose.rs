@@ -207,6 +207,12 @@ pub struct IdClaims {
     pub exp: u64,
     /// `iat`.
     pub iat: u64,
+    /// `auth_time`.
+    pub auth_time: Option<u64>,
+    /// `acr`.
+    pub acr: Option<String>,
+    /// `amr`.
+    pub amr: Vec<String>,
 }
 
 /// What the token must match.
@@ -389,6 +395,12 @@ pub fn profile_claims(claims: &Value) -> Option<IdClaims> {
         sid: text("sid"),
         exp: 0,
         iat: 0,
+        auth_time: claims.get("auth_time").and_then(Value::as_u64),
+        acr: text("acr"),
+        amr: match claims.get("amr") {
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).take(16).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        },
     })
 }
 

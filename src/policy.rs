@@ -132,6 +132,48 @@ pub struct Route {
     pub bearer: Option<crate::bearer::BearerRule>,
     /// The header that carries a signed identity token, when asked for.
     pub signed_identity: Option<Arc<str>>,
+    /// How recent and how strong the sign-in must be.
+    pub step_up: StepUp,
+}
+
+/// A route's demands on the sign-in itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepUp {
+    /// The sign-in (`auth_time`) at most this many seconds old.
+    pub max_auth_age: Option<u64>,
+    /// `acr` one of these.
+    pub acr: Vec<String>,
+    /// `amr` containing one of these.
+    pub amr: Vec<String>,
+}
+
+/// What a sign-in lacks for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepUpNeed {
+    /// A more recent sign-in (`max_auth_age`).
+    Fresher,
+    /// Another method (`acr` / `amr`).
+    Stronger,
+}
+
+impl StepUp {
+    /// Whether the route asks anything of the sign-in.
+    pub fn is_empty(&self) -> bool {
+        self.max_auth_age.is_none() && self.acr.is_empty() && self.amr.is_empty()
+    }
+
+    /// What `session` lacks, if anything.
+    pub fn unmet(&self, session: &Session, now: u64) -> Option<StepUpNeed> {
+        let method_ok = (self.acr.is_empty() || session.acr.as_ref().is_some_and(|a| self.acr.contains(a)))
+            && (self.amr.is_empty() || session.amr.iter().any(|m| self.amr.contains(m)));
+        if !method_ok {
+            return Some(StepUpNeed::Stronger);
+        }
+        match self.max_auth_age {
+            Some(max) if now.saturating_sub(session.auth_time) > max => Some(StepUpNeed::Fresher),
+            _ => None,
+        }
+    }
 }
 
 /// A route's network rules.
@@ -260,6 +302,7 @@ mod tests {
             cors_preflight: false,
             bearer: None,
             signed_identity: None,
+            step_up: StepUp::default(),
         }
     }
 

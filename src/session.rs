@@ -28,6 +28,13 @@ pub struct Session {
     /// The provider's session id (the ID token's `sid`), which back-channel
     /// logout names.
     pub idp_sid: Option<String>,
+    /// When the user last authenticated at the provider (`auth_time`; the
+    /// login's time when the provider does not say).
+    pub auth_time: u64,
+    /// How (`acr`, `amr`): what step-up rules check.
+    pub acr: Option<String>,
+    /// Authentication methods (`amr`), e.g. `hwk`, `phr` (passkey), `pwd`.
+    pub amr: Vec<String>,
 }
 
 /// A login in progress: what the callback needs to finish it. Travels in a
@@ -75,14 +82,16 @@ impl std::fmt::Debug for LoginState {
 
 /// Cookies written before sessions had an id; read, never written.
 const SESSION_V1: u8 = 1;
+/// Cookies written before sessions carried the sign-in's time and method.
 const SESSION_V2: u8 = 2;
+const SESSION_V3: u8 = 3;
 const LOGIN_V1: u8 = 1;
 
 impl Session {
     /// Encodes the session for sealing.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(128));
-        w.0.push(SESSION_V2);
+        w.0.push(SESSION_V3);
         w.str(&self.sub);
         w.str(&self.user);
         w.opt(self.email.as_deref());
@@ -97,6 +106,12 @@ impl Session {
         w.opt(self.refresh_token.as_deref());
         w.0.extend_from_slice(&self.id);
         w.opt(self.idp_sid.as_deref());
+        w.varint(self.auth_time);
+        w.opt(self.acr.as_deref());
+        w.varint(self.amr.len() as u64);
+        for m in &self.amr {
+            w.str(m);
+        }
         w.0
     }
 
@@ -104,7 +119,7 @@ impl Session {
     pub fn decode(bytes: &[u8]) -> Option<Session> {
         let mut r = Reader(bytes);
         let version = r.byte()?;
-        if version != SESSION_V1 && version != SESSION_V2 {
+        if !(SESSION_V1..=SESSION_V3).contains(&version) {
             return None;
         }
         let sub = r.str()?;
@@ -133,8 +148,37 @@ impl Session {
         } else {
             (r.bytes16()?, r.opt()?)
         };
-        r.0.is_empty()
-            .then_some(Session { sub, user, email, email_verified, name, groups, login_at, checked_at, refresh_token, id, idp_sid })
+        let (auth_time, acr, amr) = if version <= SESSION_V2 {
+            (login_at, None, Vec::new())
+        } else {
+            let auth_time = r.varint()?;
+            let acr = r.opt()?;
+            let count = r.varint()?;
+            if count > 16 {
+                return None;
+            }
+            let mut amr = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                amr.push(r.str()?);
+            }
+            (auth_time, acr, amr)
+        };
+        r.0.is_empty().then_some(Session {
+            sub,
+            user,
+            email,
+            email_verified,
+            name,
+            groups,
+            login_at,
+            checked_at,
+            refresh_token,
+            id,
+            idp_sid,
+            auth_time,
+            acr,
+            amr,
+        })
     }
 }
 
@@ -262,15 +306,29 @@ mod tests {
             refresh_token: Some("x".repeat(43)),
             id: [7; 16],
             idp_sid: Some("idp-session-1".into()),
+            auth_time: 1_700_000_000,
+            acr: None,
+            amr: vec!["phr".into()],
         }
+    }
+
+    /// The version 2 encoding of `s` (without the sign-in's time and method).
+    fn v2(s: &Session) -> Vec<u8> {
+        let plain = Session { auth_time: s.login_at, acr: None, amr: Vec::new(), ..s.clone() };
+        let mut bytes = plain.encode();
+        let mut tail = Writer(Vec::new());
+        tail.varint(plain.login_at);
+        bytes.truncate(bytes.len() - tail.0.len() - 2);
+        bytes[0] = SESSION_V2;
+        bytes
     }
 
     /// Cookies sealed before sessions had an id still open, each with an id
     /// of its own that stays the same for that cookie.
     #[test]
     fn version_1_sessions_decode_with_a_stable_id() {
-        let s = Session { id: [0; 16], idp_sid: None, ..sample() };
-        let mut v1 = s.encode();
+        let s = Session { id: [0; 16], idp_sid: None, auth_time: sample().login_at, amr: Vec::new(), ..sample() };
+        let mut v1 = v2(&s);
         v1[0] = SESSION_V1;
         v1.truncate(v1.len() - 16 - 1);
         let decoded = Session::decode(&v1).expect("a version 1 session decodes");
@@ -278,6 +336,14 @@ mod tests {
         assert_eq!(Session { id: [0; 16], ..decoded }, s);
         let other = Session { login_at: s.login_at + 1, ..s.clone() };
         assert_ne!(v1_session_id(&other.sub, other.login_at), decoded.id);
+    }
+
+    #[test]
+    fn version_2_sessions_decode_with_the_login_as_their_sign_in() {
+        let s = sample();
+        let decoded = Session::decode(&v2(&s)).expect("a version 2 session decodes");
+        assert_eq!((decoded.auth_time, decoded.acr.clone(), decoded.amr.len()), (s.login_at, None, 0));
+        assert_eq!(Session { auth_time: s.auth_time, amr: s.amr.clone(), ..decoded }, s);
     }
 
     #[test]

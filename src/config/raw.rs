@@ -153,6 +153,11 @@ pub(crate) struct RawRoute {
     pub(crate) cors_preflight: bool,
     pub(crate) bearer: Option<RawRouteBearer>,
     pub(crate) signed_identity: Option<RawRouteIdentity>,
+    pub(crate) max_auth_age: Option<RawDuration>,
+    #[serde(default)]
+    pub(crate) acr: Vec<String>,
+    #[serde(default)]
+    pub(crate) amr: Vec<String>,
 }
 
 /// A route's `signed_identity`: on (the default header) or the header's name.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::check::Checker;
 use super::raw::{RawConfig, RawRouteBearer, RawRouteIdentity, RawSignedIdentity};
 use crate::headers::{HeaderNames, METHOD_OVERRIDE_HEADERS};
-use crate::policy::{HostPattern, Networks, Requirement, Route, Rule};
+use crate::policy::{HostPattern, Networks, Requirement, Route, Rule, StepUp};
 use crate::secret::SecretString;
 
 /// The routes, and how many distinct bearer audience sets they use.
@@ -125,7 +125,16 @@ pub(super) fn compile_routes(
         if let Some(h) = &signed_identity {
             strip_names.push(h.clone());
         }
+        let step_up = StepUp {
+            max_auth_age: r.max_auth_age.as_ref().map(|d| c.duration(&format!("{field}.max_auth_age"), Some(d), 0, 30)),
+            acr: r.acr.clone(),
+            amr: r.amr.clone(),
+        };
+        if r.public && !step_up.is_empty() {
+            c.warn(&field, "is public: max_auth_age, acr and amr have no effect there");
+        }
         routes.push(Route {
+            step_up,
             signed_identity: signed_identity.map(|h| Arc::from(h.as_str())),
             bearer,
             index: i,

@@ -62,6 +62,10 @@ impl Engine {
             env.events.push(Event::Denied("bearer token's claims do not satisfy the route"));
             return Step::Respond(bearer_refusal(403, "insufficient_scope", "The token's subject is not allowed to use this service."));
         }
+        if route.step_up.unmet(&opened.session, env.now).is_some() {
+            env.events.push(Event::Denied("bearer token's sign-in does not meet the route's max_auth_age, acr or amr"));
+            return Step::Respond(super::step_up::bearer_step_up(&route.step_up));
+        }
         identity_headers(&route.headers, &opened, &mut allow.set);
         self.signed_identity(route, &opened, head.authority, &mut allow, env);
         env.events.push(Event::Allowed);

@@ -92,7 +92,20 @@ impl Engine {
         }
     }
 
-    pub(super) fn start_login(&self, scheme: &str, authority: &str, return_to: String, mut cookies: Vec<String>, env: &mut Env<'_>) -> Step {
+    pub(super) fn start_login(&self, scheme: &str, authority: &str, return_to: String, cookies: Vec<String>, env: &mut Env<'_>) -> Step {
+        self.start_login_with(scheme, authority, return_to, cookies, &[], env)
+    }
+
+    /// Starts a login with `extra` authorization parameters (step-up).
+    pub(super) fn start_login_with(
+        &self,
+        scheme: &str,
+        authority: &str,
+        return_to: String,
+        mut cookies: Vec<String>,
+        extra: &[(&str, &str)],
+        env: &mut Env<'_>,
+    ) -> Step {
         let Some(provider) = env.provider else {
             return self.unavailable(env, cookies);
         };
@@ -105,16 +118,18 @@ impl Engine {
         };
         let challenge = b64url(&sha256(login.verifier.as_bytes()));
         let p = &self.config.provider;
-        let query = build_query(&[
+        let mut params = vec![
             ("response_type", "code"),
-            ("client_id", &p.client_id),
-            ("redirect_uri", &login.redirect_uri),
-            ("scope", &p.scopes),
-            ("state", &login.state),
-            ("nonce", &login.nonce),
-            ("code_challenge", &challenge),
+            ("client_id", p.client_id.as_str()),
+            ("redirect_uri", login.redirect_uri.as_str()),
+            ("scope", p.scopes.as_str()),
+            ("state", login.state.as_str()),
+            ("nonce", login.nonce.as_str()),
+            ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
-        ]);
+        ];
+        params.extend_from_slice(extra);
+        let query = build_query(&params);
         let endpoint = &provider.discovery.authorization_endpoint;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
         let location = format!("{endpoint}{sep}{query}");
@@ -378,6 +393,9 @@ impl Engine {
             refresh_token,
             id,
             idp_sid: c.sid.clone(),
+            auth_time: c.auth_time.filter(|t| *t <= now).unwrap_or(now),
+            acr: clean(&c.acr),
+            amr: c.amr.iter().map(|m| clean_header_value(m)).collect(),
         }
     }
 }

@@ -15,6 +15,7 @@ mod refresh;
 mod rotation;
 mod sign_out;
 mod step;
+mod step_up;
 
 use std::sync::Arc;
 
@@ -213,7 +214,8 @@ impl Engine {
                 return self.refresh(refresh);
             }
         }
-        self.decide(route, allow, &api, &opened, head.authority, env)
+        let visit = Visit { scheme: head.scheme, authority: head.authority, api: &api, return_to: &return_to };
+        self.decide(route, allow, &opened, &visit, env)
     }
 
     /// Answers a request whose path normalization changed, on a host that
@@ -240,23 +242,18 @@ impl Engine {
 
     /// Applies the route's rule to an authenticated user. `api` says whether
     /// a refusal should be JSON.
-    fn decide(
-        &self,
-        route: &Route,
-        mut allow: Allow,
-        api: &dyn Fn() -> bool,
-        opened: &OpenedSession,
-        authority: &str,
-        env: &mut Env<'_>,
-    ) -> Step {
+    fn decide(&self, route: &Route, mut allow: Allow, opened: &OpenedSession, visit: &Visit<'_>, env: &mut Env<'_>) -> Step {
         let Rule::Protected(requirement) = &route.rule else {
             env.events.push(Event::Allowed);
             return Step::Allow(allow);
         };
         match requirement.check(&opened.session, self.config.provider.trust_unverified_email) {
             Ok(()) => {
+                if let Some(need) = route.step_up.unmet(&opened.session, env.now) {
+                    return self.step_up(route, need, opened, visit, allow, env);
+                }
                 identity_headers(&route.headers, opened, &mut allow.set);
-                self.signed_identity(route, opened, authority, &mut allow, env);
+                self.signed_identity(route, opened, visit.authority, &mut allow, env);
                 env.events.push(Event::Allowed);
                 Step::Allow(allow)
             }
@@ -269,7 +266,7 @@ impl Engine {
                     }
                 };
                 env.events.push(Event::Denied(why));
-                let resp = self.deny_response(api(), "Your account is not allowed to use this service.");
+                let resp = self.deny_response((visit.api)(), "Your account is not allowed to use this service.");
                 Step::Respond(resp.with_cookies(allow.set_cookies))
             }
         }
@@ -415,6 +412,17 @@ impl Engine {
             kind => self.on_fetched(Pending(Box::new(kind)), HttpResponse { status: 0, body: Vec::new() }, env),
         }
     }
+}
+
+/// Where a request came from, for answers that send the browser somewhere.
+/// Closures: computed only when a decision needs them, not per request.
+pub(super) struct Visit<'a> {
+    pub(super) scheme: &'a str,
+    pub(super) authority: &'a str,
+    /// Whether refusals should be JSON.
+    pub(super) api: &'a dyn Fn() -> bool,
+    /// The path and query to come back to after a login.
+    pub(super) return_to: &'a dyn Fn() -> String,
 }
 
 /// The normalized path with the query as received.

@@ -103,9 +103,12 @@ impl Engine {
 
     /// Finishes the waiting request with `session` (the old one or its successor).
     fn serve(&self, waiting: Waiting, session: &OpenedSession, env: &mut Env<'_>) -> Step {
-        let Waiting::Request { route, allow, api, authority, .. } = waiting else { return fleet_answer(503, b"later") };
+        let Waiting::Request { route, allow, api, scheme, authority, return_to } = waiting else { return fleet_answer(503, b"later") };
         match self.config.routes.get(route) {
-            Some(route) => self.decide(route, allow, &|| api, session, &authority, env),
+            Some(route) => {
+                let visit = super::Visit { scheme: &scheme, authority: &authority, api: &|| api, return_to: &|| return_to.clone() };
+                self.decide(route, allow, session, &visit, env)
+            }
             None => Step::Respond(self.deny_response(api, "No service is configured at this address.")),
         }
     }
@@ -298,6 +301,11 @@ impl Engine {
         }
         let mut session = self.session_from_claims(claims, refresh_token.or_else(|| old.refresh_token.clone()), env.now, old.id);
         session.login_at = old.login_at;
+        // A refresh is not an authentication: how and when the user last
+        // signed in stays what the login said.
+        session.auth_time = old.auth_time;
+        session.acr.clone_from(&old.acr);
+        session.amr.clone_from(&old.amr);
         if session.idp_sid.is_none() {
             session.idp_sid.clone_from(&old.idp_sid);
         }
@@ -340,5 +348,8 @@ fn claims_of(s: &Session) -> IdClaims {
         sid: s.idp_sid.clone(),
         exp: 0,
         iat: 0,
+        auth_time: Some(s.auth_time),
+        acr: s.acr.clone(),
+        amr: s.amr.clone(),
     }
 }

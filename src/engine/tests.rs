@@ -1956,3 +1956,73 @@ fn a_token_verified_for_one_audience_is_not_reused_for_another() {
     assert!(!a.strip.iter().any(|h| h == "authorization"), "forwarded where the route says so");
     assert_eq!(respond(g.send(&req("/api/x"))).status, 401);
 }
+
+// ---------------------------------------------------------------------------
+// Step-up.
+
+fn step_up_config() -> Value {
+    let mut c = config_json();
+    c["routes"] = json!([
+        {"path": "/fresh/", "max_auth_age": "5m"},
+        {"path": "/passkey/", "amr": ["phr", "hwk"]},
+        {"path": "/acr/", "acr": ["urn:passkey"]},
+        {"path": "/api-fresh/", "max_auth_age": "5m", "bearer": true},
+        {"path": "/"}
+    ]);
+    c
+}
+
+#[test]
+fn an_old_sign_in_goes_back_to_the_provider_for_a_fresh_one_once() {
+    let mut g = Gate::with_config(&step_up_config());
+    let (session, _) = g.login_as(&alice());
+    assert!(matches!(g.send(&Req::get("/fresh/x").cookie(COOKIE, &session)), Step::Allow(_)), "fresh enough");
+    g.host.now += 600;
+    let r = respond(g.send(&Req::get("/fresh/x?y=1").cookie(COOKIE, &session)));
+    assert_eq!(r.status, 302);
+    let (_, params) = split_location(r.header("location").unwrap());
+    assert_eq!((param(&params, "max_age"), param(&params, "prompt")), ("300", "login"));
+    let login = g.read_login(&r).unwrap();
+    assert_eq!(login.sealed.return_to, "/fresh/x?y=1");
+    // An API client is told to sign in again, not redirected.
+    let r = respond(g.send(&Req::get("/fresh/x").cookie(COOKIE, &session).accept("application/json")));
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((r.status, body["error"].as_str()), (401, Some("step_up_required")));
+    // The provider signs the user in but reports the old auth_time: a page, not another round.
+    let mut stale = alice();
+    stale["auth_time"] = json!(NOW - 7200);
+    let (again, _) = g.login_as(&stale);
+    let r = respond(g.send(&Req::get("/fresh/x").cookie(COOKIE, &again)));
+    assert_eq!(r.status, 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("recent sign-in"));
+}
+
+#[test]
+fn a_route_that_wants_a_passkey_asks_for_it_and_explains_when_it_did_not_come() {
+    let mut g = Gate::with_config(&step_up_config());
+    let (alice_session, _) = g.login_as(&alice());
+    assert!(matches!(g.send(&Req::get("/passkey/x").cookie(COOKIE, &alice_session)), Step::Allow(_)), "amr phr");
+    let (bob_session, _) = g.login_as(&bob());
+    // Just signed in with a password: a clear page.
+    assert_eq!(respond(g.send(&Req::get("/passkey/x").cookie(COOKIE, &bob_session))).status, 403);
+    // Later: back to the provider, to sign in again; a route naming an acr asks for it.
+    g.host.now += 600;
+    let r = respond(g.send(&Req::get("/passkey/x").cookie(COOKIE, &bob_session)));
+    let (_, params) = split_location(r.header("location").unwrap());
+    assert_eq!((r.status, param(&params, "prompt")), (302, "login"));
+    let r = respond(g.send(&Req::get("/acr/x").cookie(COOKIE, &alice_session)));
+    let (_, params) = split_location(r.header("location").unwrap());
+    assert_eq!((r.status, param(&params, "acr_values")), (302, "urn:passkey"));
+}
+
+#[test]
+fn a_bearer_token_with_an_old_sign_in_gets_the_step_up_challenge() {
+    let mut g = Gate::with_config(&step_up_config());
+    let token = api_token(|c| c["auth_time"] = json!(NOW - 3600));
+    let r = respond(g.send(&Req::get("/api-fresh/x").header("Authorization", &format!("Bearer {token}"))));
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(challenge.contains("error=\"insufficient_user_authentication\"") && challenge.contains("max_age=300"), "{challenge}");
+    let fresh = api_token(|c| c["auth_time"] = json!(NOW - 10));
+    assert!(matches!(g.send(&Req::get("/api-fresh/x").header("Authorization", &format!("Bearer {fresh}"))), Step::Allow(_)));
+}

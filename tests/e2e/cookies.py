@@ -65,12 +65,16 @@ def _opt(s):
 
 
 def session_payload(user="mallory", sub="sub-mallory", email=None, verified=False, name=None, groups=(),
-                    login_at=0, checked_at=0, refresh=None, session_id=b"\x07" * 16, idp_sid=None) -> bytes:
-    """A session in the gate's format (version 2: with the id sign-out revokes)."""
-    out = b"\2" + _str(sub) + _str(user) + _opt(email) + bytes([1 if verified else 0]) + _opt(name)
+                    login_at=0, checked_at=0, refresh=None, session_id=b"\x07" * 16, idp_sid=None,
+                    auth_time=None, acr=None, amr=()) -> bytes:
+    """A session in the gate's format (version 3: the id sign-out revokes, and
+    when and how the user signed in at the provider)."""
+    out = b"\3" + _str(sub) + _str(user) + _opt(email) + bytes([1 if verified else 0]) + _opt(name)
     out += _varint(len(groups)) + b"".join(_str(g) for g in groups)
     out += _varint(login_at) + _varint(checked_at) + _opt(refresh)
-    return out + session_id + _opt(idp_sid)
+    out += session_id + _opt(idp_sid)
+    out += _varint(login_at if auth_time is None else auth_time) + _opt(acr)
+    return out + _varint(len(amr)) + b"".join(_str(m) for m in amr)
 
 
 def unseal(secret: str, name: str, value: str):
@@ -110,23 +114,34 @@ class _Reader:
 
 def decode_session(payload: bytes) -> dict:
     r = _Reader(payload)
-    assert r.byte() == 2, "session format version"
+    version = r.byte()
+    assert version in (2, 3), "session format version"
     out = {"sub": r.str(), "user": r.str(), "email": r.opt(), "verified": r.byte() == 1, "name": r.opt()}
     out["groups"] = [r.str() for _ in range(r.varint())]
     out["login_at"], out["checked_at"], out["refresh"] = r.varint(), r.varint(), r.opt()
     out["session_id"] = r.data[r.pos:r.pos + 16]
     r.pos += 16
     out["idp_sid"] = r.opt()
+    out["auth_time"], out["acr"], out["amr"] = out["login_at"], None, []
+    if version == 3:
+        out["auth_time"], out["acr"] = r.varint(), r.opt()
+        out["amr"] = [r.str() for _ in range(r.varint())]
     assert r.pos == len(payload), "trailing bytes"
     return out
+
+
+def reseal(secret: str, value: str, name: str = "_oidc_edge", **changes) -> str:
+    """The same session with some fields changed (checked_at, auth_time, …), sealed again."""
+    expires_at, payload = unseal(secret, name, value)
+    s = {**decode_session(payload), **changes}
+    return seal(secret, name, expires_at, session_payload(s["user"], s["sub"], s["email"], s["verified"], s["name"],
+                                                          s["groups"], s["login_at"], s["checked_at"], s["refresh"],
+                                                          s["session_id"], s["idp_sid"], s["auth_time"], s["acr"],
+                                                          s["amr"]))
 
 
 def due_for_refresh(secret: str, value: str, name: str = "_oidc_edge", by: int = 7200) -> str:
     """The same session, resealed as if the IdP last confirmed it `by` seconds
     earlier: a refresh test needs no wait for the refresh interval."""
-    expires_at, payload = unseal(secret, name, value)
-    s = decode_session(payload)
-    s["checked_at"] -= by
-    return seal(secret, name, expires_at, session_payload(s["user"], s["sub"], s["email"], s["verified"], s["name"],
-                                                          s["groups"], s["login_at"], s["checked_at"], s["refresh"],
-                                                          s["session_id"], s["idp_sid"]))
+    _, payload = unseal(secret, name, value)
+    return reseal(secret, value, name, checked_at=decode_session(payload)["checked_at"] - by)

@@ -262,6 +262,10 @@ const USER_FIELDS = {
   family_name: (v) => typeof v === 'string',
   picture: (v) => v === null || typeof v === 'string',
   disabled: (v) => typeof v === 'boolean',
+  // How the user signs in: the ID token's amr (default ['phr'], a passkey, as
+  // Pocket ID says) and, when set, its acr.
+  amr: (v) => Array.isArray(v) && v.every((m) => typeof m === 'string'),
+  acr: (v) => v === null || typeof v === 'string',
 };
 
 // All claims of a user; oidc-provider keeps those the granted scopes allow.
@@ -356,7 +360,7 @@ const provider = new Provider(config.issuer, {
   scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
   claims: {
     // amr and auth_time are masked out of the ID token unless listed as claims.
-    openid: ['sub', 'amr', 'auth_time'],
+    openid: ['sub', 'acr', 'amr', 'auth_time'],
     email: ['email', 'email_verified'],
     profile: ['name', 'given_name', 'family_name', 'preferred_username', 'picture'],
     groups: ['groups'],
@@ -578,8 +582,8 @@ async function login(ctx, details, name) {
     await details.save(details.exp - Math.floor(Date.now() / 1000));
   }
   const returnTo = await provider.interactionResult(ctx.req, ctx.res, {
-    // amr like Pocket ID after a passkey login.
-    login: { accountId: user.sub, amr: ['phr'] },
+    // amr like Pocket ID after a passkey login, unless the user's record says otherwise.
+    login: { accountId: user.sub, amr: user.amr ?? ['phr'], ...(user.acr ? { acr: user.acr } : {}) },
   }, { mergeWithLastSubmission: false });
   stats.logins += 1;
   ctx.status = 303;

@@ -16,13 +16,14 @@ mod rotation;
 mod sign_out;
 mod step;
 mod step_up;
+mod upstream;
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::cache::OpenedSession;
-use crate::config::{Config, HeaderNames};
+use crate::config::Config;
 use crate::encoding::{b64url, build_query, escape_non_visible, parse_query};
 use crate::events::Event;
 use crate::http::HttpResponse;
@@ -42,6 +43,7 @@ use refresh::{Refresh, Waiting};
 pub(crate) use step::Env;
 use step::PendingKind;
 pub use step::{Allow, Pending, Step};
+use upstream::identity_headers;
 
 /// The `error` code of an OAuth error response (RFC 6749 §5.2), or "".
 fn oauth_error_code(body: &[u8]) -> String {
@@ -272,49 +274,6 @@ impl Engine {
         }
     }
 
-    /// The route's signed identity header, from this worker's cache of
-    /// tokens (signed again once half their lifetime has passed).
-    fn signed_identity(&self, route: &Route, opened: &OpenedSession, authority: &str, allow: &mut Allow, env: &mut Env<'_>) {
-        if let (Some(header), Some(signer)) = (&route.signed_identity, &self.config.identity) {
-            let host = authority_host(authority).to_ascii_lowercase();
-            let token = env.signed.token(signer, opened, route.index, &host, env.now);
-            allow.set.push((Arc::clone(header), token));
-        }
-    }
-
-    /// A request that needs no login (a public route, an allowed network, a
-    /// CORS preflight): no identity headers (the strip set removed every
-    /// client copy), and not our cookies either.
-    fn pass_without_login(&self, head: &RequestHead<'_>, mut allow: Allow, env: &mut Env<'_>) -> Step {
-        self.hide_own_cookies(head, &mut allow);
-        env.events.push(Event::Allowed);
-        Step::Allow(allow)
-    }
-
-    /// The sealed session is for this gate only: the upstream gets the
-    /// identity headers, not a bearer cookie it could replay elsewhere.
-    fn hide_own_cookies(&self, head: &RequestHead<'_>, allow: &mut Allow) {
-        let name = self.config.session.cookie_name.as_str();
-        let ours =
-            |pair: &str| pair.trim().split_once('=').is_some_and(|(k, _)| k == name || k.starts_with(name) && k[name.len()..].starts_with('_'));
-        let cookie_values = || head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str());
-        if !cookie_values().any(|v| v.split(';').any(ours)) {
-            return;
-        }
-        let mut rest = String::new();
-        for pair in cookie_values().flat_map(|v| v.split(';')).filter(|p| !ours(p)).map(str::trim).filter(|p| !p.is_empty()) {
-            if !rest.is_empty() {
-                rest.push_str("; ");
-            }
-            rest.push_str(pair);
-        }
-        if rest.is_empty() {
-            allow.strip.push("cookie".to_owned());
-        } else {
-            allow.set.push(("cookie".into(), rest.into()));
-        }
-    }
-
     fn deny_response(&self, api: bool, message: &str) -> Response {
         if api {
             pages::json(403, "forbidden", message, &[])
@@ -431,18 +390,6 @@ fn path_and_query(path: &str, query: Option<&str>) -> String {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     }
-}
-
-fn identity_headers(names: &HeaderNames, opened: &OpenedSession, set: &mut Vec<(Arc<str>, Arc<str>)>) {
-    let mut put = |name: &Option<Arc<str>>, value: &Option<Arc<str>>| {
-        if let (Some(n), Some(v)) = (name, value) {
-            set.push((Arc::clone(n), Arc::clone(v)));
-        }
-    };
-    put(&names.user, &Some(Arc::clone(&opened.user)));
-    put(&names.email, &opened.email);
-    put(&names.groups, &opened.groups);
-    put(&names.name, &opened.name);
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {

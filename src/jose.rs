@@ -236,7 +236,8 @@ pub fn verify_id_token(token: &str, jwks: &Jwks, expected: &Expected<'_>) -> Res
 }
 
 /// The claims of a JWT whose signature verifies against the JWKS; `typ`,
-/// when given, is the only header type accepted besides none and `JWT`.
+/// when given, is the only header type accepted besides none and `JWT`,
+/// and without it a logout token's type is refused.
 pub(crate) fn verified_claims(token: &str, jwks: &Jwks, typ: Option<&str>) -> Result<Value, TokenError> {
     let mut parts = token.split('.');
     let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -246,10 +247,11 @@ pub(crate) fn verified_claims(token: &str, jwks: &Jwks, typ: Option<&str>) -> Re
     if header.crit.is_some() {
         return Err(TokenError::UnsupportedAlgorithm("crit".into()));
     }
-    if let (Some(want), Some(got)) = (typ, header.typ.as_deref()) {
-        if !got.eq_ignore_ascii_case(want) && !got.eq_ignore_ascii_case("JWT") {
-            return Err(TokenError::Malformed);
-        }
+    match (typ, header.typ.as_deref()) {
+        (Some(want), Some(got)) if !got.eq_ignore_ascii_case(want) && !got.eq_ignore_ascii_case("JWT") => return Err(TokenError::Malformed),
+        // A logout token is signed with the same keys: only where one is asked for.
+        (None, Some(got)) if got.eq_ignore_ascii_case("logout+jwt") => return Err(TokenError::ForbiddenClaim("typ")),
+        _ => {}
     }
     let signature = b64url_decode(s64).ok_or(TokenError::Malformed)?;
     let signed = &token.as_bytes()[..h64.len() + 1 + p64.len()];

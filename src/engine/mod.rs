@@ -335,6 +335,13 @@ impl Engine {
                 };
                 self.on_successor(refresh, record, env)
             }
+            PendingKind::SuccessorUnderLock(refresh) => {
+                let record = match answer {
+                    StoreAnswer::Read(r) => r,
+                    _ => None,
+                };
+                self.on_successor_under_lock(refresh, record, env)
+            }
             PendingKind::RefreshLock(refresh) => self.on_refresh_lock(refresh, claimed, env),
             PendingKind::LogoutToken(revocation) => self.on_logout_token_claimed(revocation, claimed, env),
             // An HTTP answer was expected: treat as unreachable.
@@ -355,7 +362,7 @@ impl Engine {
                 env.events.push(Event::StoreUnavailable("login state not recorded; the login goes on"));
                 self.on_state_claimed(login, csrf_cookie, &code, true, env)
             }
-            PendingKind::Successor(refresh) | PendingKind::RefreshLock(refresh) => {
+            PendingKind::Successor(refresh) | PendingKind::RefreshLock(refresh) | PendingKind::SuccessorUnderLock(refresh) => {
                 env.events.push(Event::StoreUnavailable("refresh postponed; session kept"));
                 self.serve_old(refresh, env)
             }

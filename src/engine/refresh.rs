@@ -52,14 +52,7 @@ impl Engine {
     /// finished its refresh.
     pub(super) fn on_successor(&self, refresh: Refresh, record: Option<Vec<u8>>, env: &mut Env<'_>) -> Step {
         if let Some(record) = record {
-            env.events.push(Event::RefreshCoalesced);
-            return match record.strip_prefix(b"ok:").and_then(|v| std::str::from_utf8(v).ok()) {
-                Some(cookie) => match self.open_session(cookie, env) {
-                    Ok(new) => self.serve_refreshed(refresh, new, cookie, env),
-                    Err(_) => self.serve_old(refresh, env),
-                },
-                None => self.session_ended(refresh, env),
-            };
+            return self.take_successor(refresh, &record, env);
         }
         let timeout = u64::from(self.config.provider.timeout_ms).div_ceil(1000);
         // Sized to outlast the refresh and a possible userinfo call (two
@@ -76,6 +69,30 @@ impl Engine {
                 return fleet_answer(409, b"busy");
             }
             return self.serve_old(refresh, env);
+        }
+        // Read again under the lock: the holder before us may have stored
+        // the successor and released the lock between our read and our claim.
+        let op = StoreOp::Read(RecordKey::Successor(refresh.generation));
+        Step::Store { op, pending: Pending::new(PendingKind::SuccessorUnderLock(refresh)) }
+    }
+
+    /// Another request's successor: its new cookie, or the end of the session.
+    fn take_successor(&self, refresh: Refresh, record: &[u8], env: &mut Env<'_>) -> Step {
+        env.events.push(Event::RefreshCoalesced);
+        match record.strip_prefix(b"ok:").and_then(|v| std::str::from_utf8(v).ok()) {
+            Some(cookie) => match self.open_session(cookie, env) {
+                Ok(new) => self.serve_refreshed(refresh, new, cookie, env),
+                Err(_) => self.serve_old(refresh, env),
+            },
+            None => self.session_ended(refresh, env),
+        }
+    }
+
+    /// Under the lock: take the successor if one appeared, else refresh.
+    pub(super) fn on_successor_under_lock(&self, refresh: Refresh, record: Option<Vec<u8>>, env: &mut Env<'_>) -> Step {
+        if let Some(record) = record {
+            self.unlock(refresh.generation, 0, env);
+            return self.take_successor(refresh, &record, env);
         }
         // A filter in a fleet: the coordinator refreshes under the fleet's
         // lock; this instance's lock keeps it to one call at a time.

@@ -134,6 +134,8 @@ pub(super) enum PendingKind {
     Successor(Refresh),
     /// The refresh lock claim.
     RefreshLock(Refresh),
+    /// The successor record, read again once the lock is held.
+    SuccessorUnderLock(Refresh),
     Refresh(Refresh),
     /// A refresh handed to the fleet coordinator.
     FleetRefresh(Refresh),

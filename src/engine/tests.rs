@@ -981,6 +981,11 @@ fn an_asynchronous_store_sees_every_operation_and_write() {
     let Step::Store { op: StoreOp::Claim { key: RecordKey::RefreshLock(locked), .. }, pending } = out.step else { panic!("{:?}", out.step) };
     assert_eq!(locked, generation);
     let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Claimed(true)), Lend { now, rng: &mut rng, store: None });
+    // Under the lock, the successor is read again (another instance may
+    // have stored it and released the lock in between): still none.
+    let Step::Store { op: StoreOp::Read(RecordKey::Successor(again)), pending } = out.step else { panic!("{:?}", out.step) };
+    assert_eq!(again, generation);
+    let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Read(None)), Lend { now, rng: &mut rng, store: None });
     let (call, pending) = fetch(out.step);
     assert_eq!(call.path, "/api/oidc/token");
     let answer = Answer::Http(refreshed(now, &bob(), "rt-rotated"));
@@ -2025,4 +2030,27 @@ fn a_bearer_token_with_an_old_sign_in_gets_the_step_up_challenge() {
     assert!(challenge.contains("error=\"insufficient_user_authentication\"") && challenge.contains("max_age=300"), "{challenge}");
     let fresh = api_token(|c| c["auth_time"] = json!(NOW - 10));
     assert!(matches!(g.send(&Req::get("/api-fresh/x").header("Authorization", &format!("Bearer {fresh}"))), Step::Allow(_)));
+}
+
+/// The race a released lock opens: instance B reads no successor, instance
+/// A finishes (stores the successor, releases the lock), B claims the lock.
+/// B must take A's successor, not refresh with the spent token.
+#[test]
+fn a_lock_won_after_another_refresh_finished_takes_its_successor() {
+    let (mut g, old) = stale_bob();
+    let mut rng = SeededRng::new(9);
+    let now = g.host.now;
+    let out = g.driver.on_request(&Req::get("/").cookie(COOKIE, &old).head(), Lend { now, rng: &mut rng, store: None });
+    let Step::Store { pending, .. } = out.step else { panic!("{:?}", out.step) };
+    let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Read(None)), Lend { now, rng: &mut rng, store: None });
+    let Step::Store { pending, .. } = out.step else { panic!("{:?}", out.step) };
+    let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Claimed(true)), Lend { now, rng: &mut rng, store: None });
+    let Step::Store { pending, .. } = out.step else { panic!("{:?}", out.step) };
+    // Meanwhile the other instance stored its successor.
+    let (successor, _) = g.login_as(&bob());
+    let record = [b"ok:".as_slice(), successor.as_bytes()].concat();
+    let out = g.driver.on_answer(pending, Answer::Store(StoreAnswer::Read(Some(record))), Lend { now, rng: &mut rng, store: None });
+    assert!(out.writes.iter().any(|w| matches!(w.key, RecordKey::RefreshLock(_)) && w.until == now), "lock released: {:?}", out.writes);
+    let a = allowed(out.step);
+    assert_eq!(SetCookie::parse(&a.set_cookies[0]).value, successor, "no second refresh: the successor");
 }

@@ -247,12 +247,17 @@ fn prefix_matches(prefix: &str, path: &str, fold_case: bool) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Computed once: hosts ask on every request.
+    strips_bearer_tokens: bool,
+    use_client_address: bool,
 }
 
 impl RouteTable {
     /// Builds the table from compiled routes, in config order.
     pub fn new(routes: Vec<Route>) -> RouteTable {
-        RouteTable { routes }
+        let strips_bearer_tokens = routes.iter().any(|r| r.bearer.as_ref().is_some_and(|b| !b.forward));
+        let use_client_address = routes.iter().any(|r| !r.networks.is_empty());
+        RouteTable { routes, strips_bearer_tokens, use_client_address }
     }
 
     /// The first route covering the request.
@@ -264,13 +269,13 @@ impl RouteTable {
     /// upstream (forward-auth proxies must then copy `Authorization` from
     /// the sidecar's answer).
     pub fn strips_bearer_tokens(&self) -> bool {
-        self.routes.iter().any(|r| r.bearer.as_ref().is_some_and(|b| !b.forward))
+        self.strips_bearer_tokens
     }
 
     /// Whether any route decides on the client's address (hosts read it
     /// only then).
     pub fn use_client_address(&self) -> bool {
-        self.routes.iter().any(|r| !r.networks.is_empty())
+        self.use_client_address
     }
 
     /// The route at config index `index`.

@@ -64,14 +64,14 @@ fleet)
 esac
 case "$proxy" in
 envoy)
-  .venv/bin/envoy -c envoy/demo.yaml --concurrency 2 --log-level warn --component-log-level wasm:info \
+  .venv/bin/envoy -c envoy/demo/envoy.yaml --concurrency 2 --log-level warn --component-log-level wasm:info \
     >.run/demo-envoy.log 2>&1 & pids+=($!)
   ;;
 nginx)
   prefix="$PWD/.run/demo-nginx"
   mkdir -p "$prefix/tmp"
   sed -e "s|{{MODULE}}|$module|" -e "s|{{PREFIX}}|$prefix|g" \
-      -e "s|{{WASM}}|$PWD/target/wasm32-wasip1/release/oidc_edge_filter.wasm|" nginx/demo.conf >"$prefix/nginx.conf"
+      -e "s|{{DEMO_WASM}}|$PWD/nginx/demo-wasm|g" nginx/demo.conf >"$prefix/nginx.conf"
   /usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" -g "$nginx_globals" \
     >.run/demo-nginx.log 2>&1 & pids+=($!)
   ;;

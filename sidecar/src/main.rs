@@ -4,11 +4,13 @@
 //! as the filter.
 
 mod app;
+mod health;
 mod idp;
 mod log;
 mod metrics;
 mod random;
 mod render;
+mod render_filter;
 mod server;
 mod settings;
 mod store;
@@ -47,7 +49,8 @@ enum Command {
     Serve,
     /// Validate the configuration, print a summary and its warnings, and exit.
     Check,
-    /// Write the proxy's snippets for this configuration.
+    /// Write the proxy's snippets for this configuration: the sidecar's
+    /// (nginx, caddy, traefik) or the filter's (envoy, nginx-wasm).
     Render {
         /// The proxy to write snippets for.
         proxy: Proxy,
@@ -57,6 +60,27 @@ enum Command {
         /// Where the proxy reaches the sidecar [default: sidecar.listen, with 127.0.0.1 for an unspecified address].
         #[arg(long, value_name = "HOST:PORT")]
         sidecar: Option<String>,
+        /// envoy, nginx-wasm: the filter's .wasm as the proxy reads it.
+        #[arg(long, value_name = "PATH", default_value = render_filter::INSTALLED_WASM)]
+        wasm: String,
+        /// envoy: the listener of the complete envoy.yaml.
+        #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// envoy: the service behind the complete envoy.yaml.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081")]
+        upstream: String,
+        /// envoy: Envoy's admin interface in envoy.yaml [default: none].
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+        /// nginx-wasm: the DNS server that resolves the provider's name (Docker: 127.0.0.11).
+        #[arg(long, value_name = "IP", default_value = "127.0.0.53")]
+        resolver: String,
+    },
+    /// Exit 0 when a running sidecar's /healthz answers 200 (container health checks).
+    Health {
+        /// The sidecar's address [default: sidecar.listen from the configuration].
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
     },
     /// Print a new cookie secret (base64 of 32 random bytes).
     Secret,
@@ -67,6 +91,10 @@ enum Proxy {
     Nginx,
     Caddy,
     Traefik,
+    /// Envoy with the filter (no sidecar).
+    Envoy,
+    /// nginx with ngx_wasm_module and the filter (no sidecar).
+    NginxWasm,
 }
 
 /// Secrets from the environment and from files; relative file paths are
@@ -101,12 +129,27 @@ fn load_config(path: &Path) -> Result<(Config, SidecarConfig), String> {
     parsed.map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn render_command((config, settings): &(Config, SidecarConfig), proxy: Proxy, out: &Path, sidecar: Option<&str>) -> ExitCode {
+/// The configuration file as a value, before any check (YAML or JSON).
+fn load_raw(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))
+}
+
+fn render_command(
+    path: &Path,
+    (config, settings): &(Config, SidecarConfig),
+    proxy: Proxy,
+    out: &Path,
+    sidecar: Option<&str>,
+    filter: &render_filter::FilterOptions,
+) -> ExitCode {
     let sidecar = render::sidecar_address(settings, sidecar);
     let files = match proxy {
         Proxy::Nginx => render::nginx(config, settings, &sidecar),
         Proxy::Caddy => render::caddy(config, settings, &sidecar),
         Proxy::Traefik => render::traefik(config, settings, &sidecar),
+        Proxy::Envoy => load_raw(path).and_then(|raw| render_filter::envoy(&raw, filter)),
+        Proxy::NginxWasm => load_raw(path).and_then(|raw| render_filter::nginx_wasm(&raw, filter)),
     };
     let files = match files {
         Ok(f) => f,
@@ -143,7 +186,12 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Secret => secret_command(),
         Command::Check => with_config(cli.config, check_command),
-        Command::Render { proxy, out, sidecar } => with_config(cli.config, |_, config| render_command(&config, proxy, &out, sidecar.as_deref())),
+        Command::Render { proxy, out, sidecar, wasm, listen, upstream, admin, resolver } => {
+            let filter = render_filter::FilterOptions { wasm, listen, upstream, admin, resolver };
+            with_config(cli.config, |path, config| render_command(path, &config, proxy, &out, sidecar.as_deref(), &filter))
+        }
+        Command::Health { address: Some(address) } => health::run(&address),
+        Command::Health { address: None } => with_config(cli.config, |_, (_, settings)| health::run(&render::sidecar_address(&settings, None))),
         Command::Serve => with_config(cli.config, |_, config| serve_command(config)),
     }
 }
@@ -354,7 +402,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["oidc-edge", "--config", "c.yaml", "render", "traefik", "--out", "d", "--sidecar", "10.0.0.1:4180"]).unwrap();
         match cli.command {
-            Some(Command::Render { proxy, out, sidecar }) => {
+            Some(Command::Render { proxy, out, sidecar, .. }) => {
                 assert_eq!((proxy, out.to_str(), sidecar.as_deref()), (Proxy::Traefik, Some("d"), Some("10.0.0.1:4180")));
             }
             other => panic!("{other:?}"),
@@ -364,7 +412,7 @@ mod tests {
     #[test]
     fn usage_errors_name_the_fix() {
         let e = Cli::try_parse_from(["oidc-edge", "render", "apache", "--out", "d"]).unwrap_err();
-        assert!(e.use_stderr() && e.to_string().contains("nginx, caddy, traefik"), "{e}");
+        assert!(e.use_stderr() && e.to_string().contains("nginx, caddy, traefik, envoy, nginx-wasm"), "{e}");
         let e = Cli::try_parse_from(["oidc-edge", "render", "nginx"]).unwrap_err();
         assert!(e.to_string().contains("--out"), "{e}");
         let e = Cli::try_parse_from(["oidc-edge", "frobnicate"]).unwrap_err();

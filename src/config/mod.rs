@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-use crate::encoding::split_url;
+use crate::encoding::{b64std, build_query, percent_encode, split_url};
 use crate::headers::StripSet;
 use crate::http::HttpCall;
 use crate::policy::{HostPattern, RouteTable};
@@ -150,6 +150,27 @@ impl UserClaim {
 }
 
 impl ProviderConfig {
+    /// A token-endpoint request with this client's authentication: the
+    /// gates' code exchanges and refreshes, and `oidc-edge doctor`'s probe of
+    /// the client secret, are one request shape.
+    pub fn token_call(&self, token_endpoint: &str, form: &[(&str, &str)]) -> Option<HttpCall> {
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        fields.push(("client_id", &self.client_id));
+        let mut headers = vec![
+            ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+            ("accept".to_owned(), "application/json".to_owned()),
+        ];
+        match self.client_auth {
+            ClientAuth::Basic => {
+                // RFC 6749 §2.3.1: form-encode both parts before base64.
+                let creds = format!("{}:{}", percent_encode(&self.client_id), percent_encode(self.client_secret.expose()));
+                headers.push(("authorization".to_owned(), format!("Basic {}", b64std(creds.as_bytes()))));
+            }
+            ClientAuth::Post => fields.push(("client_secret", self.client_secret.expose())),
+        }
+        self.call("POST", token_endpoint, headers, build_query(&fields).into_bytes())
+    }
+
     /// A call to an IdP URL, through the callout target mapped to its
     /// authority (`host:port`), else to its host; `None` when unmapped.
     pub fn call(&self, method: &'static str, url: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Option<HttpCall> {

@@ -5,8 +5,8 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::{clean_header_value, oauth_error_code, random_token, sha256, shared_key, Engine, Env, Pending, PendingKind, Step, MAX_COOKIE_BYTES};
-use crate::config::{ClientAuth, SameSite, UserClaim};
-use crate::encoding::{b64std, b64url, build_query, parse_query, percent_encode, split_url};
+use crate::config::{SameSite, UserClaim};
+use crate::encoding::{b64url, build_query, parse_query, split_url};
 use crate::events::Event;
 use crate::http::{HttpCall, HttpResponse};
 use crate::jose::{verify_id_token, Expected, IdClaims, Jwks, TokenError};
@@ -243,22 +243,7 @@ impl Engine {
     }
 
     pub(super) fn token_call(&self, provider: &ProviderSnapshot, form: &[(&str, &str)]) -> Option<HttpCall> {
-        let p = &self.config.provider;
-        let mut fields: Vec<(&str, &str)> = form.to_vec();
-        fields.push(("client_id", &p.client_id));
-        let mut headers = vec![
-            ("content-type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
-            ("accept".to_owned(), "application/json".to_owned()),
-        ];
-        match p.client_auth {
-            ClientAuth::Basic => {
-                // RFC 6749 §2.3.1: form-encode both parts before base64.
-                let creds = format!("{}:{}", percent_encode(&p.client_id), percent_encode(p.client_secret.expose()));
-                headers.push(("authorization".to_owned(), format!("Basic {}", b64std(creds.as_bytes()))));
-            }
-            ClientAuth::Post => fields.push(("client_secret", p.client_secret.expose())),
-        }
-        p.call("POST", &provider.discovery.token_endpoint, headers, build_query(&fields).into_bytes())
+        self.config.provider.token_call(&provider.discovery.token_endpoint, form)
     }
 
     pub(super) fn on_token_response(&self, login: LoginState, csrf_cookie: String, resp: HttpResponse, env: &mut Env<'_>) -> Step {

@@ -86,6 +86,12 @@ impl IdpClient {
 
     /// Makes `call`, within its timeout.
     pub async fn call(&self, call: &HttpCall) -> Result<HttpResponse, CallError> {
+        self.call_with_headers(call).await.map(|(resp, _)| resp)
+    }
+
+    /// Makes `call` and keeps the answer's headers (`oidc-edge doctor`
+    /// reads `Date` and `Location`).
+    pub async fn call_with_headers(&self, call: &HttpCall) -> Result<(HttpResponse, hyper::HeaderMap), CallError> {
         let timeout = Duration::from_millis(u64::from(call.timeout_ms));
         match tokio::time::timeout(timeout, self.try_call(call)).await {
             Ok(result) => result,
@@ -93,7 +99,7 @@ impl IdpClient {
         }
     }
 
-    async fn try_call(&self, call: &HttpCall) -> Result<HttpResponse, CallError> {
+    async fn try_call(&self, call: &HttpCall) -> Result<(HttpResponse, hyper::HeaderMap), CallError> {
         let https = call.scheme == "https";
         let target = with_port(&call.target, if https { 443 } else { 80 });
         let tcp = TcpStream::connect(&target).await.map_err(|source| CallError::Connect { target: target.clone(), source })?;
@@ -120,7 +126,7 @@ fn with_port(target: &str, default: u16) -> String {
     }
 }
 
-async fn exchange<S>(stream: S, call: &HttpCall) -> Result<HttpResponse, CallError>
+async fn exchange<S>(stream: S, call: &HttpCall) -> Result<(HttpResponse, hyper::HeaderMap), CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -137,12 +143,13 @@ where
     let req = req.body(Full::new(Bytes::from(call.body.clone()))).map_err(|e| CallError::Http(format!("request: {e}")))?;
     let resp = sender.send_request(req).await.map_err(|e| CallError::Http(format!("request: {e}")))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| CallError::Http(format!("reading the answer: {e}")))?
         .to_bytes();
-    Ok(HttpResponse { status, body: body.to_vec() })
+    Ok((HttpResponse { status, body: body.to_vec() }, parts.headers))
 }
 
 #[cfg(test)]

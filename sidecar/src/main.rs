@@ -4,6 +4,7 @@
 //! as the filter.
 
 mod app;
+mod doctor;
 mod health;
 mod idp;
 mod log;
@@ -75,6 +76,26 @@ enum Command {
         /// nginx-wasm: the DNS server that resolves the provider's name (Docker: 127.0.0.11).
         #[arg(long, value_name = "IP", default_value = "127.0.0.53")]
         resolver: String,
+    },
+    /// Check the configuration live against its provider: discovery, issuer,
+    /// keys, clock, client secret, redirect URIs, groups, cookies, trusted
+    /// proxies; one line each with the fix, exit 1 on any failure.
+    Doctor {
+        /// A URL people reach the gate at, e.g. https://app.example.com (repeatable) [default: the routes' exact hosts].
+        #[arg(long = "host", value_name = "URL")]
+        hosts: Vec<String>,
+        /// Groups of your largest user, for the cookie-size check.
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        groups: usize,
+        /// A directory `oidc-edge render` wrote: check that it still matches the configuration.
+        #[arg(long, value_name = "DIR")]
+        snippets: Option<PathBuf>,
+        /// The --sidecar the snippets were rendered with.
+        #[arg(long, value_name = "HOST:PORT")]
+        sidecar: Option<String>,
+        /// The report as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 when a running sidecar's /healthz answers 200 (container health checks).
     Health {
@@ -189,6 +210,15 @@ fn main() -> ExitCode {
         Command::Render { proxy, out, sidecar, wasm, listen, upstream, admin, resolver } => {
             let filter = render_filter::FilterOptions { wasm, listen, upstream, admin, resolver };
             with_config(cli.config, |path, config| render_command(path, &config, proxy, &out, sidecar.as_deref(), &filter))
+        }
+        Command::Doctor { hosts, groups, snippets, sidecar, json } => {
+            let Some(path) = cli.config else {
+                eprintln!("no config file: pass --config FILE or set OIDC_EDGE_CONFIG (see oidc-edge --help)");
+                return ExitCode::from(2);
+            };
+            let secrets = ProcessSecrets { base: path.parent().map(Path::to_path_buf).unwrap_or_default() };
+            let opts = doctor::Options { hosts, groups, snippets, sidecar, json };
+            doctor::run(&path, load_config(&path), load_raw(&path).ok(), &secrets, &opts)
         }
         Command::Health { address: Some(address) } => health::run(&address),
         Command::Health { address: None } => with_config(cli.config, |_, (_, settings)| health::run(&render::sidecar_address(&settings, None))),

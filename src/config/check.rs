@@ -159,7 +159,7 @@ pub(super) fn is_loopback(host: &str) -> bool {
 
 /// A cookie secret is 16, 24 or 32 raw bytes, or base64 of that many
 /// (the oauth2-proxy convention, so existing secrets can be reused).
-pub(super) fn decode_cookie_secret(value: &str) -> Option<Vec<u8>> {
+pub fn decode_cookie_secret(value: &str) -> Option<Vec<u8>> {
     let ok = |n: usize| matches!(n, 16 | 24 | 32);
     if let Some(bytes) = b64_any_decode(value).filter(|b| ok(b.len())) {
         return Some(bytes);
@@ -170,7 +170,7 @@ pub(super) fn decode_cookie_secret(value: &str) -> Option<Vec<u8>> {
 /// A secret taken as raw characters (not base64 of 16/24/32 bytes) made only
 /// of printable ASCII other than hex digits: oauth2-proxy accepted such
 /// strings, and people typed them. Hex (`openssl rand -hex 16`) is random.
-pub(super) fn looks_human_made(value: &str) -> bool {
+pub fn looks_human_made(value: &str) -> bool {
     let raw = b64_any_decode(value).is_none_or(|b| !matches!(b.len(), 16 | 24 | 32));
     raw && matches!(value.len(), 16 | 24 | 32)
         && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')

@@ -25,7 +25,7 @@ use crate::seal::Sealer;
 
 pub use crate::headers::HeaderNames;
 pub use crate::secret::{SecretSource, SecretString};
-pub use check::{parse_duration, Checker};
+pub use check::{decode_cookie_secret, looks_human_made, parse_duration, Checker};
 pub use raw::{RawDuration, RawSecret};
 
 /// How a host reaches the provider.

@@ -434,11 +434,12 @@ class TcpGate:
 
 
 class Idp:
-    def __init__(self, clients: list, port: int | None = None, keys_file: Path | None = None, name: str = "idp"):
+    def __init__(self, clients: list, port: int | None = None, keys_file: Path | None = None, name: str = "idp",
+                 options: dict | None = None):
         self.port = port or free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         RUN.mkdir(parents=True, exist_ok=True)
-        cfg = {"issuer": self.issuer, "clients": clients}
+        cfg = {"issuer": self.issuer, "clients": clients, **(options or {})}
         if keys_file:
             cfg["keys_file"] = str(keys_file)
         self.config_path = RUN / f"{name}-config.json"

@@ -357,13 +357,15 @@ const provider = new Provider(config.issuer, {
   cookies,
   ttl,
 
-  scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
+  // `"groups": false` in the config: a provider with no groups at all (as
+  // some are), for the checks that a route's groups rule can work.
+  scopes: ['openid', 'offline_access', 'email', 'profile', ...(config.groups === false ? [] : ['groups'])],
   claims: {
     // amr and auth_time are masked out of the ID token unless listed as claims.
     openid: ['sub', 'acr', 'amr', 'auth_time'],
     email: ['email', 'email_verified'],
     profile: ['name', 'given_name', 'family_name', 'preferred_username', 'picture'],
-    groups: ['groups'],
+    ...(config.groups === false ? {} : { groups: ['groups'] }),
   },
   // Else the ID token carries only sub (and the rest only at userinfo); Pocket ID
   // puts the scope claims in the ID token.
@@ -488,6 +490,15 @@ async function readJson(ctx) {
 
 // Count requests by path; the token endpoint by grant_type once oidc-provider has
 // parsed the body (reading it here would consume the stream).
+// `"clock_offset": seconds` in the config: the provider's clock (its Date
+// header) runs that far ahead, for the clock-skew checks.
+if (config.clock_offset) {
+  provider.use(async (ctx, next) => {
+    await next();
+    ctx.set('Date', new Date(Date.now() + config.clock_offset * 1000).toUTCString());
+  });
+}
+
 provider.use(async (ctx, next) => {
   const { path, method } = ctx;
   if (path === '/.well-known/openid-configuration') stats.discovery += 1;

@@ -60,7 +60,7 @@ pub fn page(status: u16, title: &str, message: &str, link: Option<(&str, &str)>)
     let link_html = link
         .map(|(href, label)| format!("<p><a href=\"{}\">{}</a></p>", html_escape(href), html_escape(label)))
         .unwrap_or_default();
-    html(status, title, message, &link_html)
+    html(status, "", title, message, &link_html)
 }
 
 /// An HTML page whose button POSTs to `action` (a safe relative URL): how a
@@ -68,18 +68,28 @@ pub fn page(status: u16, title: &str, message: &str, link: Option<(&str, &str)>)
 pub fn confirm(title: &str, message: &str, action: &str, button: &str) -> Response {
     let form =
         format!("<form method=\"post\" action=\"{}\"><button type=\"submit\">{}</button></form>", html_escape(action), html_escape(button));
-    html(200, title, message, &form)
+    html(200, "", title, message, &form)
 }
 
-/// The page skeleton: `title` and `message` are escaped, `extra` is trusted HTML.
-fn html(status: u16, title: &str, message: &str, extra: &str) -> Response {
+/// The look every page shares, the echo upstream's demo page included
+/// (tests/upstream/echo.py starts its own style with this text): system
+/// font, AA contrast in light and dark, visible focus. It ships in the
+/// `.wasm`, so it stays this small.
+const STYLE: &str = ":root{color-scheme:light dark;--f:#1d2125;--b:#fff;--a:#0b57d0}\
+@media(prefers-color-scheme:dark){:root{--f:#e3e6e8;--b:#16191d;--a:#8ab4f8}}\
+body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em;color:var(--f);background:var(--b)}\
+h1{font-size:1.5em;line-height:1.2}a{color:var(--a)}\
+button{font:inherit;padding:.4em 1.2em;border:2px solid var(--a);border-radius:.3em;color:var(--b);background:var(--a);cursor:pointer}\
+:focus-visible{outline:3px solid var(--a);outline-offset:2px}";
+
+/// The page skeleton: `title` and `message` are escaped; `head` and `extra`
+/// are trusted HTML.
+fn html(status: u16, head: &str, title: &str, message: &str, extra: &str) -> Response {
     let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{t}</title><style>body{{font:16px system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}}\
-         h1{{font-size:1.4em}}</style></head><body><h1>{t}</h1><p>{m}</p>{l}</body></html>\n",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">{head}\
+         <title>{t}</title><style>{STYLE}</style></head><body><main><h1>{t}</h1><p>{m}</p>{extra}</main></body></html>\n",
         t = html_escape(title),
         m = html_escape(message),
-        l = extra
     );
     common(status, "text/html; charset=utf-8", body.into_bytes())
         .with_header("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'")
@@ -90,11 +100,8 @@ fn html(status: u16, title: &str, message: &str, extra: &str) -> Response {
 /// chain would arrive without it and loop back to the IdP).
 pub fn continue_page(location: &str) -> Response {
     let href = html_escape(location);
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={href}\">\
-         <title>Signed in</title></head><body><p>Signed in. <a href=\"{href}\">Continue</a></p></body></html>\n"
-    );
-    common(200, "text/html; charset=utf-8", body.into_bytes())
+    let refresh = format!("<meta http-equiv=\"refresh\" content=\"0;url={href}\">");
+    html(200, &refresh, "Signed in", "Taking you back.", &format!("<p><a href=\"{href}\">Continue</a></p>"))
 }
 
 /// A JSON body `{"error": code, "message": message, ...extra}`.
@@ -107,4 +114,36 @@ pub fn json(status: u16, code: &str, message: &str, extra: &[(&str, &str)]) -> R
     }
     let body = serde_json::Value::Object(obj).to_string().into_bytes();
     common(status, "application/json", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_escaped_accessible_and_locked_down() {
+        let r = page(403, "<Denied>", "a & \"b\"", Some(("/x?a=1&b=2", "<go>")));
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.starts_with("<!doctype html><html lang=\"en\">"), "{body}");
+        assert!(body.contains("<main><h1>&lt;Denied&gt;</h1><p>a &amp; &quot;b&quot;</p>"), "{body}");
+        assert!(body.contains("<a href=\"/x?a=1&amp;b=2\">&lt;go&gt;</a>"), "{body}");
+        assert!(body.contains("prefers-color-scheme:dark"), "{body}");
+        assert!(!body.contains("<script"), "{body}");
+        assert_eq!(r.header("content-security-policy"), Some("default-src 'none'; style-src 'unsafe-inline'"));
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+
+    #[test]
+    fn confirm_is_a_real_button_in_a_post_form() {
+        let body = String::from_utf8_lossy(&confirm("Sign out?", "Sure?", "/out?rd=%2F\"x", "Sign out").body).into_owned();
+        assert!(body.contains("<form method=\"post\" action=\"/out?rd=%2F&quot;x\"><button type=\"submit\">Sign out</button></form>"), "{body}");
+    }
+
+    #[test]
+    fn continue_page_refreshes_to_the_escaped_location() {
+        let body = String::from_utf8_lossy(&continue_page("/a?b=1&c=\"").body).into_owned();
+        assert!(body.contains("<meta http-equiv=\"refresh\" content=\"0;url=/a?b=1&amp;c=&quot;\">"), "{body}");
+        assert!(body.contains("<a href=\"/a?b=1&amp;c=&quot;\">Continue</a>"), "{body}");
+    }
 }

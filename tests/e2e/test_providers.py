@@ -132,7 +132,7 @@ def test_every_shipped_nginx_config_passes_nginx_t(stack, config):
         names = set(re.findall(r"\{\{([A-Z_0-9]+)\}\}", text))
         fill = {"MODULE": ngx.module, "PREFIX": ngx.prefix, "WASM": WASM, "PROXY_PORT": values["PROXY_PORT"],
                 "UPSTREAM_PORT": stack.upstream_port, "IDP_PORT": stack.idp.port, "SIDECAR_PORT": free_port(),
-                "SITE": ROOT / "nginx/www"}
+                "SITE": ROOT / "nginx/www", "DEMO_WASM": ROOT / "nginx/demo-wasm"}
         ngx.config_path.write_text(render(ROOT / "nginx" / config, {k: v for k, v in fill.items() if k in names}))
     r = subprocess.run(["/usr/sbin/nginx", "-t", "-p", str(ngx.prefix), "-c", str(ngx.config_path),
                         "-e", str(ngx.prefix / "error.log")], capture_output=True, text=True, env=ngx.env, timeout=60)

@@ -9,6 +9,7 @@ mod health;
 mod idp;
 mod log;
 mod metrics;
+mod migrate;
 mod random;
 mod render;
 mod render_filter;
@@ -97,6 +98,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write one oidc-edge configuration from the oauth2-proxy containers it
+    /// replaces (compose files with OAUTH2_PROXY_* variables or flags, their
+    /// env files, oauth2-proxy .cfg/.toml files), with a report of what did
+    /// not carry over.
+    Migrate {
+        /// What to migrate from.
+        from: MigrateFrom,
+        /// docker-compose files and oauth2-proxy config files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR", default_value = "oidc-edge-migrated")]
+        out: PathBuf,
+        /// The proxy to write snippets for.
+        #[arg(long, value_name = "PROXY", default_value = "caddy")]
+        proxy: Proxy,
+    },
     /// Exit 0 when a running sidecar's /healthz answers 200 (container health checks).
     Health {
         /// The sidecar's address [default: sidecar.listen from the configuration].
@@ -105,6 +123,13 @@ enum Command {
     },
     /// Print a new cookie secret (base64 of 32 random bytes).
     Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MigrateFrom {
+    /// oauth2-proxy (one container per service, or a shared one).
+    #[value(name = "oauth2-proxy")]
+    Oauth2Proxy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -220,6 +245,7 @@ fn main() -> ExitCode {
             let opts = doctor::Options { hosts, groups, snippets, sidecar, json };
             doctor::run(&path, load_config(&path), load_raw(&path).ok(), &secrets, &opts)
         }
+        Command::Migrate { from: MigrateFrom::Oauth2Proxy, files, out, proxy } => migrate::run(&files, &out, proxy),
         Command::Health { address: Some(address) } => health::run(&address),
         Command::Health { address: None } => with_config(cli.config, |_, (_, settings)| health::run(&render::sidecar_address(&settings, None))),
         Command::Serve => with_config(cli.config, |_, config| serve_command(config)),

@@ -119,15 +119,18 @@ fn print(report: &[Check], as_json: bool) {
         println!("{}", json!({"ok": ok, "checks": checks}));
         return;
     }
+    // Details quote what the provider sent; its control characters must not
+    // reach the terminal.
+    let shown = |text: &str| text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect::<String>();
     for c in report {
         let mark = match c.status {
             Status::Pass => "✓",
             Status::Warn => "!",
             Status::Fail => "✗",
         };
-        println!("{mark} {}: {}", c.name, c.detail);
+        println!("{mark} {}: {}", c.name, shown(&c.detail));
         if let Some(fix) = &c.fix {
-            println!("    fix: {fix}");
+            println!("    fix: {}", shown(fix));
         }
     }
     let failed = report.iter().filter(|c| c.status == Status::Fail).count();

@@ -315,6 +315,10 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
             rule.insert("cors_preflight".into(), json!(true));
         }
         for host in &hosts {
+            if oidc_edge::policy::HostPattern::parse(host).is_none_or(|p| p == oidc_edge::policy::HostPattern::Any) {
+                left_out.push(format!("service {}: {host:?} is not a host name; write its route by hand", i.name));
+                continue;
+            }
             if hosts_seen.contains(host) {
                 left_out.push(format!("service {}: host {host} is already covered by an earlier service", i.name));
                 continue;
@@ -343,8 +347,13 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
             route.insert("host".into(), json!(host));
             route.extend(rule.clone());
             routes.push(Value::Object(route));
-            if let Some(up) = i.list("upstreams").first() {
-                sites.push((host.clone(), up.clone()));
+            match i.list("upstreams").first() {
+                // Written into a Caddyfile: a host or URL, nothing that could end the block.
+                Some(up) if up.contains("://") && !up.contains(|c: char| c.is_whitespace() || "{}\"#".contains(c)) => {
+                    sites.push((host.clone(), up.clone()));
+                }
+                Some(up) => left_out.push(format!("service {}: upstream {up:?} is not an http(s) URL; write its site block by hand", i.name)),
+                None => left_out.push(format!("service {}: no upstream; write its site block by hand", i.name)),
             }
         }
     }

@@ -69,7 +69,11 @@ fn env_names(value: &Value, field: &str, out: &mut Vec<String>, errors: &mut Vec
     match value {
         Value::Object(map) if map.len() == 1 && map.contains_key("env") => {
             if let Some(name) = map.get("env").and_then(Value::as_str) {
-                if !out.iter().any(|n| n == name) {
+                // The name is written into nginx's and Envoy's configuration.
+                let valid = name.bytes().enumerate().all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+                if name.is_empty() || !valid {
+                    errors.push(format!("{field}.env: {name:?} is not a variable name (letters, digits, _)"));
+                } else if !out.iter().any(|n| n == name) {
                     out.push(name.to_owned());
                 }
             }
@@ -439,6 +443,10 @@ mod tests {
         raw["session"]["secrets"] = json!([{"file": "cookie"}]);
         let e = envoy(&raw, &opts()).unwrap_err();
         assert!(e.contains("configuration.session.secrets[0]: the filter reads no files"), "{e}");
+        let mut raw = demo();
+        raw["provider"]["client_secret"] = json!({"env": "X;\nload_module /tmp/evil.so"});
+        let e = nginx_wasm(&raw, &opts()).unwrap_err();
+        assert!(e.contains("provider.client_secret.env: \"X;\\nload_module /tmp/evil.so\" is not a variable name"), "{e}");
         let mut raw = demo();
         raw["routes"] = json!([{"path": "/", "groups": "admins"}]);
         assert!(nginx_wasm(&raw, &opts()).unwrap_err().contains("routes"));

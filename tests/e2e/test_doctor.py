@@ -234,3 +234,9 @@ def test_a_jwks_without_usable_keys_and_unmapped_callouts_fail(tmp_path):
         assert checks["callouts"]["status"] == "fail" and "127.0.0.2" in checks["callouts"]["detail"]
     finally:
         fake.stop()
+
+
+def test_same_site_none_without_secure_is_refused_with_the_field(tmp_path, idp):
+    code, checks, _ = doctor(tmp_path, config(idp.issuer, extra_session="  same_site: none"), "--host", GATE)
+    assert code == 1 and failed(checks) == {"configuration"}
+    assert "session.same_site" in checks["configuration"]["detail"] and "secure" in checks["configuration"]["detail"]

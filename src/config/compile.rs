@@ -13,11 +13,27 @@ use crate::headers::{FOREIGN_IDENTITY_HEADERS, ROUTING_OVERRIDE_HEADERS};
 fn deserialize<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigErrors> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = without_values(&e.into_inner().to_string());
         // serde_path_to_error spells "no field yet" as `.` or a leading `?`.
         let field = if path == "." || path.starts_with('?') { "configuration".to_owned() } else { path };
         ConfigErrors(vec![FieldIssue::new(&field, inner)])
     })
+}
+
+/// serde's message without the value it quotes (`invalid type: string
+/// "…", expected …`): a secret written in the wrong place must not reach
+/// `check`'s output or a log line.
+fn without_values(message: &str) -> String {
+    let mut out = message.to_owned();
+    for kind in ["string \"", "invalid value: \""] {
+        if let Some(start) = out.find(kind) {
+            let open = start + kind.len() - 1;
+            if let Some(close) = out[open + 1..].rfind("\", expected").or_else(|| out[open + 1..].rfind('"')) {
+                out.replace_range(open..open + 1 + close + 1, "(value not shown)");
+            }
+        }
+    }
+    out
 }
 
 impl Config {

@@ -542,3 +542,16 @@ fn front_end_sections_are_left_to_their_front_end() {
     let errors = errors_of(&v);
     assert!(errors[0].contains("unknown field `sidcar`"), "{errors:?}");
 }
+
+#[test]
+fn a_secret_in_the_wrong_place_is_not_quoted_back() {
+    let mut v = minimal();
+    v["session"]["secrets"] = json!("SuperSecretCookieValue-0123456789abcdef");
+    let e = errors_of(&v).join("\n");
+    assert!(e.contains("session.secrets") && e.contains("(value not shown)"), "{e}");
+    assert!(!e.contains("SuperSecret"), "{e}");
+    let mut v = minimal();
+    v["provider"]["client_secret"] = json!(["the-client-secret-in-a-list"]);
+    let e = errors_of(&v).join("\n");
+    assert!(e.contains("provider.client_secret") && !e.contains("the-client-secret-in-a-list"), "{e}");
+}

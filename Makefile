@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 WASM := target/wasm32-wasip1/release/oidc_edge_filter.wasm
 
-.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy run-traefik run-fleet test unit e2e lint bench soak fuzz ngx-wasm clean
+.PHONY: help setup wasm build run run-nginx run-nginx-sidecar run-caddy run-traefik run-fleet test unit e2e lint bench soak fuzz ngx-wasm dist deb image oci clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,23 @@ fuzz: ## Every fuzz target for FUZZ_SECONDS each: libFuzzer on nightly, else bou
 ngx-wasm: ## Build ngx_wasm_module for Debian's nginx into ~/.cache/oidc-edge/ngx-wasm
 	./scripts/build-ngx-wasm.sh
 
-clean: ## Remove build output and run logs
+dist: ## Release tarball in dist/: static (musl) oidc-edge, the .wasm, snippets, examples, SHA256SUMS
+	./scripts/setup.sh --dist
+	./scripts/dist.sh
+
+deb: ## Debian package in dist/: the binary, a hardened systemd unit, /etc/oidc-edge, snippets, the .wasm
+	./scripts/setup.sh --dist
+	./scripts/deb.sh
+
+image: ## Sidecar container image (buildah): localhost/oidc-edge:VERSION, and a tar in dist/ for docker load
+	./scripts/setup.sh --dist
+	./scripts/image.sh
+
+oci: ## The .wasm as an OCI image layout in dist/ for Istio WasmPlugin and Envoy Gateway
+	./scripts/setup.sh --dist
+	./scripts/build-wasm.sh >/dev/null
+	python3 scripts/oci-wasm.py
+
+clean: ## Remove build output, run logs and dist/
 	cargo clean
-	rm -rf .run
+	rm -rf .run dist

@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # Installs everything the demo, the tests and the benchmark need, then builds
 # the filter. Safe to re-run: each step is skipped when already done.
+#
+#   scripts/setup.sh [--bench] [--dist]
+#     --bench  also wrk and openssl (make bench)
+#     --dist   also what the release packages need (make dist/deb/image/oci,
+#              the packaging tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bench="" dist=""
+for arg in "$@"; do
+  case $arg in
+    --bench) bench=1 ;;
+    --dist) dist=1 ;;
+    *) echo "usage: $0 [--bench] [--dist]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -60,8 +74,19 @@ fi
 # Debian's Chromium for the browser tests (Playwright drives it; it never downloads one);
 # Debian's Redis for the fleet tests (two sidecars sharing one store).
 apt_install nginx chromium redis-server
-if [ "${1:-}" = "--bench" ]; then
+if [ -n "$bench" ]; then
   apt_install wrk openssl
+fi
+# The release packages: a static musl build (musl-gcc compiles ring's C
+# code), buildah for the container image, skopeo to read the filter's OCI
+# layout back, the CA bundle the image ships, file to prove the binary
+# static, systemd-analyze to verify the unit.
+if [ -n "$dist" ]; then
+  if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    log "rustup target add x86_64-unknown-linux-musl"
+    rustup target add x86_64-unknown-linux-musl
+  fi
+  apt_install musl-tools buildah skopeo ca-certificates file systemd
 fi
 
 log "build the filter (.wasm) and the sidecar"

@@ -2,14 +2,16 @@
 # Every test: the layout check, lint, dependency checks (cargo deny), core and
 # sidecar unit tests (the core also on wasm32 under Node's WASI), the filter's
 # lint for the wasm target, a brief pass of every fuzz target, pyflakes over
-# the Python tests, then the end-to-end
+# the Python tests, the release packages (tarball, .deb installed and purged,
+# container image, the filter's OCI image, the compose and Kubernetes
+# examples), then the end-to-end
 # conformance suite through five real gates — Envoy + filter, nginx +
 # ngx_wasm_module + filter, stock nginx + auth_request + sidecar, Caddy +
 # forward_auth + sidecar, Traefik + forwardAuth + sidecar — with the real
 # OpenID provider.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --dist
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -46,8 +48,10 @@ step "core unit tests and the filter's adapter tests (wasm32-wasip1 under Node's
 cargo test -q -p oidc-edge -p oidc-edge-filter --lib --target wasm32-wasip1
 step "fuzz targets, 3 s each (libFuzzer on nightly, else bounded property tests on stable)"
 ./scripts/fuzz.sh 3
-step "pyflakes (the e2e suite, its harness, the soak and the bench)"
-.venv/bin/python -m pyflakes tests
+step "pyflakes (the e2e suite, its harness, the soak, the bench, the packaging tests)"
+.venv/bin/python -m pyflakes tests scripts/oci-wasm.py
+step "release packages: tarball, .deb (dpkg -i, then purged), container image, the filter's OCI image, compose and Kubernetes examples"
+.venv/bin/python -m pytest tests/packaging -q -p no:cacheprovider
 step "ngx_wasm_module for Debian's nginx (about 5 minutes the first time, then cached)"
 ./scripts/build-ngx-wasm.sh >/dev/null
 step "Valkey from Debian's source package, for the fleet tests (about 1.5 minutes the first time, then cached)"

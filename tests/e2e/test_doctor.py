@@ -190,7 +190,8 @@ def test_stale_snippets_are_named(tmp_path, idp):
 
 class FakeProvider:
     """A provider the test IdP cannot imitate: only an HMAC key in its JWKS,
-    and a token endpoint on another host than the issuer."""
+    a token endpoint on another host than the issuer, and refusals of
+    redirect URIs on an error page of its own."""
 
     def __init__(self):
         self.port = free_port()
@@ -199,6 +200,13 @@ class FakeProvider:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path.startswith("/auth"):
+                    # As Google refuses an unregistered redirect URI: on a page of its own.
+                    self.send_response(302)
+                    self.send_header("location", f"{issuer}/signin/oauth/error?authError=redirect_uri_mismatch")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 docs = {
                     "/.well-known/openid-configuration": {
                         "issuer": issuer, "authorization_endpoint": f"{issuer}/auth",
@@ -240,3 +248,15 @@ def test_same_site_none_without_secure_is_refused_with_the_field(tmp_path, idp):
     code, checks, _ = doctor(tmp_path, config(idp.issuer, extra_session="  same_site: none"), "--host", GATE)
     assert code == 1 and failed(checks) == {"configuration"}
     assert "session.same_site" in checks["configuration"]["detail"] and "secure" in checks["configuration"]["detail"]
+
+
+def test_a_refusal_on_the_providers_own_error_page_fails_and_unrendered_callouts_warn(tmp_path):
+    fake = FakeProvider()
+    try:
+        code, checks, _ = doctor(tmp_path, config(fake.issuer), "--host", GATE)
+        assert code == 1
+        assert checks["redirect_uri"]["status"] == "fail" and "not registered" in checks["redirect_uri"]["detail"]
+        # No callouts (a sidecar's file): fine for the sidecar, a warning for a filter rendered from it.
+        assert checks["callouts"]["status"] == "warn" and "127.0.0.2" in checks["callouts"]["detail"]
+    finally:
+        fake.stop()

@@ -3,6 +3,7 @@
 
 use oidc_edge::config::IdpCalls;
 use oidc_edge::encoding::{b64url, build_query, split_url};
+use oidc_edge::provider::{Discovery, ProviderError};
 use oidc_edge::{Config, HttpCall, HttpResponse};
 use serde_json::Value;
 
@@ -44,7 +45,9 @@ fn oauth_error(resp: &HttpResponse) -> String {
 /// Origins people reach the gate at: `--host`, else the routes' exact hosts,
 /// on https when the session cookie is `Secure`.
 pub fn origins(config: &Config, opts: &Options) -> Vec<String> {
-    let scheme = if config.session.secure { "https" } else { "http" };
+    // Without --host the scheme is not known; production hosts are https,
+    // and assuming it is what lets `secure: false` be caught.
+    let scheme = "https";
     let mut out: Vec<String> = Vec::new();
     let mut add = |o: String| {
         if !out.contains(&o) {
@@ -127,11 +130,23 @@ pub async fn live(client: &IdpClient, config: &Config, opts: &Options) -> Vec<Ch
         ));
         return out;
     }
-    let endpoint = |name: &str| discovery[name].as_str().unwrap_or_default().to_owned();
-    out.push(jwks(client, config, &endpoint("jwks_uri")).await);
-    if !p.callouts.is_empty() {
-        out.push(callouts(config, &[endpoint("token_endpoint"), endpoint("jwks_uri")]));
+    // The gates' own check of the document, before any credential is sent
+    // to an endpoint it names: an http token endpoint of a remote provider
+    // would receive the client secret in clear.
+    let mut direct_view = p.clone();
+    direct_view.callouts.clear();
+    direct_view.calls = IdpCalls::Direct;
+    if let Err(e) = Discovery::parse(&resp.body, &direct_view) {
+        out.push(Check::fail(
+            "discovery",
+            e.to_string(),
+            "the gates refuse this discovery document; fix it at the provider (its public URL settings)",
+        ));
+        return out;
     }
+    let endpoint = |name: &str| discovery[name].as_str().unwrap_or_default().to_owned();
+    out.push(jwks(client, config, &endpoint("jwks_uri"), &discovery).await);
+    out.push(callouts(config, &resp.body));
     let origins = origins(config, opts);
     let redirects = redirect_uris(config, &origins);
     out.push(client_secret(client, config, &endpoint("token_endpoint"), redirects.first()).await);
@@ -179,7 +194,21 @@ fn clock(config: &Config, headers: &hyper::HeaderMap, sent_at: u64) -> Check {
     }
 }
 
-async fn jwks(client: &IdpClient, config: &Config, url: &str) -> Check {
+/// Signature algorithms the gates verify ID tokens with.
+const VERIFIED_ALGS: [&str; 7] = ["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "Ed25519"];
+
+async fn jwks(client: &IdpClient, config: &Config, url: &str, discovery: &Value) -> Check {
+    let signing: Vec<&str> = discovery["id_token_signing_alg_values_supported"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !signing.is_empty() && !signing.iter().any(|a| VERIFIED_ALGS.contains(a)) {
+        return Check::fail(
+            "jwks",
+            format!("the provider signs ID tokens with {} only; the gates verify {}", signing.join(", "), VERIFIED_ALGS.join(", ")),
+            "choose RS256, ES256 or EdDSA for the client's ID tokens at the provider",
+        );
+    }
     let resp = match fetch(client, direct(config, "GET", url)).await {
         Ok((r, _)) if r.status == 200 => r,
         Ok((r, _)) => {
@@ -216,20 +245,35 @@ async fn jwks(client: &IdpClient, config: &Config, url: &str) -> Check {
     Check::pass("jwks", format!("{usable} usable of {} keys ({})", keys.len(), algs.join(", ")))
 }
 
-fn callouts(config: &Config, urls: &[String]) -> Check {
+/// Whether a filter reaches every endpoint it calls: through the configured
+/// `provider.callouts`, or, without any, through the issuer's host alone
+/// (what `render envoy|nginx-wasm` maps).
+fn callouts(config: &Config, discovery: &[u8]) -> Check {
     let mut filter_view = config.provider.clone();
     filter_view.calls = IdpCalls::Callouts;
-    for url in urls {
-        if filter_view.call("GET", url, Vec::new(), Vec::new()).is_none() {
-            let authority = split_url(url).map_or(url.as_str(), |(_, a, _)| a);
-            return Check::fail(
-                "callouts",
-                format!("the filter cannot reach {authority} ({url}): provider.callouts has no target for it"),
-                format!("add {{\"{authority}\": \"<cluster or host:port>\"}} to provider.callouts (oidc-edge render envoy writes the cluster)"),
-            );
+    let rendered = filter_view.callouts.is_empty();
+    if rendered {
+        if let Some((_, authority, _)) = split_url(&config.provider.issuer) {
+            filter_view.callouts.insert(authority.to_owned(), "issuer".into());
         }
     }
-    Check::pass("callouts", "provider.callouts covers the token endpoint and the JWKS")
+    match Discovery::parse(discovery, &filter_view) {
+        Ok(_) if rendered => Check::pass("callouts", "the provider's endpoints are all on the issuer's host (what render maps for a filter)"),
+        Ok(_) => Check::pass("callouts", "provider.callouts covers the token, JWKS and userinfo endpoints"),
+        Err(ProviderError::NoCalloutTarget { what, authority }) if rendered => Check::warn(
+            "callouts",
+            format!("a filter would not reach the {what} host {authority} (the sidecar does)"),
+            format!(
+                "for Envoy or nginx-wasm, list every provider host in provider.callouts, e.g. {{\"{authority}\": \"<cluster or host:port>\"}}"
+            ),
+        ),
+        Err(ProviderError::NoCalloutTarget { what, authority }) => Check::fail(
+            "callouts",
+            format!("the filter cannot reach the {what} host {authority}: provider.callouts has no target for it"),
+            format!("add {{\"{authority}\": \"<cluster or host:port>\"}} to provider.callouts (oidc-edge render envoy writes the cluster)"),
+        ),
+        Err(e) => Check::fail("callouts", e.to_string(), "fix the provider's discovery document"),
+    }
 }
 
 async fn client_secret(client: &IdpClient, config: &Config, token_endpoint: &str, redirect: Option<&String>) -> Check {
@@ -303,6 +347,17 @@ async fn redirect_uri(client: &IdpClient, config: &Config, authorization_endpoin
                 "check provider.scopes and the client's settings",
             )
         }
+        300..=399 if location.starts_with(uri) => Check::pass("redirect_uri", format!("{uri}: accepted")),
+        // Some providers refuse on a page of their own (Google: /signin/oauth/error?authError=…).
+        300..=399 if location.to_ascii_lowercase().contains("error") => {
+            let mismatch = location.to_ascii_lowercase().contains("redirect_uri") || location.to_ascii_lowercase().contains("mismatch");
+            let detail = if mismatch {
+                format!("{uri}: not registered with the provider")
+            } else {
+                format!("{uri}: the provider sent the sign-in to an error page")
+            };
+            Check::fail("redirect_uri", format!("{detail} ({location})"), register)
+        }
         300..=399 => Check::pass("redirect_uri", format!("{uri}: accepted (the provider started a sign-in)")),
         400..=499 if text_of(&resp).contains("redirect_uri") => {
             Check::fail("redirect_uri", format!("{uri}: not registered with the provider"), register)
@@ -324,19 +379,31 @@ async fn redirect_uri(client: &IdpClient, config: &Config, authorization_endpoin
 async fn post_logout(client: &IdpClient, config: &Config, end_session: &str, uri: &str) -> Check {
     let query = build_query(&[("client_id", &config.provider.client_id), ("post_logout_redirect_uri", uri)]);
     let sep = if end_session.contains('?') { '&' } else { '?' };
-    match fetch(client, direct(config, "GET", &format!("{end_session}{sep}{query}"))).await {
-        Ok((resp, _)) if resp.status < 400 => Check::pass("post_logout_redirect_uri", format!("{uri}: accepted")),
-        Ok((resp, _)) if text_of(&resp).contains("post_logout_redirect_uri") => Check::fail(
+    let (resp, headers) = match fetch(client, direct(config, "GET", &format!("{end_session}{sep}{query}"))).await {
+        Ok(r) => r,
+        Err(e) => return Check::warn("post_logout_redirect_uri", format!("{end_session}: {e}"), "this machine must reach the provider"),
+    };
+    let location = headers.get("location").and_then(|l| l.to_str().ok()).unwrap_or_default();
+    let register = format!("register {uri} as a post-logout redirect URI of the client, or set post_logout_redirect_url to one that is");
+    let unverified = "the provider may check it only with a signed-in user's id_token_hint; sign out once to see";
+    match resp.status {
+        300..=399 if location.starts_with(uri) => Check::pass("post_logout_redirect_uri", format!("{uri}: accepted")),
+        300..=399 if location.to_ascii_lowercase().contains("error") => {
+            Check::fail("post_logout_redirect_uri", format!("{uri}: the provider sent the sign-out to an error page ({location})"), register)
+        }
+        300..=399 => {
+            Check::warn("post_logout_redirect_uri", format!("{uri}: not confirmed (the provider redirected to {location})"), unverified)
+        }
+        200..=299 if text_of(&resp).contains("error") => {
+            Check::warn("post_logout_redirect_uri", format!("{uri}: the provider answered with a page that mentions an error"), register)
+        }
+        200..=299 => Check::pass("post_logout_redirect_uri", format!("{uri}: accepted (the provider asks the user to confirm)")),
+        _ if text_of(&resp).contains("post_logout_redirect_uri") => Check::fail(
             "post_logout_redirect_uri",
             format!("{uri}: not registered with the provider; sign-out would stop at the provider"),
-            format!("register {uri} as a post-logout redirect URI of the client, or set post_logout_redirect_url to one that is"),
+            register,
         ),
-        Ok((resp, _)) => Check::warn(
-            "post_logout_redirect_uri",
-            format!("{uri}: the provider answered {}", resp.status),
-            "check the client's post-logout redirect URIs",
-        ),
-        Err(e) => Check::warn("post_logout_redirect_uri", format!("{end_session}: {e}"), "this machine must reach the provider"),
+        status => Check::warn("post_logout_redirect_uri", format!("{uri}: the provider answered {status}"), unverified),
     }
 }
 

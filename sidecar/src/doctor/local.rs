@@ -64,9 +64,12 @@ fn cookie_attributes(config: &Config, opts: &Options) -> Check {
     let https = origins.iter().any(|o| o.starts_with("https://")) || config.redirect_url.as_deref().is_some_and(|u| u.starts_with("https://"));
     let plain: Vec<&String> = origins.iter().filter(|o| o.starts_with("http://")).collect();
     if !s.secure && https {
+        let assumed = if opts.hosts.is_empty() { " (assumed: pass --host http://… for a plain-http test setup)" } else { "" };
         return Check::fail(
             "cookies",
-            "session.secure is false, and people reach the gate over https: the session cookie would also travel over plain http",
+            format!(
+                "session.secure is false, and people reach the gate over https{assumed}: the session cookie would also travel over plain http"
+            ),
             "remove session.secure: false (Secure is the default)",
         );
     }

@@ -56,6 +56,25 @@ const CARRIED: [&str; 22] = [
     "user_id_claim",
 ];
 
+/// oauth2-proxy options that restrict who gets in and that oidc-edge cannot
+/// express: a service that used one gets no route (nobody passes) and a
+/// line under Review, never a route that lets more people in.
+const RESTRICTING: [&str; 13] = [
+    "allowed_roles",
+    "keycloak_group",
+    "keycloak_groups",
+    "google_group",
+    "github_org",
+    "github_team",
+    "github_repo",
+    "github_user",
+    "gitlab_group",
+    "gitlab_project",
+    "bitbucket_team",
+    "bitbucket_repository",
+    "azure_tenant",
+];
+
 /// Settings of the one provider client and the one session cookie: an
 /// instance that set them otherwise than the one taken is named.
 const SHARED: [&str; 7] = ["cookie_expire", "cookie_refresh", "cookie_samesite", "cookie_domains", "cookie_name", "scope", "oidc_issuer_url"];
@@ -208,8 +227,14 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
         }
         provider.insert("scopes".into(), json!(scopes));
     }
-    if instances.iter().any(|i| i.get("insecure_oidc_allow_unverified_email").is_some_and(|w| w.text == "true")) {
+    let trusts = |i: &Instance| i.get("insecure_oidc_allow_unverified_email").is_some_and(|w| w.text == "true");
+    if instances.iter().all(trusts) {
         provider.insert("trust_unverified_email".into(), json!(true));
+    } else if let Some(i) = instances.iter().find(|i| trusts(i)) {
+        left_out.push(format!(
+            "service {}: insecure_oidc_allow_unverified_email is not carried over: oidc-edge sets it for every host or none, and the other services did not have it",
+            i.name
+        ));
     }
     if let Some(name) = chosen.get("provider_display_name") {
         provider.insert("display_name".into(), json!(name.text));
@@ -271,8 +296,26 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
             left_out.push(format!("service {}: no public host (no redirect_url, no Traefik Host rule): write its route by hand", i.name));
             continue;
         }
+        if !i.unread.is_empty() {
+            review.push(format!(
+                "service {}: not migrated, its settings could not all be read ({}); write its route by hand",
+                i.name,
+                i.unread.join("; ")
+            ));
+            continue;
+        }
+        if let Some(key) = RESTRICTING.iter().find(|k| i.options.contains_key(**k)) {
+            review.push(format!(
+                "service {}: not migrated, it admits people by {key}, which oidc-edge cannot check; write its route by hand",
+                i.name
+            ));
+            continue;
+        }
         if i.get("client_id").and_then(|w| r.plain(w, &mut Vec::new(), "")).is_some_and(|id| id != client_id) {
-            todo.push(format!("service {} used another client; oidc-edge signs every host in with client {client_id}", i.name));
+            review.push(format!(
+                "service {} used its own client at the provider; oidc-edge signs every host in with client {client_id}, so any restriction set on the old client (allowed groups, users) no longer applies: set it on the route",
+                i.name
+            ));
         }
         let groups = i.list("allowed_groups");
         let domains: Vec<String> = i.list("email_domains").into_iter().filter(|d| d != "*").collect();
@@ -280,8 +323,11 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
             Some(f) => match std::fs::read_to_string(i.host_path(&f.text, base)) {
                 Ok(t) => t.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_ascii_lowercase).collect(),
                 Err(e) => {
-                    left_out.push(format!("service {}: authenticated_emails_file {}: {e}; its addresses are not carried over", i.name, f.text));
-                    Vec::new()
+                    review.push(format!(
+                        "service {}: not migrated, its authenticated_emails_file {} cannot be read ({e}); write its route by hand",
+                        i.name, f.text
+                    ));
+                    continue;
                 }
             },
             None => Vec::new(),
@@ -305,11 +351,18 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
                 rule.insert("email_domains".into(), json!(domains));
             }
             if domains.is_empty() && emails.is_empty() && !any_domain {
-                left_out.push(format!(
-                    "service {}: no email_domains and no allowed addresses: oauth2-proxy let no one in; oidc-edge lets in any signed-in user",
+                review.push(format!(
+                    "service {}: no email_domains and no allowed addresses (oauth2-proxy let no one in); its route admits any signed-in user",
                     i.name
                 ));
             }
+        }
+        if !groups.is_empty() && domains.is_empty() && emails.is_empty() && !any_domain {
+            review.push(format!(
+                "service {}: no email_domains (oauth2-proxy let no one in); its route admits members of {}",
+                i.name,
+                groups.join(", ")
+            ));
         }
         if i.get("skip_auth_preflight").is_some_and(|w| w.text == "true") {
             rule.insert("cors_preflight".into(), json!(true));
@@ -331,6 +384,13 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
                 };
                 match prefix_of(&regex) {
                     Some(path) => {
+                        if path.len() > 1 && path.ends_with('/') {
+                            review.push(format!(
+                                "service {}: the public route {path} (from {entry}) also covers {} itself",
+                                i.name,
+                                path.trim_end_matches('/')
+                            ));
+                        }
                         let mut route = json!({"host": host, "path": path, "public": true});
                         if let Some(m) = method {
                             route["methods"] = json!([m]);
@@ -366,6 +426,9 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
             }
         }
     }
+    // First match wins: exact hosts before wildcards, or a `*.example.com`
+    // route would answer for a stricter service's own host.
+    routes.sort_by_key(|r| r["host"].as_str().is_some_and(|h| h.starts_with("*.")));
     let mut config = Map::new();
     config.insert("provider".into(), Value::Object(provider));
     config.insert("session".into(), Value::Object(session));
@@ -385,18 +448,26 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
         );
     }
     config.insert("routes".into(), Value::Array(routes));
-    if let Some(url) = chosen.get("redis_connection_url").filter(|_| chosen.get("session_store_type").is_some_and(|w| w.text == "redis")) {
-        config.insert("store".into(), json!({"url": url.text}));
+    if chosen.get("session_store_type").is_some_and(|w| w.text == "redis") {
+        left_out
+            .push("session_store_type redis: sessions live in the cookie; several oidc-edge instances share a store: (docs/fleets.md)".into());
     }
     config.insert("sidecar".into(), json!({"listen": "0.0.0.0:4180", "trusted_proxies": ["127.0.0.1", "::1"]}));
     todo.push("set sidecar.trusted_proxies to your proxy's address (a container network, e.g. 172.18.0.0/16)".into());
     for h in &hosts_seen {
         let scheme = if session_secure(&config) { "https" } else { "http" };
-        todo.push(format!("register {scheme}://{h}/oauth2/callback as a callback URL of client {client_id}"));
+        todo.push(match h.strip_prefix("*.") {
+            Some(domain) => format!("register {scheme}://<each host under {domain}>/oauth2/callback as a callback URL of client {client_id}"),
+            None => format!("register {scheme}://{h}/oauth2/callback as a callback URL of client {client_id}"),
+        });
     }
     for i in instances {
         for key in i.options.keys() {
-            if CARRIED.contains(&key.as_str()) || key == "redis_connection_url" || key == "session_store_type" {
+            if CARRIED.contains(&key.as_str())
+                || RESTRICTING.contains(&key.as_str())
+                || key == "redis_connection_url"
+                || key == "session_store_type"
+            {
                 continue;
             }
             match NOT_NEEDED.iter().find(|(k, _)| k == key) {
@@ -453,15 +524,12 @@ pub struct Inputs {
     base: PathBuf,
     /// The compose project's `.env`, for `${VAR}` in plain values.
     project_env: BTreeMap<String, String>,
-    /// Problems reading them, for the report.
-    notes: Vec<String>,
 }
 
 /// Reads every file: compose files (with their env files and the TOML
 /// configs they mount) and oauth2-proxy config files.
 pub fn read_inputs(files: &[PathBuf]) -> Result<Inputs, String> {
     let mut instances = Vec::new();
-    let mut notes = Vec::new();
     let mut project_env = BTreeMap::new();
     let base = files.first().and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
     for file in files {
@@ -472,9 +540,9 @@ pub fn read_inputs(files: &[PathBuf]) -> Result<Inputs, String> {
             if let Ok(dot_env) = std::fs::read_to_string(file.parent().unwrap_or(Path::new(".")).join(".env")) {
                 project_env.extend(read::env_file(&dot_env));
             }
-            instances.extend(read::compose(file, &text, &mut notes)?);
+            instances.extend(read::compose(file, &text)?);
         } else if ext == "toml" || ext == "cfg" || ext == "conf" {
-            let mut i = Instance { name, source: file.display().to_string(), ..Instance::default() };
+            let mut i = Instance::new(name, file.display().to_string());
             read::apply_toml(&mut i, &text).map_err(|e| format!("{}: not valid TOML: {e}", file.display()))?;
             instances.push(i);
         } else {
@@ -484,7 +552,7 @@ pub fn read_inputs(files: &[PathBuf]) -> Result<Inputs, String> {
     if instances.is_empty() {
         return Err("no oauth2-proxy found in these files (an image named oauth2-proxy, OAUTH2_PROXY_* variables, or --provider flags)".into());
     }
-    Ok(Inputs { instances, base, project_env, notes })
+    Ok(Inputs { instances, base, project_env })
 }
 
 /// Secrets as placeholders: the snippets hold none, and the variables the
@@ -518,8 +586,7 @@ fn snippets(yaml: &str, proxy: crate::Proxy) -> Result<Vec<(String, String)>, St
 /// and, for Caddy, the site blocks.
 pub fn run(files: &[PathBuf], out: &Path, proxy: crate::Proxy) -> ExitCode {
     let result = read_inputs(files).and_then(|inputs| {
-        let mut m = migrate(&inputs.instances, &inputs.base, &inputs.project_env)?;
-        m.left_out.extend(inputs.notes);
+        let m = migrate(&inputs.instances, &inputs.base, &inputs.project_env)?;
         Ok((m, inputs.instances.len()))
     });
     let (m, count) = match result {

@@ -192,3 +192,60 @@ def test_the_migrated_homelab_runs_behind_caddy(live_homelab):
     assert anyone.request("POST", f"http://127.0.0.1:{port}/api/health", {"Host": f"sonarr.test:{port}", "Accept": "application/json"}).status == 401
     assert anyone.get(f"http://paperless.test:{port}/static/app.css").status == 200
     assert anyone.get(f"http://grafana.test:{port}/", headers={"Accept": "application/json"}).status == 401
+
+
+def test_a_migration_never_lets_more_people_in_without_saying_so(tmp_path):
+    (tmp_path / "staff.env").write_text("OAUTH2_PROXY_EMAIL_DOMAINS=*\nOAUTH2_PROXY_ALLOWED_GROUPS=everyone\n")
+    common = ("      OAUTH2_PROXY_OIDC_ISSUER_URL: https://id.example.com\n      OAUTH2_PROXY_CLIENT_ID: c\n"
+              "      OAUTH2_PROXY_CLIENT_SECRET: ${CLIENT_SECRET}\n      OAUTH2_PROXY_COOKIE_SECRET: ${COOKIE_SECRET}\n"
+              "      OAUTH2_PROXY_UPSTREAMS: http://app:80\n")
+    (tmp_path / "docker-compose.yml").write_text(f"""\
+services:
+  everything-auth:
+    image: quay.io/oauth2-proxy/oauth2-proxy
+    environment:
+{common}      OAUTH2_PROXY_EMAIL_DOMAINS: "*"
+      VIRTUAL_HOST: "*.example.com"
+  admin-auth:
+    image: quay.io/oauth2-proxy/oauth2-proxy
+    environment:
+{common}      OAUTH2_PROXY_REDIRECT_URL: https://admin.example.com/oauth2/callback
+      OAUTH2_PROXY_EMAIL_DOMAINS: "*"
+      OAUTH2_PROXY_ALLOWED_GROUPS: admins
+  staff-auth:
+    image: quay.io/oauth2-proxy/oauth2-proxy
+    env_file: [{{path: staff.env, required: true}}]
+    environment:
+{common}      OAUTH2_PROXY_REDIRECT_URL: https://staff.example.com/oauth2/callback
+      OAUTH2_PROXY_EMAIL_DOMAINS: example.org
+  roles-auth:
+    image: quay.io/oauth2-proxy/oauth2-proxy
+    environment:
+{common}      OAUTH2_PROXY_PROVIDER: keycloak-oidc
+      OAUTH2_PROXY_REDIRECT_URL: https://roles.example.com/oauth2/callback
+      OAUTH2_PROXY_EMAIL_DOMAINS: "*"
+      OAUTH2_PROXY_ALLOWED_ROLES: finance
+  list-auth:
+    image: quay.io/oauth2-proxy/oauth2-proxy
+    environment:
+{common}      OAUTH2_PROXY_REDIRECT_URL: https://list.example.com/oauth2/callback
+      OAUTH2_PROXY_AUTHENTICATED_EMAILS_FILE: /etc/oauth2-proxy/missing.txt
+""")
+    r = migrate(tmp_path / "out", tmp_path / "docker-compose.yml")
+    assert r.returncode == 0, r.stderr
+    routes = yaml.safe_load((tmp_path / "out/oidc-edge.yaml").read_text())["routes"]
+    hosts = [route["host"] for route in routes]
+    # The stricter exact host comes before the wildcard that would shadow it.
+    assert hosts.index("admin.example.com") < hosts.index("*.example.com")
+    # compose's environment: wins over env_file:, and the env file's groups stay a group rule with the
+    # domain flagged, never the env file's "*".
+    staff = next(route for route in routes if route["host"] == "staff.example.com")
+    assert staff == {"host": "staff.example.com", "groups": ["everyone"]}
+    # Rules oidc-edge cannot check, and files it cannot read: no route at all (nobody passes).
+    assert "roles.example.com" not in hosts and "list.example.com" not in hosts
+    report = (tmp_path / "out/migration-report.md").read_text()
+    review = report.split("## Review")[1].split("## ")[0]
+    assert "roles-auth: not migrated, it admits people by allowed_roles" in review
+    assert "list-auth: not migrated, its authenticated_emails_file" in review
+    assert "staff-auth: oauth2-proxy required a group AND an allowed email or domain" in review
+    assert "<each host under example.com>" in report

@@ -30,9 +30,30 @@ pub struct Instance {
     pub label_hosts: Vec<String>,
     /// `host path → container path` mounts, to find files it read.
     pub volumes: Vec<(PathBuf, String)>,
+    /// Files it read that could not be read here: its settings are unknown.
+    pub unread: Vec<String>,
+    /// Where each option's value came from: the source that wins is the
+    /// one oauth2-proxy and compose believe, never a blend of several.
+    ranks: BTreeMap<String, Source>,
+}
+
+/// Where a value is written, weakest first: oauth2-proxy takes flags over
+/// its environment over its config file, and compose takes `environment:`
+/// over `env_file:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    ConfigFile,
+    EnvFile,
+    Environment,
+    Flag,
 }
 
 impl Instance {
+    /// An instance with no options yet.
+    pub fn new(name: String, source: String) -> Instance {
+        Instance { name, source, ..Instance::default() }
+    }
+
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&Written> {
         self.options.get(key).and_then(|v| v.first())
@@ -59,8 +80,15 @@ impl Instance {
         base.join(container_path)
     }
 
-    fn set(&mut self, raw_name: &str, text: String, variable: Option<String>) {
+    fn set(&mut self, raw_name: &str, text: String, variable: Option<String>, source: Source) {
         let key = canonical(raw_name);
+        let rank = self.ranks.entry(key.clone()).or_insert(source);
+        if source > *rank {
+            *rank = source;
+            self.options.remove(&key);
+        } else if source < *rank {
+            return;
+        }
         self.options.entry(key).or_default().push(Written { text, variable });
     }
 }
@@ -133,6 +161,16 @@ fn compose_args(v: &Value) -> Vec<String> {
     }
 }
 
+/// `env_file:` as a string, a list, or a list of `{path, required}`.
+fn env_files(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => {
+            items.iter().filter_map(|i| i.as_str().map(str::to_owned).or_else(|| i["path"].as_str().map(str::to_owned))).collect()
+        }
+        other => other.as_str().map(str::to_owned).into_iter().collect(),
+    }
+}
+
 fn strings(v: &Value) -> Vec<String> {
     match v {
         Value::Array(items) => items.iter().filter_map(scalar).collect(),
@@ -179,20 +217,20 @@ fn apply_flags(instance: &mut Instance, args: &[String]) {
         i += 1;
         let Some(flag) = arg.strip_prefix("--") else { continue };
         match flag.split_once('=') {
-            Some((name, value)) => instance.set(name, value.to_owned(), None),
+            Some((name, value)) => instance.set(name, value.to_owned(), None, Source::Flag),
             None if i < args.len() && !args[i].starts_with("--") => {
-                instance.set(flag, args[i].clone(), None);
+                instance.set(flag, args[i].clone(), None, Source::Flag);
                 i += 1;
             }
-            None => instance.set(flag, "true".into(), None),
+            None => instance.set(flag, "true".into(), None, Source::Flag),
         }
     }
 }
 
-fn apply_env(instance: &mut Instance, env: &[(String, String)]) {
+fn apply_env(instance: &mut Instance, env: &[(String, String)], source: Source) {
     for (k, v) in env {
         if let Some(name) = k.strip_prefix("OAUTH2_PROXY_") {
-            instance.set(name, v.clone(), Some(k.clone()));
+            instance.set(name, v.clone(), Some(k.clone()), source);
         }
     }
 }
@@ -205,13 +243,13 @@ pub fn apply_toml(instance: &mut Instance, text: &str) -> Result<(), String> {
             toml::Value::Array(items) => {
                 for item in items {
                     if let Some(s) = toml_scalar(&item) {
-                        instance.set(&k, s, None);
+                        instance.set(&k, s, None, Source::ConfigFile);
                     }
                 }
             }
             other => {
                 if let Some(s) = toml_scalar(&other) {
-                    instance.set(&k, s, None);
+                    instance.set(&k, s, None, Source::ConfigFile);
                 }
             }
         }
@@ -230,25 +268,27 @@ fn toml_scalar(v: &toml::Value) -> Option<String> {
 
 /// Every oauth2-proxy in a compose file, with the env files and TOML
 /// configs it references read in; problems go to `notes`.
-pub fn compose(path: &Path, text: &str, notes: &mut Vec<String>) -> Result<Vec<Instance>, String> {
+pub fn compose(path: &Path, text: &str) -> Result<Vec<Instance>, String> {
     let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let services = doc["services"].as_object().ok_or_else(|| format!("{}: no `services:`", path.display()))?;
     let mut out = Vec::new();
     for (name, service) in services {
-        let mut env = Vec::new();
-        for file in strings(&service["env_file"]) {
+        let mut from_files = Vec::new();
+        let mut unread = Vec::new();
+        for file in env_files(&service["env_file"]) {
             match std::fs::read_to_string(base.join(&file)) {
-                Ok(t) => env.extend(env_file(&t)),
-                Err(e) => notes.push(format!("service {name}: env_file {file}: {e}")),
+                Ok(t) => from_files.extend(env_file(&t)),
+                Err(e) => unread.push(format!("{file}: {e}")),
             }
         }
-        env.extend(compose_env(&service["environment"]));
+        let environment = compose_env(&service["environment"]);
         let args = compose_args(&service["command"]);
+        let env: Vec<(String, String)> = from_files.iter().chain(&environment).cloned().collect();
         if !is_oauth2_proxy(service, &env, &args) {
             continue;
         }
-        let mut instance = Instance { name: name.clone(), source: path.display().to_string(), ..Instance::default() };
+        let mut instance = Instance::new(name.clone(), path.display().to_string());
         for v in strings(&service["volumes"]) {
             let mut parts = v.splitn(3, ':');
             if let (Some(host), Some(inside)) = (parts.next(), parts.next()) {
@@ -256,13 +296,14 @@ pub fn compose(path: &Path, text: &str, notes: &mut Vec<String>) -> Result<Vec<I
             }
         }
         instance.label_hosts = label_hosts(&strings(&service["labels"]), &env);
-        apply_env(&mut instance, &env);
+        instance.unread = unread;
+        apply_env(&mut instance, &from_files, Source::EnvFile);
+        apply_env(&mut instance, &environment, Source::Environment);
         apply_flags(&mut instance, &args);
         if let Some(cfg) = instance.get("config").map(|w| w.text.clone()) {
             let file = instance.host_path(&cfg, base);
-            match std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|t| apply_toml(&mut instance, &t)) {
-                Ok(()) => {}
-                Err(e) => notes.push(format!("service {name}: its config file {cfg} ({}): {e}", file.display())),
+            if let Err(e) = std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|t| apply_toml(&mut instance, &t)) {
+                instance.unread.push(format!("its config file {cfg} ({}): {e}", file.display()));
             }
         }
         out.push(instance);
@@ -278,14 +319,19 @@ mod tests {
     fn flags_env_and_toml_meet_under_toml_names() {
         let mut i = Instance::default();
         apply_flags(&mut i, &["--email-domain=*".into(), "--allowed-group".into(), "admins".into(), "--skip-provider-button".into()]);
-        apply_env(&mut i, &[("OAUTH2_PROXY_ALLOWED_GROUPS".into(), "media, users".into()), ("OTHER".into(), "x".into())]);
-        apply_toml(&mut i, "cookie_secure = false\nupstreams = [\"http://a:1\", \"http://b:2\"]\n").unwrap();
-        assert_eq!(i.list("allowed_groups"), ["admins", "media", "users"]);
+        apply_env(&mut i, &[("OAUTH2_PROXY_ALLOWED_GROUPS".into(), "media, users".into()), ("OTHER".into(), "x".into())], Source::Environment);
+        apply_env(&mut i, &[("OAUTH2_PROXY_EMAIL_DOMAINS".into(), "example.org".into())], Source::Environment);
+        apply_toml(&mut i, "cookie_secure = false\nupstreams = [\"http://a:1\", \"http://b:2\"]\nallowed_groups = [\"users\"]\n").unwrap();
+        // Flags win over the environment, which wins over the config file: never a blend.
+        assert_eq!(i.list("allowed_groups"), ["admins"]);
         assert_eq!(i.list("email_domains"), ["*"]);
         assert_eq!(i.get("skip_provider_button").unwrap().text, "true");
         assert_eq!(i.get("cookie_secure").unwrap().text, "false");
         assert_eq!(i.list("upstreams"), ["http://a:1", "http://b:2"]);
-        assert_eq!(i.options["allowed_groups"][1].variable.as_deref(), Some("OAUTH2_PROXY_ALLOWED_GROUPS"));
+        apply_env(&mut i, &[("OAUTH2_PROXY_COOKIE_SECRET".into(), "from-a-file".into())], Source::EnvFile);
+        apply_env(&mut i, &[("OAUTH2_PROXY_COOKIE_SECRET".into(), "${SECRET}".into())], Source::Environment);
+        assert_eq!(i.get("cookie_secret").unwrap().text, "${SECRET}");
+        assert_eq!(i.get("cookie_secret").unwrap().variable.as_deref(), Some("OAUTH2_PROXY_COOKIE_SECRET"));
     }
 
     #[test]

@@ -181,22 +181,36 @@ fn load_raw(path: &Path) -> Result<serde_json::Value, String> {
     serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))
 }
 
-fn render_command(
-    path: &Path,
-    (config, settings): &(Config, SidecarConfig),
-    proxy: Proxy,
-    out: &Path,
-    sidecar: Option<&str>,
-    filter: &render_filter::FilterOptions,
-) -> ExitCode {
+/// The sidecar's snippets: the configuration loads with its secrets, as
+/// `serve` would (a proxy token is written into them).
+fn render_sidecar((config, settings): &(Config, SidecarConfig), proxy: Proxy, sidecar: Option<&str>) -> Result<Vec<(String, String)>, String> {
     let sidecar = render::sidecar_address(settings, sidecar);
-    let files = match proxy {
+    match proxy {
         Proxy::Nginx => render::nginx(config, settings, &sidecar),
         Proxy::Caddy => render::caddy(config, settings, &sidecar),
-        Proxy::Traefik => render::traefik(config, settings, &sidecar),
-        Proxy::Envoy => load_raw(path).and_then(|raw| render_filter::envoy(&raw, filter)),
-        Proxy::NginxWasm => load_raw(path).and_then(|raw| render_filter::nginx_wasm(&raw, filter)),
-    };
+        _ => render::traefik(config, settings, &sidecar),
+    }
+}
+
+/// The filter's part: names of secrets only, so their values need not be
+/// at hand where the proxy's configuration is built.
+fn render_filter_files(path: &Path, proxy: Proxy, filter: &render_filter::FilterOptions) -> Result<Vec<(String, String)>, String> {
+    let raw = load_raw(path)?;
+    let files = match proxy {
+        Proxy::Envoy => render_filter::envoy(&raw, filter),
+        _ => render_filter::nginx_wasm(&raw, filter),
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    if raw.pointer("/provider/callouts").and_then(serde_json::Value::as_object).is_none_or(serde_json::Map::is_empty) {
+        eprintln!(
+            "render: only the issuer's host is mapped for the filter's calls; if the provider's token, JWKS or userinfo endpoints \
+             live on other hosts, list them in provider.callouts (`oidc-edge doctor` checks)"
+        );
+    }
+    Ok(files)
+}
+
+fn write_files(out: &Path, files: Result<Vec<(String, String)>, String>) -> ExitCode {
     let files = match files {
         Ok(f) => f,
         Err(e) => {
@@ -232,9 +246,16 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Secret => secret_command(),
         Command::Check => with_config(cli.config, check_command),
-        Command::Render { proxy, out, sidecar, wasm, listen, upstream, admin, resolver } => {
+        Command::Render { proxy: proxy @ (Proxy::Envoy | Proxy::NginxWasm), out, wasm, listen, upstream, admin, resolver, .. } => {
+            let Some(path) = cli.config else {
+                eprintln!("no config file: pass --config FILE or set OIDC_EDGE_CONFIG (see oidc-edge --help)");
+                return ExitCode::from(2);
+            };
             let filter = render_filter::FilterOptions { wasm, listen, upstream, admin, resolver };
-            with_config(cli.config, |path, config| render_command(path, &config, proxy, &out, sidecar.as_deref(), &filter))
+            write_files(&out, render_filter_files(&path, proxy, &filter))
+        }
+        Command::Render { proxy, out, sidecar, .. } => {
+            with_config(cli.config, |_, config| write_files(&out, render_sidecar(&config, proxy, sidecar.as_deref())))
         }
         Command::Doctor { hosts, groups, snippets, sidecar, json } => {
             let Some(path) = cli.config else {

@@ -35,12 +35,13 @@ pub struct FilterOptions {
     pub resolver: String,
 }
 
-/// Secrets as the filter reads them: the environment only.
+/// Secrets as the filter reads them, from the environment only; a
+/// rendering holds their names, never their values, so any value stands in.
 struct FilterSecrets;
 
 impl SecretSource for FilterSecrets {
-    fn env(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+    fn env(&self, _: &str) -> Option<String> {
+        Some("cmVuZGVyaW5nLWhvbGRzLW5vLXNlY3JldC12YWx1ZXM=".into())
     }
 
     fn file(&self, _: &str) -> Result<String, String> {
@@ -51,9 +52,12 @@ impl SecretSource for FilterSecrets {
 /// One IdP (or coordinator) host the filter calls.
 struct Callout {
     cluster: String,
+    /// Where Envoy connects.
     host: String,
     port: u16,
-    tls: bool,
+    /// The name the certificate must carry (the provider's host, also when
+    /// the connection goes to an internal address).
+    tls_name: Option<String>,
 }
 
 /// The filter's configuration for one host, and what the host must provide.
@@ -136,6 +140,7 @@ fn filter_config(raw: &Value, for_envoy: bool) -> Result<FilterConfig, String> {
             errors.push(format!("provider.callouts.{key}: write host or host:port"));
             continue;
         };
+        let tls_name = tls.then(|| authority_host(key).trim_start_matches('[').trim_end_matches(']').to_owned());
         if for_envoy {
             let cluster = if target.is_empty() {
                 IDP_CLUSTER.to_owned()
@@ -145,7 +150,7 @@ fn filter_config(raw: &Value, for_envoy: bool) -> Result<FilterConfig, String> {
                 target.clone()
             };
             if !callouts.iter().any(|c| c.cluster == cluster) {
-                callouts.push(Callout { cluster: cluster.clone(), host, port, tls });
+                callouts.push(Callout { cluster: cluster.clone(), host, port, tls_name });
             }
             *target = cluster;
         } else if !is_host_port(target) {
@@ -156,7 +161,7 @@ fn filter_config(raw: &Value, for_envoy: bool) -> Result<FilterConfig, String> {
     if for_envoy {
         if let Some(coordinator) = json.pointer("/fleet/coordinator").and_then(Value::as_str).map(str::to_owned) {
             if let Some((host, port)) = is_host_port(&coordinator).then(|| split_host_port(&coordinator, 80)).flatten() {
-                callouts.push(Callout { cluster: COORDINATOR_CLUSTER.into(), host, port, tls: false });
+                callouts.push(Callout { cluster: COORDINATOR_CLUSTER.into(), host, port, tls_name: None });
                 json["fleet"]["coordinator"] = json!(COORDINATOR_CLUSTER);
             }
         }
@@ -273,7 +278,7 @@ fn is_ip(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok()
 }
 
-fn envoy_cluster(name: &str, host: &str, port: u16, tls: bool) -> String {
+fn envoy_cluster(name: &str, host: &str, port: u16, tls_name: Option<&str>) -> String {
     let mut out = format!(
         "- name: {name}\n  type: {kind}\n  connect_timeout: 2s\n{dns}  load_assignment:\n    cluster_name: {name}\n\
          \x20   endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }} }}] }}]\n",
@@ -282,17 +287,17 @@ fn envoy_cluster(name: &str, host: &str, port: u16, tls: bool) -> String {
         dns = if is_ip(host) { "" } else { "  dns_lookup_family: V4_PREFERRED\n" },
         host = quoted(host),
     );
-    if tls {
+    if let Some(name) = tls_name {
         // Envoy checks the chain by default but not the name: the SAN match
         // is what makes this the provider and not any certificate holder.
-        let (sni, san_type) = if is_ip(host) { (String::new(), "IP_ADDRESS") } else { (format!("      sni: {}\n", quoted(host)), "DNS") };
+        let (sni, san_type) = if is_ip(name) { (String::new(), "IP_ADDRESS") } else { (format!("      sni: {}\n", quoted(name)), "DNS") };
         out.push_str(&format!(
             "  transport_socket:\n    name: envoy.transport_sockets.tls\n    typed_config:\n\
              \x20     \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{sni}\
              \x20     common_tls_context:\n        validation_context:\n\
              \x20         trusted_ca: {{ filename: {CA_BUNDLE} }}\n\
-             \x20         match_typed_subject_alt_names: [{{ san_type: {san_type}, matcher: {{ exact: {host} }} }}]\n",
-            host = quoted(host),
+             \x20         match_typed_subject_alt_names: [{{ san_type: {san_type}, matcher: {{ exact: {name} }} }}]\n",
+            name = quoted(name),
         ));
     }
     out
@@ -307,7 +312,7 @@ fn socket_address(field: &str, address: &str) -> Result<(String, u16), String> {
 pub fn envoy(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, String)>, String> {
     let f = filter_config(raw, true)?;
     let filter = envoy_filter(&f, &opts.wasm);
-    let clusters: String = f.callouts.iter().map(|c| envoy_cluster(&c.cluster, &c.host, c.port, c.tls)).collect();
+    let clusters: String = f.callouts.iter().map(|c| envoy_cluster(&c.cluster, &c.host, c.port, c.tls_name.as_deref())).collect();
     let (listen_host, listen_port) = socket_address("--listen", &opts.listen)?;
     let (up_host, up_port) = socket_address("--upstream", &opts.upstream)?;
     let admin = match &opts.admin {
@@ -332,7 +337,7 @@ pub fn envoy(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, String)>,
         lh = quoted(&listen_host),
         hcm = indent(HCM_SETTINGS, 10),
         filter = indent(&filter, 10),
-        upstream = indent(&envoy_cluster("upstream", &up_host, up_port, false), 2),
+        upstream = indent(&envoy_cluster("upstream", &up_host, up_port, None), 2),
         clusters = indent(&clusters, 2),
     );
     Ok(vec![
@@ -346,6 +351,9 @@ pub fn envoy(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, String)>,
     ])
 }
 
+/// nginx's configuration buffer (4096 bytes) holds one argument at most.
+const NGINX_ARGUMENT_MAX: usize = 4095;
+
 /// An nginx string argument that reads back as exactly `text`.
 fn nginx_quoted(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -355,7 +363,21 @@ fn nginx_quoted(text: &str) -> String {
 /// part each protected `location` includes (`proxy_wasm`).
 pub fn nginx_wasm(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, String)>, String> {
     let f = filter_config(raw, false)?;
-    let config = pretty(&f.json);
+    for (option, value) in [("--wasm", &opts.wasm), ("--resolver", &opts.resolver)] {
+        if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c.is_control() || "\"';{}#$\\".contains(c)) {
+            return Err(format!("{option} {value:?}: a path or address without spaces, quotes, ';', '{{', '}}', '#' or '$'"));
+        }
+    }
+    // nginx reads one argument into a 4 KB buffer: the JSON goes on one line.
+    let config = flat_json(&f.json);
+    let argument = nginx_quoted(&config);
+    if argument.len() > NGINX_ARGUMENT_MAX {
+        return Err(format!(
+            "the filter's configuration is {} bytes in nginx's quoting; nginx takes at most {NGINX_ARGUMENT_MAX} in one argument: \
+             shorten it (fewer routes, shorter names), or use Envoy, which has no such limit",
+            argument.len()
+        ));
+    }
     let env: String = f.env.iter().map(|n| format!("env {n};\n")).collect();
     let main = format!(
         "{GENERATED}# Include in nginx's main context, after `load_module …/ngx_wasmx_module.so;`\n\
@@ -373,10 +395,9 @@ pub fn nginx_wasm(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, Stri
     );
     let location = format!(
         "{GENERATED}# Include in each `location` (or `server`) the filter protects, next to proxy_pass.\n\
-         proxy_wasm oidc_edge {};\n\
+         proxy_wasm oidc_edge {argument};\n\
          # Headers the filter removed reach nginx renamed (nginx/patches/0001); drop them.\n\
-         proxy_set_header X-Wasm-Removed \"\";\n",
-        nginx_quoted(&config)
+         proxy_set_header X-Wasm-Removed \"\";\n"
     );
     Ok(vec![("wasm.conf".into(), main), ("filter.conf".into(), location)])
 }
@@ -460,6 +481,20 @@ mod tests {
         let files = envoy(&raw, &opts()).unwrap();
         let clusters = &files.iter().find(|(n, _)| n == "clusters.yaml").unwrap().1;
         assert!(clusters.contains("oidc_edge_idp_10_0_0_5_8443") && clusters.contains("port_value: 8443"), "{clusters}");
+        // Connected to the internal address, the certificate still checked for the provider's name.
+        assert!(clusters.contains("address: \"10.0.0.5\"") && clusters.contains("sni: \"id.example.com\""), "{clusters}");
+        assert!(clusters.contains("san_type: DNS, matcher: { exact: \"id.example.com\" }"), "{clusters}");
         assert!(clusters.contains("\"oidc_edge_coordinator\"") && clusters.contains("port_value: 4180"), "{clusters}");
+    }
+
+    #[test]
+    fn nginx_refuses_an_argument_it_could_not_read_and_options_that_break_out() {
+        let mut raw = demo();
+        raw["routes"] = Value::Array((0..80).map(|i| json!({"host": format!("service-{i}.example.com"), "groups": ["admins"]})).collect());
+        let e = nginx_wasm(&raw, &opts()).unwrap_err();
+        assert!(e.contains("nginx takes at most 4095"), "{e}");
+        assert!(envoy(&raw, &opts()).is_ok());
+        let bad = FilterOptions { wasm: "/x.wasm; load_module /evil.so".into(), ..opts() };
+        assert!(nginx_wasm(&demo(), &bad).unwrap_err().contains("--wasm"));
     }
 }

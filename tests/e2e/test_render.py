@@ -161,3 +161,14 @@ routes:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_a_filter_rendering_needs_the_secrets_names_not_their_values(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(PRODUCTION)
+    bare = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    for proxy in ("envoy", "nginx-wasm"):
+        r = subprocess.run([str(SIDECAR), "render", proxy, "--config", str(config), "--out", str(tmp_path / proxy)],
+                           capture_output=True, text=True, env=bare)
+        assert r.returncode == 0, r.stderr
+        assert "provider.callouts" in r.stderr  # the note about providers on several hosts

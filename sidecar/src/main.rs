@@ -77,6 +77,9 @@ enum Command {
         /// nginx-wasm: the DNS server that resolves the provider's name (Docker: 127.0.0.11).
         #[arg(long, value_name = "IP", default_value = "127.0.0.53")]
         resolver: String,
+        /// envoy, nginx-wasm: the CAs the provider's certificate must chain to (a private CA's PEM file).
+        #[arg(long, value_name = "PEM", default_value = render_filter::CA_BUNDLE)]
+        ca_file: String,
     },
     /// Check the configuration live against its provider: discovery, issuer,
     /// keys, clock, client secret, redirect URIs, groups, cookies, trusted
@@ -246,12 +249,22 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Secret => secret_command(),
         Command::Check => with_config(cli.config, check_command),
-        Command::Render { proxy: proxy @ (Proxy::Envoy | Proxy::NginxWasm), out, wasm, listen, upstream, admin, resolver, .. } => {
+        Command::Render {
+            proxy: proxy @ (Proxy::Envoy | Proxy::NginxWasm),
+            out,
+            wasm,
+            listen,
+            upstream,
+            admin,
+            resolver,
+            ca_file,
+            ..
+        } => {
             let Some(path) = cli.config else {
                 eprintln!("no config file: pass --config FILE or set OIDC_EDGE_CONFIG (see oidc-edge --help)");
                 return ExitCode::from(2);
             };
-            let filter = render_filter::FilterOptions { wasm, listen, upstream, admin, resolver };
+            let filter = render_filter::FilterOptions { wasm, listen, upstream, admin, resolver, ca_file };
             write_files(&out, render_filter_files(&path, proxy, &filter))
         }
         Command::Render { proxy, out, sidecar, .. } => {

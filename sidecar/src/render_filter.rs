@@ -19,7 +19,8 @@ pub const INSTALLED_WASM: &str = "/usr/lib/oidc-edge/oidc_edge_filter.wasm";
 /// The Envoy cluster the rendering names for the provider's own host.
 const IDP_CLUSTER: &str = "oidc_edge_idp";
 const COORDINATOR_CLUSTER: &str = "oidc_edge_coordinator";
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Debian's bundle of the system's trusted CAs.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Options of the filter renderings.
 pub struct FilterOptions {
@@ -33,6 +34,8 @@ pub struct FilterOptions {
     pub admin: Option<String>,
     /// nginx's DNS resolver for callouts by name.
     pub resolver: String,
+    /// The CAs the provider's certificate must chain to (a private CA's file in a homelab).
+    pub ca_file: String,
 }
 
 /// Secrets as the filter reads them, from the environment only; a
@@ -278,7 +281,7 @@ fn is_ip(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok()
 }
 
-fn envoy_cluster(name: &str, host: &str, port: u16, tls_name: Option<&str>) -> String {
+fn envoy_cluster(name: &str, host: &str, port: u16, tls_name: Option<&str>, ca_file: &str) -> String {
     let mut out = format!(
         "- name: {name}\n  type: {kind}\n  connect_timeout: 2s\n{dns}  load_assignment:\n    cluster_name: {name}\n\
          \x20   endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }} }}] }}]\n",
@@ -295,9 +298,10 @@ fn envoy_cluster(name: &str, host: &str, port: u16, tls_name: Option<&str>) -> S
             "  transport_socket:\n    name: envoy.transport_sockets.tls\n    typed_config:\n\
              \x20     \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{sni}\
              \x20     common_tls_context:\n        validation_context:\n\
-             \x20         trusted_ca: {{ filename: {CA_BUNDLE} }}\n\
+             \x20         trusted_ca: {{ filename: {ca} }}\n\
              \x20         match_typed_subject_alt_names: [{{ san_type: {san_type}, matcher: {{ exact: {name} }} }}]\n",
             name = quoted(name),
+            ca = quoted(ca_file),
         ));
     }
     out
@@ -312,7 +316,7 @@ fn socket_address(field: &str, address: &str) -> Result<(String, u16), String> {
 pub fn envoy(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, String)>, String> {
     let f = filter_config(raw, true)?;
     let filter = envoy_filter(&f, &opts.wasm);
-    let clusters: String = f.callouts.iter().map(|c| envoy_cluster(&c.cluster, &c.host, c.port, c.tls_name.as_deref())).collect();
+    let clusters: String = f.callouts.iter().map(|c| envoy_cluster(&c.cluster, &c.host, c.port, c.tls_name.as_deref(), &opts.ca_file)).collect();
     let (listen_host, listen_port) = socket_address("--listen", &opts.listen)?;
     let (up_host, up_port) = socket_address("--upstream", &opts.upstream)?;
     let admin = match &opts.admin {
@@ -337,7 +341,7 @@ pub fn envoy(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, String)>,
         lh = quoted(&listen_host),
         hcm = indent(HCM_SETTINGS, 10),
         filter = indent(&filter, 10),
-        upstream = indent(&envoy_cluster("upstream", &up_host, up_port, None), 2),
+        upstream = indent(&envoy_cluster("upstream", &up_host, up_port, None, &opts.ca_file), 2),
         clusters = indent(&clusters, 2),
     );
     Ok(vec![
@@ -363,7 +367,7 @@ fn nginx_quoted(text: &str) -> String {
 /// part each protected `location` includes (`proxy_wasm`).
 pub fn nginx_wasm(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, String)>, String> {
     let f = filter_config(raw, false)?;
-    for (option, value) in [("--wasm", &opts.wasm), ("--resolver", &opts.resolver)] {
+    for (option, value) in [("--wasm", &opts.wasm), ("--resolver", &opts.resolver), ("--ca-file", &opts.ca_file)] {
         if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c.is_control() || "\"';{}#$\\".contains(c)) {
             return Err(format!("{option} {value:?}: a path or address without spaces, quotes, ';', '{{', '}}', '#' or '$'"));
         }
@@ -388,10 +392,11 @@ pub fn nginx_wasm(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, Stri
          \x20   # the filter's first shared-data call traps without a zone.\n    shm_kv * 16m;\n\
          \x20   # Callouts to a provider by name are resolved here.\n    resolver {resolver} ipv6=off;\n\
          \x20   # Callouts over https: verify the provider's certificate and name, which\n\
-         \x20   # ngx_wasm_module does not do by default.\n    tls_trusted_certificate {CA_BUNDLE};\n\
+         \x20   # ngx_wasm_module does not do by default.\n    tls_trusted_certificate {ca};\n\
          \x20   tls_verify_cert on;\n    tls_verify_host on;\n}}\n",
         wasm = opts.wasm,
         resolver = opts.resolver,
+        ca = opts.ca_file,
     );
     let location = format!(
         "{GENERATED}# Include in each `location` (or `server`) the filter protects, next to proxy_pass.\n\
@@ -426,6 +431,7 @@ mod tests {
             upstream: "127.0.0.1:9100".into(),
             admin: None,
             resolver: "127.0.0.53".into(),
+            ca_file: CA_BUNDLE.into(),
         }
     }
 
@@ -439,6 +445,10 @@ mod tests {
         let clusters = &files.iter().find(|(n, _)| n == "clusters.yaml").unwrap().1;
         assert!(clusters.contains("port_value: 443") && clusters.contains("sni: \"id.example.com\""), "{clusters}");
         assert!(clusters.contains("san_type: DNS, matcher: { exact: \"id.example.com\" }"), "{clusters}");
+        assert!(clusters.contains("trusted_ca: { filename: \"/etc/ssl/certs/ca-certificates.crt\" }"), "{clusters}");
+        let private = FilterOptions { ca_file: "/etc/oidc-edge/home-ca.pem".into(), ..opts() };
+        assert!(envoy(&demo(), &private).unwrap()[2].1.contains("filename: \"/etc/oidc-edge/home-ca.pem\""));
+        assert!(nginx_wasm(&demo(), &private).unwrap()[0].1.contains("tls_trusted_certificate /etc/oidc-edge/home-ca.pem;"));
         let boot: serde_yaml_ng::Value = serde_yaml_ng::from_str(&files[0].1).unwrap();
         let hcm = &boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
         assert_eq!(hcm["use_remote_address"], serde_yaml_ng::Value::Bool(true));

@@ -201,6 +201,10 @@ pub fn snippets(config: &Config, settings: &SidecarConfig, raw: Option<&Value>, 
             upstream: "127.0.0.1:8081".into(),
             admin: None,
             resolver,
+            ca_file: read("wasm.conf")
+                .and_then(|t| option_in(&t, "tls_trusted_certificate", &[';']))
+                .or_else(|| read("clusters.yaml").and_then(|t| option_in(&t, "filename:", &['"', ' ', '}'])))
+                .unwrap_or_else(|| crate::render_filter::CA_BUNDLE.to_owned()),
         };
         let rendered = match proxy {
             "nginx" => crate::render::nginx(config, settings, &address),

@@ -6,6 +6,7 @@
 //! says so first.
 
 mod read;
+mod sites;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -409,7 +410,7 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
             routes.push(Value::Object(route));
             match i.list("upstreams").first() {
                 // Written into a Caddyfile: a host or URL, nothing that could end the block.
-                Some(up) if up.contains("://") && !up.contains(|c: char| c.is_whitespace() || "{}\"#".contains(c)) => {
+                Some(up) if up.contains("://") && !up.contains(|c: char| c.is_whitespace() || c.is_control() || "{}\"'`#;".contains(c)) => {
                     sites.push((host.clone(), up.clone()));
                 }
                 Some(up) => left_out.push(format!("service {}: upstream {up:?} is not an http(s) URL; write its site block by hand", i.name)),
@@ -454,6 +455,9 @@ pub fn migrate(instances: &[Instance], base: &Path, project_env: &BTreeMap<Strin
     }
     config.insert("sidecar".into(), json!({"listen": "0.0.0.0:4180", "trusted_proxies": ["127.0.0.1", "::1"]}));
     todo.push("set sidecar.trusted_proxies to your proxy's address (a container network, e.g. 172.18.0.0/16)".into());
+    todo.push(format!(
+        "run the sidecar as a compose service named oidc-edge: the snippets reach it at {SIDECAR_ADDRESS} (else render them again with --sidecar HOST:PORT)"
+    ));
     for h in &hosts_seen {
         let scheme = if session_secure(&config) { "https" } else { "http" };
         todo.push(match h.strip_prefix("*.") {
@@ -505,18 +509,6 @@ pub fn report(m: &Migration) -> String {
     out
 }
 
-/// Caddy site blocks for the migrated hosts, each importing the snippets.
-pub fn caddy_sites(m: &Migration) -> String {
-    let mut out = String::from("# Site blocks for the migrated services: `import oidc-edge.caddy` first.\nimport oidc-edge.caddy\n");
-    for (host, upstream) in &m.sites {
-        let target = upstream.trim_end_matches('/');
-        out.push_str(&format!(
-            "\n{host} {{\n\timport oidc_edge_endpoints\n\thandle {{\n\t\timport oidc_edge_protect\n\t\treverse_proxy {target}\n\t}}\n}}\n"
-        ));
-    }
-    out
-}
-
 /// What the input files hold.
 pub struct Inputs {
     instances: Vec<Instance>,
@@ -555,6 +547,10 @@ pub fn read_inputs(files: &[PathBuf]) -> Result<Inputs, String> {
     Ok(Inputs { instances, base, project_env })
 }
 
+/// Where the proxy reaches the sidecar in the compose layout that replaces
+/// the oauth2-proxy containers: one service named oidc-edge.
+const SIDECAR_ADDRESS: &str = "oidc-edge:4180";
+
 /// Secrets as placeholders: the snippets hold none, and the variables the
 /// configuration names need not be set to write them.
 struct Placeholders;
@@ -574,7 +570,7 @@ fn snippets(yaml: &str, proxy: crate::Proxy) -> Result<Vec<(String, String)>, St
     let (config, settings) =
         oidc_edge::Config::parse_yaml_with::<crate::settings::SidecarConfig>(yaml, &Placeholders, oidc_edge::config::IdpCalls::Direct)
             .map_err(|e| format!("the migrated configuration does not load: {e}"))?;
-    let address = crate::render::sidecar_address(&settings, Some("oidc-edge:4180"));
+    let address = crate::render::sidecar_address(&settings, Some(SIDECAR_ADDRESS));
     match proxy {
         crate::Proxy::Nginx => crate::render::nginx(&config, &settings, &address),
         crate::Proxy::Traefik => crate::render::traefik(&config, &settings, &address),
@@ -608,11 +604,15 @@ pub fn run(files: &[PathBuf], out: &Path, proxy: crate::Proxy) -> ExitCode {
          # Read migration-report.md, then: oidc-edge check, oidc-edge doctor, oidc-edge render.\n"
     );
     let mut written = vec![("oidc-edge.yaml".to_owned(), format!("{header}{yaml}")), ("migration-report.md".to_owned(), report(&m))];
-    if proxy == crate::Proxy::Caddy {
-        written.push(("Caddyfile".into(), caddy_sites(&m)));
-    }
+    // The snippets beside the sites that use them: nginx includes them from oidc-edge/.
+    let (sites_file, sites_text, snippet_dir) = match proxy {
+        crate::Proxy::Nginx => ("sites.conf", sites::nginx(&m.sites), "oidc-edge/"),
+        crate::Proxy::Traefik => ("sites.yml", sites::traefik(&m.sites), ""),
+        _ => ("Caddyfile", sites::caddy(&m.sites), ""),
+    };
+    written.push((sites_file.into(), sites_text));
     match snippets(&yaml, proxy) {
-        Ok(files) => written.extend(files),
+        Ok(files) => written.extend(files.into_iter().map(|(name, text)| (format!("{snippet_dir}{name}"), text))),
         Err(e) => {
             eprintln!("migrate: {e}");
             return ExitCode::from(1);
@@ -622,6 +622,7 @@ pub fn run(files: &[PathBuf], out: &Path, proxy: crate::Proxy) -> ExitCode {
         eprintln!("migrate: cannot create {}: {e}", out.display());
         return ExitCode::from(1);
     }
+    let _ = std::fs::create_dir_all(out.join(snippet_dir));
     for (name, text) in written {
         let path = out.join(&name);
         if let Err(e) = std::fs::write(&path, text) {

@@ -69,7 +69,7 @@ def test_a_group_and_domain_condition_is_flagged_for_review(tmp_path):
     cfg.write_text('provider = "oidc"\noidc_issuer_url = "https://id.example.com"\nclient_id = "c"\n'
                    'client_secret = "inline-secret-value"\ncookie_secret = "${COOKIE}"\n'
                    'redirect_url = "https://wiki.example.com/oauth2/callback"\n'
-                   'email_domains = ["example.com"]\nallowed_groups = ["staff"]\n')
+                   'email_domains = ["example.com"]\nallowed_groups = ["staff"]\nupstreams = ["http://127.0.0.1:8099/"]\n')
     r = migrate(tmp_path / "out", cfg, proxy="nginx")
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "out/migration-report.md").read_text()
@@ -79,9 +79,26 @@ def test_a_group_and_domain_condition_is_flagged_for_review(tmp_path):
     assert config["provider"]["client_secret"] == {"env": "OAUTH2_PROXY_CLIENT_SECRET"}
     assert config["session"]["secrets"] == [{"env": "COOKIE"}]
     assert config["routes"] == [{"host": "wiki.example.com", "groups": ["staff"]}]
-    assert (tmp_path / "out/protect.conf").exists() and not (tmp_path / "out/Caddyfile").exists()
-    for p in (tmp_path / "out").iterdir():
-        assert "inline-secret-value" not in p.read_text()
+    assert (tmp_path / "out/oidc-edge/protect.conf").exists() and not (tmp_path / "out/Caddyfile").exists()
+    for p in (tmp_path / "out").rglob("*"):
+        assert p.is_dir() or "inline-secret-value" not in p.read_text()
+    # The server block and the snippets it includes, as nginx reads them.
+    sites = (tmp_path / "out/sites.conf").read_text()
+    assert "server_name wiki.example.com;" in sites and "proxy_pass http://127.0.0.1:8099;" in sites
+    # The snippets reach the sidecar as the compose service oidc-edge; here it is on loopback.
+    http_conf = tmp_path / "out/oidc-edge/http.conf"
+    http_conf.write_text(http_conf.read_text().replace("oidc-edge:4180", "127.0.0.1:4180"))
+    conf = tmp_path / "out/nginx.conf"
+    conf.write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{\ninclude oidc-edge/http.conf;\ninclude sites.conf;\n}}\n")
+    t = subprocess.run(["/usr/sbin/nginx", "-t", "-p", str(tmp_path / "out"), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+                       capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+    r = migrate(tmp_path / "traefik", cfg, proxy="traefik")
+    assert r.returncode == 0, r.stderr
+    routers = yaml.safe_load((tmp_path / "traefik/sites.yml").read_text())["http"]
+    assert routers["routers"]["wiki-example-com"] == {"rule": "Host(`wiki.example.com`)", "service": "wiki-example-com",
+                                                      "middlewares": ["oidc-edge-protect"]}
+    assert (tmp_path / "traefik/oidc-edge.yml").exists()
 
 
 def test_inputs_that_are_not_oauth2_proxy_are_refused_by_name(tmp_path):

@@ -46,6 +46,25 @@ def alice(gate):
     return b
 
 
+CHROMIUM = "/usr/bin/chromium"
+# The flags Chromium needs on a machine with no outside network (see the
+# project's DESIGN notes): no background fetches, no first-run work.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's headless Chromium, driven by Playwright (which never downloads one)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @pytest.fixture(autouse=True)
 def no_filter_crash(request, stack):
     """As ngx_wasm_module's own tests do: no panic, no trap, no crashed

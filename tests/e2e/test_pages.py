@@ -10,23 +10,10 @@ shows it, to `path` (light mode, 1000 px wide): docs/demo-signed-in.png is one."
 import os
 import re
 
-import pytest
-from playwright.sync_api import sync_playwright
 
 from harness import API_KEY, free_port
-from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 SCREENSHOT = os.environ.get("OIDC_EDGE_SCREENSHOT")
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class Watched:

@@ -372,8 +372,9 @@ pub fn nginx_wasm(raw: &Value, opts: &FilterOptions) -> Result<Vec<(String, Stri
             return Err(format!("{option} {value:?}: a path or address without spaces, quotes, ';', '{{', '}}', '#' or '$'"));
         }
     }
-    // nginx reads one argument into a 4 KB buffer: the JSON goes on one line.
-    let config = flat_json(&f.json);
+    // nginx reads one argument into a 4 KB buffer: the JSON goes on one
+    // line, without a byte to spare.
+    let config = f.json.to_string();
     let argument = nginx_quoted(&config);
     if argument.len() > NGINX_ARGUMENT_MAX {
         return Err(format!(
@@ -464,7 +465,7 @@ mod tests {
         let files = nginx_wasm(&raw, &opts()).unwrap();
         assert!(files[0].1.contains("env RENDER_TEST_CLIENT;\nenv RENDER_TEST_COOKIE;\n"), "{}", files[0].1);
         let location = &files[1].1;
-        assert!(location.contains("\"id.example.com\": \"id.example.com:443\""), "{location}");
+        assert!(location.contains("\"id.example.com\":\"id.example.com:443\""), "{location}");
         assert!(location.contains("Bob\\'s \\\\\\\\ IdP"), "{location}");
     }
 

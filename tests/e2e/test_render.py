@@ -91,7 +91,7 @@ def test_nginx_wasm_rendering_passes_nginx_t(tmp_path):
     r = render("nginx-wasm", config, tmp_path / "out", "--wasm", str(WASM))
     assert r.returncode == 0, r.stderr
     location = (tmp_path / "out/filter.conf").read_text()
-    assert '"id.example.com": "id.example.com:443"' in location and "Pocket ID\\'s" in location
+    assert '"id.example.com":"id.example.com:443"' in location and "Pocket ID\\'s" in location
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"load_module {ngx_wasm_module()};\nworker_processes 1;\ninclude {tmp_path}/out/wasm.conf;\n"
                     f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{ server {{ listen 127.0.0.1:{free_port()};\n"

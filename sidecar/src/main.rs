@@ -213,22 +213,25 @@ fn render_filter_files(path: &Path, proxy: Proxy, filter: &render_filter::Filter
     Ok(files)
 }
 
-fn write_files(out: &Path, files: Result<Vec<(String, String)>, String>) -> ExitCode {
+/// Writes `files` under `out` (each name may hold a subdirectory) and
+/// prints each path; `command` names the failure.
+fn write_files(command: &str, out: &Path, files: Result<Vec<(String, String)>, String>) -> ExitCode {
     let files = match files {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("render: {e}");
+            eprintln!("{command}: {e}");
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = std::fs::create_dir_all(out) {
-        eprintln!("render: cannot create {}: {e}", out.display());
-        return ExitCode::from(1);
-    }
     for (name, text) in files {
         let path = out.join(name);
+        let dir = path.parent().unwrap_or(out);
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("{command}: cannot create {}: {e}", dir.display());
+            return ExitCode::from(1);
+        }
         if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("render: cannot write {}: {e}", path.display());
+            eprintln!("{command}: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
         }
         println!("{}", path.display());
@@ -265,10 +268,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let filter = render_filter::FilterOptions { wasm, listen, upstream, admin, resolver, ca_file };
-            write_files(&out, render_filter_files(&path, proxy, &filter))
+            write_files("render", &out, render_filter_files(&path, proxy, &filter))
         }
         Command::Render { proxy, out, sidecar, .. } => {
-            with_config(cli.config, |_, config| write_files(&out, render_sidecar(&config, proxy, sidecar.as_deref())))
+            with_config(cli.config, |_, config| write_files("render", &out, render_sidecar(&config, proxy, sidecar.as_deref())))
         }
         Command::Doctor { hosts, groups, snippets, sidecar, json } => {
             let Some(path) = cli.config else {

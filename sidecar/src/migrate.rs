@@ -592,47 +592,34 @@ pub fn run(files: &[PathBuf], out: &Path, proxy: crate::Proxy) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let yaml = match serde_yaml_ng::to_string(&m.config) {
-        Ok(y) => y,
-        Err(e) => {
-            eprintln!("migrate: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let report = report(&m);
+    let status = crate::write_files("migrate", out, written_files(&m, &report, count, proxy));
+    if status == ExitCode::SUCCESS {
+        print!("{report}");
+    }
+    status
+}
+
+/// Everything migrate writes: the configuration, the report, the sites and
+/// the snippets beside them (nginx includes them from oidc-edge/).
+fn written_files(m: &Migration, report: &str, count: usize, proxy: crate::Proxy) -> Result<Vec<(String, String)>, String> {
+    let yaml = serde_yaml_ng::to_string(&m.config).map_err(|e| e.to_string())?;
     let header = format!(
         "# Written by `oidc-edge migrate oauth2-proxy` from {count} oauth2-proxy instance(s).\n\
          # Read migration-report.md, then: oidc-edge check, oidc-edge doctor, oidc-edge render.\n"
     );
-    let mut written = vec![("oidc-edge.yaml".to_owned(), format!("{header}{yaml}")), ("migration-report.md".to_owned(), report(&m))];
-    // The snippets beside the sites that use them: nginx includes them from oidc-edge/.
     let (sites_file, sites_text, snippet_dir) = match proxy {
         crate::Proxy::Nginx => ("sites.conf", sites::nginx(&m.sites), "oidc-edge/"),
         crate::Proxy::Traefik => ("sites.yml", sites::traefik(&m.sites), ""),
         _ => ("Caddyfile", sites::caddy(&m.sites), ""),
     };
-    written.push((sites_file.into(), sites_text));
-    match snippets(&yaml, proxy) {
-        Ok(files) => written.extend(files.into_iter().map(|(name, text)| (format!("{snippet_dir}{name}"), text))),
-        Err(e) => {
-            eprintln!("migrate: {e}");
-            return ExitCode::from(1);
-        }
-    }
-    if let Err(e) = std::fs::create_dir_all(out) {
-        eprintln!("migrate: cannot create {}: {e}", out.display());
-        return ExitCode::from(1);
-    }
-    let _ = std::fs::create_dir_all(out.join(snippet_dir));
-    for (name, text) in written {
-        let path = out.join(&name);
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("migrate: cannot write {}: {e}", path.display());
-            return ExitCode::from(1);
-        }
-        println!("{}", path.display());
-    }
-    print!("{}", report(&m));
-    ExitCode::SUCCESS
+    let mut written = vec![
+        ("oidc-edge.yaml".to_owned(), format!("{header}{yaml}")),
+        ("migration-report.md".to_owned(), report.to_owned()),
+        (sites_file.to_owned(), sites_text),
+    ];
+    written.extend(snippets(&yaml, proxy)?.into_iter().map(|(name, text)| (format!("{snippet_dir}{name}"), text)));
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -81,16 +81,12 @@ fn post_logout_uris(config: &Config, origins: &[String]) -> Vec<String> {
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Every check that needs the provider, in the order a person fixes them.
 pub async fn live(client: &IdpClient, config: &Config, opts: &Options) -> Vec<Check> {
     let mut out = Vec::new();
     let p = &config.provider;
     let url = format!("{}/.well-known/openid-configuration", p.issuer.trim_end_matches('/'));
-    let sent_at = now();
+    let sent_at = crate::app::now();
     let (resp, headers) = match fetch(client, direct(config, "GET", &url)).await {
         Ok(r) => r,
         Err(e) => {

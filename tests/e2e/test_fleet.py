@@ -20,6 +20,12 @@ from harness import (COOKIE_SECRET, Browser, Caddy, Envoy, Idp, Nginx, NginxSide
 from test_sessions import _burst, _refreshes, _session_cookie, _session_of_new_user
 
 
+def _not_served(results) -> list:
+    """Each answer that was not a 200, with what it said: whose 503 it was
+    (the gate's page, or the proxy's own) shows in the body."""
+    return [(i, r.status, r.body[:200]) for i, r in enumerate(results) if r.status != 200]
+
+
 def _store(redis: Redis) -> dict:
     return {"url": f"redis://127.0.0.1:{redis.port}/0", "key_prefix": f"e2e-{uuid.uuid4().hex[:8]}:",
             "command_timeout_ms": 300, "connect_timeout_ms": 300}
@@ -124,7 +130,7 @@ def _one_refresh_for_the_fleet(stack, fleet, user):
     # to the same URL, which the browser follows with it.
     results = [Browser().get(fleet.url("/users/x"), headers={"Cookie": f"_oidc_edge={_session_cookie(r)}"})
                if r.status == 307 else r for r in results]
-    assert [r.status for r in results] == [200] * 20, [r.status for r in results]
+    assert [r.status for r in results] == [200] * 20, _not_served(results)
     assert all(r.upstream_header("Remote-User") == user for r in results)
     # Both instances decided part of the burst.
     allowed_after = [s.count("oidc_edge_requests_allowed") for s in fleet.sidecars]
@@ -348,7 +354,7 @@ def test_envoys_whose_filters_hand_fleet_work_to_a_sidecar_act_as_one_gate(stack
         old = due_for_refresh(COOKIE_SECRET, _session_of_new_user(stack, "mia", ["users"]))
         before, failed = _refreshes(stack), stack.idp.stats()["token"]["refresh_failed"]
         results = _burst_over([url(e, "/users/x") for e in envoys], old)
-        assert [r.status for r in results] == [200] * 20, [r.status for r in results]
+        assert [r.status for r in results] == [200] * 20, _not_served(results)
         assert all(r.upstream_header("Remote-User") == "mia" for r in results)
         assert _refreshes(stack) - before == 1, "one refresh call at the IdP for both Envoys"
         assert stack.idp.stats()["token"]["refresh_failed"] == failed

@@ -202,6 +202,14 @@ impl Driver {
         Outcome { step, events, writes, revoked, publish }
     }
 
+    /// Says that revocations made before `t` may be unknown to this driver
+    /// (its host keeps them in memory, and that memory began at `t`):
+    /// sessions last checked before then are refreshed with the provider
+    /// before they are served, or sent to sign in again.
+    pub fn revocations_known_since(&mut self, t: u64) {
+        self.revocations.forgotten_before(t);
+    }
+
     /// Learns revocations made by another worker or instance.
     pub fn learn(&mut self, revoked: &[Revocation], now: u64) {
         for r in revoked {

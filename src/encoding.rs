@@ -135,6 +135,28 @@ pub fn escape_non_visible(text: &str) -> String {
     utf8_percent_encode(text, NOT_VISIBLE).to_string()
 }
 
+/// `host[:port]` with a DNS name (`_` allowed, as container networks name
+/// services) or an IPv4 or bracketed IPv6 address and a numeric port:
+/// nothing a browser could read as another host (`@`, `,`, `/`, spaces), or
+/// refuse.
+pub fn plain_authority(authority: &str) -> bool {
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, after)) => (!ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'), after),
+            None => return false,
+        },
+        None => {
+            let (host, after) = authority.find(':').map_or((authority, ""), |i| authority.split_at(i));
+            (!host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')), after)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+        });
+    host_ok && port_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,9 @@ fn common(status: u16, content_type: &str, body: Vec<u8>) -> Response {
             ("content-type".into(), content_type.into()),
             ("cache-control".into(), "no-store".into()),
             ("x-content-type-options".into(), "nosniff".into()),
+            // No page of the gate may be framed: the "Sign out?" button would
+            // be a click another site could steal.
+            ("x-frame-options".into(), "DENY".into()),
         ],
         body,
     }
@@ -91,9 +94,11 @@ fn html(status: u16, head: &str, title: &str, message: &str, extra: &str) -> Res
         t = html_escape(title),
         m = html_escape(message),
     );
-    common(status, "text/html; charset=utf-8", body.into_bytes())
-        .with_header("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'")
+    common(status, "text/html; charset=utf-8", body.into_bytes()).with_header("content-security-policy", CSP)
 }
+
+/// The pages' policy: no script, no fetch, no framing, only inline style.
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
 
 /// A page that sends the browser on with a same-site navigation (used after
 /// login when the session cookie is `SameSite=Strict`: a cross-site redirect
@@ -129,7 +134,9 @@ mod tests {
         assert!(body.contains("<a href=\"/x?a=1&amp;b=2\">&lt;go&gt;</a>"), "{body}");
         assert!(body.contains("prefers-color-scheme:dark"), "{body}");
         assert!(!body.contains("<script"), "{body}");
-        assert_eq!(r.header("content-security-policy"), Some("default-src 'none'; style-src 'unsafe-inline'"));
+        assert_eq!(r.header("content-security-policy"), Some(CSP));
+        assert!(CSP.contains("frame-ancestors 'none'"));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(r.header("cache-control"), Some("no-store"));
     }

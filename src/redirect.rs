@@ -2,7 +2,7 @@
 //! Relative paths on this site, or absolute URLs on allow-listed hosts; every
 //! other spelling falls back to `/`.
 
-use crate::encoding::{percent_decode, split_url};
+use crate::encoding::{percent_decode, plain_authority, split_url};
 use crate::policy::HostPattern;
 
 /// Returns `candidate` if it is a safe redirect target, else `None`.
@@ -36,26 +36,6 @@ pub fn safe_redirect(candidate: &str, allowed_hosts: &[HostPattern], scheme: &st
     }
     let host = authority_host(authority);
     allowed_hosts.iter().any(|p| p.matches(host)).then(|| candidate.to_owned())
-}
-
-/// `host[:port]` with a DNS name or an IPv4 or bracketed IPv6 address and a
-/// numeric port: nothing a browser could read as another host, or refuse.
-fn plain_authority(authority: &str) -> bool {
-    let (host_ok, port) = match authority.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((ip, after)) => (!ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'), after),
-            None => return false,
-        },
-        None => {
-            let (host, after) = authority.find(':').map_or((authority, ""), |i| authority.split_at(i));
-            (!host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'), after)
-        }
-    };
-    let port_ok = port.is_empty()
-        || port.strip_prefix(':').is_some_and(|p| {
-            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u32>().is_ok_and(|n| n <= 65535)
-        });
-    host_ok && port_ok
 }
 
 fn has_bad_bytes(s: &str) -> bool {

@@ -88,6 +88,25 @@ impl RequestHead<'_> {
         parse_address(entry)
     }
 
+    /// Why the request is refused before any decision, if it is: a `Host`
+    /// that is not `host[:port]` (two `Host` lines merged into `a,b`, a
+    /// `user@host`), which would otherwise shape `redirect_uri` and every
+    /// absolute `Location`; an upgrade to cleartext HTTP/2, which would turn
+    /// the connection to the upstream into a tunnel no gate reads.
+    pub(crate) fn refusal(&self) -> Option<&'static str> {
+        if !crate::encoding::plain_authority(self.authority) {
+            return Some("The Host header is not a host name with an optional port.");
+        }
+        let h2c = |(n, v): &(String, String)| {
+            (n.eq_ignore_ascii_case("upgrade") && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
+                || n.eq_ignore_ascii_case("http2-settings")
+        };
+        if self.headers.iter().any(h2c) {
+            return Some("Upgrading the connection to cleartext HTTP/2 (h2c) is not supported.");
+        }
+        None
+    }
+
     pub(crate) fn looks_like_api(&self) -> bool {
         let accept = self.header("accept").unwrap_or("");
         (accept.contains("application/json") && !accept.contains("text/html"))

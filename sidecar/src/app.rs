@@ -140,7 +140,12 @@ fn path_only(p: &str) -> &str {
 
 impl App {
     pub fn new(config: Config, settings: SidecarConfig, redis: Option<RedisStore>) -> App {
-        let driver = Driver::new(config, SESSION_CACHE);
+        let mut driver = Driver::new(config, SESSION_CACHE);
+        // In memory, revocations end with the process; in Redis, every
+        // instance reads them back from the start of the stream.
+        if redis.is_none() {
+            driver.revocations_known_since(now());
+        }
         App {
             redis,
             config: driver.shared_config(),

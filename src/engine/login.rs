@@ -38,7 +38,7 @@ impl Engine {
         env: &mut Env<'_>,
     ) -> Step {
         let return_to = if matches!(head.method, "GET" | "HEAD") { return_to } else { "/".to_owned() };
-        let step = self.login_again(route.api || head.looks_like_api(), head.scheme, head.authority, return_to, cookies, env);
+        let step = self.login_again(Some(head), route.api || head.looks_like_api(), head.scheme, head.authority, return_to, cookies, env);
         match step {
             // A route that takes bearer tokens says so to API clients (RFC 6750 §3).
             Step::Respond(mut r) if r.status == 401 && route.bearer.is_some() => {
@@ -49,9 +49,12 @@ impl Engine {
         }
     }
 
-    /// 401 JSON for API clients, else the redirect to the IdP.
+    /// 401 JSON for API clients, else the redirect to the IdP. `head`: the
+    /// request that asks, when this turn has it (see [`Engine::login_slot`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn login_again(
         &self,
+        head: Option<&RequestHead<'_>>,
         api: bool,
         scheme: &str,
         authority: &str,
@@ -65,7 +68,7 @@ impl Engine {
             let login = format!("{}?{}", self.config.paths.start, build_query(&[("rd", &return_to)]));
             return Step::Respond(pages::json(401, "unauthorized", "Sign in first.", &[("login", &login)]).with_cookies(cookies));
         }
-        self.start_login(scheme, authority, return_to, cookies, env)
+        self.start_login(head, scheme, authority, return_to, cookies, env)
     }
 
     /// The 503 page. `cookies` lets a failed callback clear its login cookie,
@@ -92,13 +95,23 @@ impl Engine {
         }
     }
 
-    pub(super) fn start_login(&self, scheme: &str, authority: &str, return_to: String, cookies: Vec<String>, env: &mut Env<'_>) -> Step {
-        self.start_login_with(scheme, authority, return_to, cookies, &[], env)
+    pub(super) fn start_login(
+        &self,
+        head: Option<&RequestHead<'_>>,
+        scheme: &str,
+        authority: &str,
+        return_to: String,
+        cookies: Vec<String>,
+        env: &mut Env<'_>,
+    ) -> Step {
+        self.start_login_with(head, scheme, authority, return_to, cookies, &[], env)
     }
 
     /// Starts a login with `extra` authorization parameters (step-up).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_login_with(
         &self,
+        head: Option<&RequestHead<'_>>,
         scheme: &str,
         authority: &str,
         return_to: String,
@@ -109,11 +122,12 @@ impl Engine {
         let Some(provider) = env.provider else {
             return self.unavailable(env, cookies);
         };
+        let slot = self.login_slot(head, env);
         let login = LoginState {
-            state: random_token(env.rng),
+            state: slot + &random_token(env.rng),
             nonce: random_token(env.rng),
             verifier: random_token(env.rng),
-            return_to,
+            return_to: bounded_return(return_to),
             redirect_uri: self.redirect_uri(scheme, authority),
         };
         let challenge = b64url(&sha256(login.verifier.as_bytes()));
@@ -133,7 +147,7 @@ impl Engine {
         let endpoint = &provider.discovery.authorization_endpoint;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
         let location = format!("{endpoint}{sep}{query}");
-        let Some(cookie_name) = self.csrf_cookie_name(&login.state) else {
+        let Some((cookie_name, cookie_path)) = self.login_cookie(&login.state) else {
             return self.unavailable(env, cookies);
         };
         let s = &self.config.session;
@@ -141,9 +155,14 @@ impl Engine {
         // The login cookie is always Lax (or None): the callback is a cross-site
         // navigation from the IdP, and a Strict cookie would not come back with it.
         let same_site = if s.same_site == SameSite::None { SameSite::None } else { SameSite::Lax };
-        cookies.push(format!("{cookie_name}={sealed}{}", self.cookie_attrs(&self.config.paths.callback, s.login_timeout, same_site)));
+        cookies.push(format!("{cookie_name}={sealed}{}", self.cookie_attrs(cookie_path, s.login_timeout, same_site)));
         env.events.push(Event::LoginStarted);
         Step::Respond(pages::redirect(&location).with_cookies(cookies))
+    }
+
+    /// The `Set-Cookie` that ends the login of `state`, once it is used.
+    pub(super) fn clear_login_cookie(&self, state: &str) -> Vec<String> {
+        self.login_cookie(state).map(|(name, path)| self.clear_cookie(&name, path)).into_iter().collect()
     }
 
     pub(super) fn login_failed(&self, env: &mut Env<'_>, status: u16, reason: &'static str, message: &str, cookies: Vec<String>) -> Step {
@@ -155,8 +174,8 @@ impl Engine {
     pub(super) fn callback(&self, head: &RequestHead<'_>, query: &str, env: &mut Env<'_>) -> Step {
         let params = parse_query(query);
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let csrf_cookie = param("state").and_then(|s| self.csrf_cookie_name(s));
-        let clear: Vec<String> = csrf_cookie.iter().map(|n| self.clear_cookie(n, &self.config.paths.callback)).collect();
+        let login_cookie = param("state").and_then(|s| self.login_cookie(s));
+        let clear: Vec<String> = login_cookie.iter().map(|(n, path)| self.clear_cookie(n, path)).collect();
         if let Some(error) = param("error") {
             let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
             let status = if code == "access_denied" { 403 } else { 400 };
@@ -168,23 +187,28 @@ impl Engine {
                 clear,
             );
         }
-        let (Some(state), Some(cookie_name)) = (param("state"), csrf_cookie.as_deref()) else {
+        let (Some(state), Some((cookie_name, _))) = (param("state"), login_cookie.as_ref()) else {
             return self.login_failed(env, 400, "callback without state", "The sign-in response is incomplete (no state).", clear);
         };
-        let Some(sealed) = head.cookie(cookie_name) else {
-            return self.login_failed(env, 400, "no login cookie for this state", UNKNOWN_LOGIN, clear);
-        };
+        // A slot's cookie may come twice (another path or domain): the one
+        // holding this state counts, the others say nothing.
         let s = &self.config.session;
-        let login = match s.sealer.open(cookie_name, sealed, env.now) {
-            Ok((bytes, _)) => match LoginState::decode(&bytes) {
-                Some(l) => l,
-                None => return self.login_failed(env, 400, "login cookie malformed", UNKNOWN_LOGIN, clear),
-            },
-            Err(_) => return self.login_failed(env, 400, "login cookie invalid or expired", UNKNOWN_LOGIN, clear),
-        };
-        if !bool::from(login.state.as_bytes().ct_eq(state.as_bytes())) {
-            return self.login_failed(env, 400, "state mismatch", UNKNOWN_LOGIN, clear);
+        let mut found = Err("no login cookie for this state");
+        for sealed in head.cookies(cookie_name) {
+            found = match s.sealer.open(cookie_name, sealed, env.now).map(|(bytes, _)| LoginState::decode(&bytes)) {
+                Ok(Some(l)) if bool::from(l.state.as_bytes().ct_eq(state.as_bytes())) => Ok(l),
+                Ok(Some(_)) => Err("state mismatch"),
+                Ok(None) => Err("login cookie malformed"),
+                Err(_) => Err("login cookie invalid or expired"),
+            };
+            if found.is_ok() {
+                break;
+            }
         }
+        let login = match found {
+            Ok(l) => l,
+            Err(reason) => return self.login_failed(env, 400, reason, UNKNOWN_LOGIN, clear),
+        };
         match param("iss") {
             Some(iss) if iss != self.config.provider.issuer => {
                 return self.login_failed(
@@ -214,15 +238,12 @@ impl Engine {
             return self.unavailable(env, clear);
         }
         let op = StoreOp::Claim { key: RecordKey::LoginState(shared_key(b"state", state.as_bytes())), until: env.now + s.login_timeout };
-        Step::Store {
-            op,
-            pending: Pending::new(PendingKind::StateClaim { login, csrf_cookie: cookie_name.to_owned(), code: code.to_owned() }),
-        }
+        Step::Store { op, pending: Pending::new(PendingKind::StateClaim { login, code: code.to_owned() }) }
     }
 
     /// The login's `state` is used once: a replayed callback finds it claimed.
-    pub(super) fn on_state_claimed(&self, login: LoginState, csrf_cookie: String, code: &str, claimed: bool, env: &mut Env<'_>) -> Step {
-        let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
+    pub(super) fn on_state_claimed(&self, login: LoginState, code: &str, claimed: bool, env: &mut Env<'_>) -> Step {
+        let clear = self.clear_login_cookie(&login.state);
         if !claimed {
             return self.login_failed(env, 400, "state replayed", UNKNOWN_LOGIN, clear);
         }
@@ -239,15 +260,15 @@ impl Engine {
         }) else {
             return self.unavailable(env, clear);
         };
-        Step::Fetch { call, pending: Pending::new(PendingKind::CodeExchange { login, csrf_cookie }) }
+        Step::Fetch { call, pending: Pending::new(PendingKind::CodeExchange { login }) }
     }
 
     pub(super) fn token_call(&self, provider: &ProviderSnapshot, form: &[(&str, &str)]) -> Option<HttpCall> {
         self.config.provider.token_call(&provider.discovery.token_endpoint, form)
     }
 
-    pub(super) fn on_token_response(&self, login: LoginState, csrf_cookie: String, resp: HttpResponse, env: &mut Env<'_>) -> Step {
-        let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
+    pub(super) fn on_token_response(&self, login: LoginState, resp: HttpResponse, env: &mut Env<'_>) -> Step {
+        let clear = self.clear_login_cookie(&login.state);
         if resp.status == 0 {
             env.events.push(Event::LoginFailed("token endpoint unreachable"));
             return self.unavailable(env, clear);
@@ -312,9 +333,8 @@ impl Engine {
                 if env.provider.and_then(|pr| jwks_call(p, &pr.discovery).ok()).is_none() {
                     return self.key_not_known(env, cookies);
                 }
-                let csrf_cookie = self.csrf_cookie_name(&login.state).unwrap_or_default();
                 let op = StoreOp::Claim { key: RecordKey::JwksCooldown, until: env.now + JWKS_REFETCH_COOLDOWN };
-                return Step::Store { op, pending: Pending::new(PendingKind::JwksCooldown { login, csrf_cookie, tokens }) };
+                return Step::Store { op, pending: Pending::new(PendingKind::JwksCooldown { login, tokens }) };
             }
             Err(e) => {
                 env.events.push(Event::TokenRejected(e.reason()));
@@ -372,7 +392,7 @@ impl Engine {
             email: clean(&c.email),
             email_verified: c.email_verified,
             name: clean(&c.name),
-            groups: c.groups.iter().map(|g| clean_header_value(g)).collect(),
+            groups: c.groups.iter().map(|g| clean_header_value(g)).filter(|g| !g.is_empty()).collect(),
             login_at: now,
             checked_at: now,
             refresh_token,
@@ -382,5 +402,19 @@ impl Engine {
             acr: clean(&c.acr),
             amr: c.amr.iter().map(|m| clean_header_value(m)).collect(),
         }
+    }
+}
+
+/// The page to come back to, as the login cookie keeps it: a very long
+/// address (a query of kilobytes) would make every login cookie of the
+/// browser that large; past the bound its query is dropped, then the path.
+fn bounded_return(return_to: String) -> String {
+    const MAX: usize = 1024;
+    if return_to.len() <= MAX {
+        return return_to;
+    }
+    match return_to.split_once('?') {
+        Some((path, _)) if path.len() <= MAX => path.to_owned(),
+        _ => "/".to_owned(),
     }
 }

@@ -28,7 +28,7 @@ use crate::encoding::{b64url, build_query, escape_non_visible, parse_query};
 use crate::events::Event;
 use crate::http::HttpResponse;
 use crate::pages::{self, Response};
-use crate::path::{normalize, PathError};
+use crate::path::{lenient_reading, normalize, PathError};
 use crate::policy::{Denial, NetworkVerdict, Route, Rule};
 use crate::redirect::{authority_host, safe_redirect};
 use crate::request::RequestHead;
@@ -65,8 +65,11 @@ fn random_token(rng: &mut dyn SecureRandom) -> String {
     b64url(&bytes)
 }
 
+/// A claim as it may go into a header: no control characters (no CR/LF
+/// injection, no NEL), and no surrounding whitespace, which upstreams that
+/// split and trim would drop while the gate's policy compared with it.
 fn clean_header_value(v: &str) -> String {
-    v.chars().filter(|c| !c.is_control()).collect()
+    v.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_owned()
 }
 
 impl Engine {
@@ -87,6 +90,10 @@ impl Engine {
 
     /// Decides a request.
     pub(crate) fn on_request(&self, head: &RequestHead<'_>, env: &mut Env<'_>) -> Step {
+        if let Some(why) = head.refusal() {
+            env.events.push(Event::Denied("malformed Host or an h2c upgrade"));
+            return Step::Respond(pages::page(400, "Bad request", why, None));
+        }
         let (raw_path, query) = head.path.split_once('?').map_or((head.path, None), |(p, q)| (p, Some(q)));
         let path = match normalize(raw_path) {
             Ok(p) => p,
@@ -95,6 +102,7 @@ impl Engine {
                 let msg = match e {
                     PathError::Ambiguous => "The request path contains an encoded slash, a backslash or a control character.",
                     PathError::Invalid => "The request path is not valid.",
+                    PathError::NotAscii => "The request path has a byte that is not printable ASCII; send it percent-encoded as UTF-8.",
                 };
                 return Step::Respond(pages::page(400, "Bad request", msg, None));
             }
@@ -127,7 +135,7 @@ impl Engine {
             let return_to =
                 rd.and_then(|rd| safe_redirect(&rd, &self.config.allowed_redirect_hosts, head.scheme)).unwrap_or_else(|| "/".to_owned());
             if path == paths.start.as_str() {
-                return self.start_login(head.scheme, head.authority, return_to, Vec::new(), env);
+                return self.start_login(Some(head), head.scheme, head.authority, return_to, Vec::new(), env);
             }
             let start = format!("{}?{}", paths.start, build_query(&[("rd", &return_to)]));
             let label = format!("Continue with {}", self.config.provider.display_name);
@@ -135,7 +143,19 @@ impl Engine {
         }
 
         let host = authority_host(head.authority);
-        let Some(route) = self.config.routes.find(host, &path, head.method) else {
+        let route = self.config.routes.find(host, &path, head.method);
+        if let Some(lenient) = lenient_reading(&path) {
+            if self.config.routes.find(host, &lenient, head.method).map(|r| r.index) != route.map(|r| r.index) {
+                env.events.push(Event::Denied("path that lenient servers read as another route"));
+                return Step::Respond(pages::page(
+                    400,
+                    "Bad request",
+                    "Some servers read this request path as another address (a trailing dot or space, an invisible or fullwidth character).",
+                    None,
+                ));
+            }
+        }
+        let Some(route) = route else {
             env.events.push(Event::Denied("no route matches"));
             return Step::Respond(self.deny_response(head.looks_like_api(), "No service is configured at this address."));
         };
@@ -198,8 +218,16 @@ impl Engine {
         // Only needed to pick 401/403 JSON over a page: not computed per request.
         let api = || route.api || head.looks_like_api();
         let s = &opened.session;
+        // Checked before the revocations this worker knows began: a sign-out
+        // may be what it forgot, so the provider is asked again first.
+        let unchecked = s.checked_at < env.revocations.known_since();
+        if unchecked && s.refresh_token.is_none() {
+            env.events.push(Event::InvalidCookie("session from before a restart, with nothing to refresh it"));
+            let clear = vec![self.clear_cookie(name, "/")];
+            return self.login_or_401(head, route, return_to(), clear, env);
+        }
         if let Some(token) = s.refresh_token.as_deref() {
-            if env.now >= s.checked_at.saturating_add(self.config.session.refresh_interval) {
+            if unchecked || env.now >= s.checked_at.saturating_add(self.config.session.refresh_interval) {
                 let refresh = Refresh {
                     generation: shared_key(b"generation", token.as_bytes()),
                     old: Arc::clone(&opened),
@@ -216,7 +244,7 @@ impl Engine {
                 return self.refresh(refresh);
             }
         }
-        let visit = Visit { scheme: head.scheme, authority: head.authority, api: &api, return_to: &return_to };
+        let visit = Visit { head: Some(head), scheme: head.scheme, authority: head.authority, api: &api, return_to: &return_to };
         self.decide(route, allow, &opened, &visit, env)
     }
 
@@ -307,8 +335,8 @@ impl Engine {
     /// Continues after a [`Step::Fetch`].
     pub(crate) fn on_fetched(&self, pending: Pending, response: HttpResponse, env: &mut Env<'_>) -> Step {
         match *pending.0 {
-            PendingKind::CodeExchange { login, csrf_cookie } => self.on_token_response(login, csrf_cookie, response, env),
-            PendingKind::JwksForLogin { login, csrf_cookie, tokens } => self.on_jwks_for_login(login, csrf_cookie, tokens, response, env),
+            PendingKind::CodeExchange { login } => self.on_token_response(login, response, env),
+            PendingKind::JwksForLogin { login, tokens } => self.on_jwks_for_login(login, tokens, response, env),
             PendingKind::Refresh(refresh) => self.on_refresh_response(refresh, response, env),
             PendingKind::Userinfo { refresh, refresh_token } => self.on_userinfo_response(refresh, refresh_token, response, env),
             PendingKind::FleetRefresh(refresh) => self.on_fleet_refresh(refresh, response, env),
@@ -326,8 +354,8 @@ impl Engine {
             return self.without_store(pending, env);
         }
         match *pending.0 {
-            PendingKind::StateClaim { login, csrf_cookie, code } => self.on_state_claimed(login, csrf_cookie, &code, claimed, env),
-            PendingKind::JwksCooldown { login, csrf_cookie, tokens } => self.on_jwks_cooldown(login, csrf_cookie, tokens, claimed, env),
+            PendingKind::StateClaim { login, code } => self.on_state_claimed(login, &code, claimed, env),
+            PendingKind::JwksCooldown { login, tokens } => self.on_jwks_cooldown(login, tokens, claimed, env),
             PendingKind::Successor(refresh) => {
                 let record = match answer {
                     StoreAnswer::Read(r) => r,
@@ -358,9 +386,9 @@ impl Engine {
     /// the request served on the still-valid session; a JWKS refetch waits.
     fn without_store(&self, pending: Pending, env: &mut Env<'_>) -> Step {
         match *pending.0 {
-            PendingKind::StateClaim { login, csrf_cookie, code } => {
+            PendingKind::StateClaim { login, code } => {
                 env.events.push(Event::StoreUnavailable("login state not recorded; the login goes on"));
-                self.on_state_claimed(login, csrf_cookie, &code, true, env)
+                self.on_state_claimed(login, &code, true, env)
             }
             PendingKind::Successor(refresh) | PendingKind::RefreshLock(refresh) | PendingKind::SuccessorUnderLock(refresh) => {
                 env.events.push(Event::StoreUnavailable("refresh postponed; session kept"));
@@ -371,9 +399,9 @@ impl Engine {
                 env.events.push(Event::StoreUnavailable("logout token's jti not recorded; the logout goes on"));
                 self.on_logout_token_claimed(revocation, true, env)
             }
-            PendingKind::JwksCooldown { login, csrf_cookie, tokens } => {
+            PendingKind::JwksCooldown { login, tokens } => {
                 env.events.push(Event::StoreUnavailable("JWKS refetch postponed"));
-                self.on_jwks_cooldown(login, csrf_cookie, tokens, false, env)
+                self.on_jwks_cooldown(login, tokens, false, env)
             }
             kind => self.on_fetched(Pending(Box::new(kind)), HttpResponse { status: 0, body: Vec::new() }, env),
         }
@@ -383,6 +411,8 @@ impl Engine {
 /// Where a request came from, for answers that send the browser somewhere.
 /// Closures: computed only when a decision needs them, not per request.
 pub(super) struct Visit<'a> {
+    /// The request itself, when this turn has it (not after a refresh).
+    pub(super) head: Option<&'a RequestHead<'a>>,
     pub(super) scheme: &'a str,
     pub(super) authority: &'a str,
     /// Whether refusals should be JSON.

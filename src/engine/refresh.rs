@@ -123,7 +123,7 @@ impl Engine {
         let Waiting::Request { route, allow, api, scheme, authority, return_to } = waiting else { return fleet_answer(503, b"later") };
         match self.config.routes.get(route) {
             Some(route) => {
-                let visit = super::Visit { scheme: &scheme, authority: &authority, api: &|| api, return_to: &|| return_to.clone() };
+                let visit = super::Visit { head: None, scheme: &scheme, authority: &authority, api: &|| api, return_to: &|| return_to.clone() };
                 self.decide(route, allow, session, &visit, env)
             }
             None => Step::Respond(self.deny_response(api, "No service is configured at this address.")),
@@ -157,7 +157,7 @@ impl Engine {
         match refresh.waiting {
             Waiting::Request { api, scheme, authority, return_to, .. } => {
                 let clear = vec![self.clear_cookie(&self.config.session.cookie_name, "/")];
-                self.login_again(api, &scheme, &authority, return_to, clear, env)
+                self.login_again(None, api, &scheme, &authority, return_to, clear, env)
             }
             Waiting::Fleet => fleet_answer(200, fleet::ENDED),
         }

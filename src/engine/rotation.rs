@@ -20,31 +20,17 @@ impl Engine {
         )
     }
 
-    pub(super) fn on_jwks_cooldown(
-        &self,
-        login: LoginState,
-        csrf_cookie: String,
-        tokens: TokenResponse,
-        claimed: bool,
-        env: &mut Env<'_>,
-    ) -> Step {
-        let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
+    pub(super) fn on_jwks_cooldown(&self, login: LoginState, tokens: TokenResponse, claimed: bool, env: &mut Env<'_>) -> Step {
+        let clear = self.clear_login_cookie(&login.state);
         let call = env.provider.and_then(|pr| jwks_call(&self.config.provider, &pr.discovery).ok());
         match call {
-            Some(call) if claimed => Step::Fetch { call, pending: Pending::new(PendingKind::JwksForLogin { login, csrf_cookie, tokens }) },
+            Some(call) if claimed => Step::Fetch { call, pending: Pending::new(PendingKind::JwksForLogin { login, tokens }) },
             _ => self.key_not_known(env, clear),
         }
     }
 
-    pub(super) fn on_jwks_for_login(
-        &self,
-        login: LoginState,
-        csrf_cookie: String,
-        tokens: TokenResponse,
-        response: HttpResponse,
-        env: &mut Env<'_>,
-    ) -> Step {
-        let clear = vec![self.clear_cookie(&csrf_cookie, &self.config.paths.callback)];
+    pub(super) fn on_jwks_for_login(&self, login: LoginState, tokens: TokenResponse, response: HttpResponse, env: &mut Env<'_>) -> Step {
+        let clear = self.clear_login_cookie(&login.state);
         match jwks_from_response(&response) {
             Ok(jwks) => {
                 env.fetched_jwks = Some(response.body);

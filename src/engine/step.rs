@@ -112,22 +112,18 @@ pub(super) enum PendingKind {
     /// The login `state` claim (single use), before the code exchange.
     StateClaim {
         login: LoginState,
-        csrf_cookie: String,
         code: String,
     },
     CodeExchange {
         login: LoginState,
-        csrf_cookie: String,
     },
     /// The JWKS refetch cooldown claim, for a token signed with an unknown key.
     JwksCooldown {
         login: LoginState,
-        csrf_cookie: String,
         tokens: TokenResponse,
     },
     JwksForLogin {
         login: LoginState,
-        csrf_cookie: String,
         tokens: TokenResponse,
     },
     /// Whether another worker already refreshed this session generation.

@@ -48,7 +48,7 @@ impl Engine {
         }
         let extra = authorization_params(&route.step_up, need);
         let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.start_login_with(visit.scheme, visit.authority, (visit.return_to)(), allow.set_cookies, &pairs, env)
+        self.start_login_with(visit.head, visit.scheme, visit.authority, (visit.return_to)(), allow.set_cookies, &pairs, env)
     }
 }
 

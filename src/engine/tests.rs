@@ -5,6 +5,7 @@
 //! come of it); the flows that need several steps (login, callback, token
 //! exchange, JWKS refetch, sign-out) have their own tests and tables below.
 
+use super::cookies::LOGIN_SLOTS;
 use super::*;
 use crate::driver::{Answer, Driver, Lend};
 use crate::http::HttpCall;
@@ -174,7 +175,8 @@ impl Gate {
             return Err(format!("redirect to {base} instead of {AUTHORIZE}"));
         }
         let state = params.iter().find(|(k, _)| k == "state").map(|(_, v)| v.clone()).ok_or("no state")?;
-        let name = format!("{COOKIE}_csrf_{}", state.get(..12).ok_or("state shorter than 12")?);
+        let slot = state.strip_prefix('~').and_then(|r| r.get(..1)).ok_or("state names no login slot")?;
+        let name = format!("{COOKIE}_csrf_{slot}");
         let cookie = set_cookie(resp, &name).ok_or_else(|| format!("no set-cookie {name}"))?;
         let sealed = self.open_login(&cookie)?;
         Ok(Login { params, state, cookie, sealed })
@@ -248,10 +250,11 @@ fn login_flow_from_first_request_to_allowed() {
     assert!(!resp.header("location").unwrap().contains(&s.verifier));
     assert_eq!(s.return_to, "/app/page?tab=2");
     assert_eq!(s.redirect_uri, "https://app.example.com/oauth2/callback");
-    // The login cookie: named after the state, scoped to the callback, Lax, short-lived.
+    // The login cookie: in the slot the state names, on every path (so the
+    // next login sees which slots are taken), Lax, short-lived.
     let c = &login.cookie;
-    assert_eq!(c.name, format!("{COOKIE}_csrf_{}", &state[..12]));
-    assert_eq!(c.attr("Path"), Some("/oauth2/callback"));
+    assert_eq!(c.name, format!("{COOKIE}_csrf_{}", &state[1..2]));
+    assert_eq!(c.attr("Path"), Some("/"));
     assert_eq!(c.attr("SameSite"), Some("Lax"));
     assert_eq!(c.attr("Max-Age"), Some("600"));
     assert!(c.has("HttpOnly") && c.has("Secure"));
@@ -286,7 +289,7 @@ fn login_flow_from_first_request_to_allowed() {
     assert_eq!(resp.header("location"), Some("/app/page?tab=2"));
     let cookies = set_cookies(&resp);
     let csrf = cookies.iter().find(|c| c.name == login.cookie.name).expect("login cookie cleared");
-    assert!(csrf.clears() && csrf.attr("Path") == Some("/oauth2/callback"));
+    assert!(csrf.clears() && csrf.attr("Path") == Some("/"));
     let session = set_cookie(&resp, COOKIE).expect("session cookie");
     assert_eq!(session.attr("Path"), Some("/"));
     assert_eq!(session.attr("SameSite"), Some("Lax"));
@@ -1400,7 +1403,7 @@ fn a_host_that_forwards_the_received_path_sends_the_browser_to_the_decided_one()
         ("//public/x", "/public/x"),
         ("/%70ublic/x", "/public/x"),
         ("/public/%2e%2e/admin/", "/admin/"),
-        ("/public/./caf\u{e9}?q=\u{e9}t\u{e9}", "/public/caf%C3%A9?q=%C3%A9t%C3%A9"),
+        ("/public/./caf%C3%A9?q=\u{e9}t\u{e9}", "/public/caf%C3%A9?q=%C3%A9t%C3%A9"),
     ] {
         for method in ["GET", "HEAD"] {
             let step = g.send(&Req::new(method, path).cookie(COOKIE, &bob).forwarded_as_received());
@@ -2053,4 +2056,129 @@ fn a_lock_won_after_another_refresh_finished_takes_its_successor() {
     assert!(out.writes.iter().any(|w| matches!(w.key, RecordKey::RefreshLock(_)) && w.until == now), "lock released: {:?}", out.writes);
     let a = allowed(out.step);
     assert_eq!(SetCookie::parse(&a.set_cookies[0]).value, successor, "no second refresh: the successor");
+}
+
+// ---------------------------------------------------------------------------
+// Readings that differ between the gate and what is behind it.
+
+#[test]
+fn a_path_that_lenient_servers_read_as_another_route_is_refused() {
+    let mut g = Gate::new();
+    let bob = g.login_as(&bob()).0;
+    for path in
+        ["/admin./", "/admin%20/", "/admin%C2%A0/x", "/%EF%BD%81dmin/", "/adm%C4%B1n/", "/public/%EF%BC%8E%EF%BC%8E/admin/", "/admin%3F/"]
+    {
+        for req in [Req::get(path).cookie(COOKIE, &bob), Req::get(path)] {
+            let r = respond(g.send(&req));
+            assert_eq!(r.status, 400, "{path}");
+        }
+    }
+    // The same characters where no route differs are a path like any other.
+    for path in ["/app/caf%C3%A9", "/app/My%20File.pdf", "/app/v1./x"] {
+        let r = allowed(g.send(&Req::get(path).cookie(COOKIE, &bob)));
+        assert!(r.set.iter().any(|(n, v)| &**n == "Remote-User" && &**v == "bob"), "{path}");
+    }
+    for path in ["/admin\u{85}", "/admin\u{a0}", "/admin%85", "/admin%A0/", "/a b"] {
+        assert_eq!(respond(g.send(&Req::get(path).cookie(COOKIE, &bob))).status, 400, "{path:?}");
+    }
+}
+
+#[test]
+fn a_host_that_is_not_a_host_name_is_refused_before_anything_is_built_from_it() {
+    let mut g = Gate::new();
+    for host in ["app.example.com,evil.example", "evil.example@app.example.com", "app.example.com/x", "a b", "", "app.example.com:x"] {
+        let r = respond(g.send(&Req::get("/app/").host(host)));
+        assert_eq!(r.status, 400, "{host:?}");
+        assert!(r.header("location").is_none());
+    }
+    for host in ["app.example.com", "app.example.com:8443", "app.example.com.", "[::1]:8080", "my_service:80"] {
+        assert_ne!(respond(g.send(&Req::get("/app/").host(host))).status, 400, "{host:?}");
+    }
+}
+
+#[test]
+fn an_h2c_upgrade_is_refused() {
+    let mut g = Gate::new();
+    let alice = g.login_as(&alice()).0;
+    for (n, v) in [("Upgrade", "h2c"), ("upgrade", "websocket, H2C"), ("HTTP2-Settings", "AAMAAABkAAQAAP__")] {
+        let r = respond(g.send(&Req::get("/app/").cookie(COOKIE, &alice).header(n, v)));
+        assert_eq!(r.status, 400, "{n}: {v}");
+    }
+    // A WebSocket upgrade is decided like any other request.
+    let r = allowed(g.send(&Req::get("/app/").cookie(COOKIE, &alice).header("Upgrade", "websocket").header("Connection", "Upgrade")));
+    assert!(r.set.iter().any(|(n, _)| &**n == "Remote-User"));
+}
+
+#[test]
+fn a_browser_carries_a_bounded_number_of_login_states_and_the_latest_finishes() {
+    let mut g = Gate::new();
+    // Thirty tabs, each starting a login with the cookies the earlier ones set.
+    let mut jar: Vec<(String, String)> = Vec::new();
+    let mut last = None;
+    for _ in 0..30 {
+        let mut req = Req::get("/app/");
+        for (n, v) in &jar {
+            req = req.cookie(n, v);
+        }
+        let resp = respond(g.send(&req));
+        let login = g.read_login(&resp).unwrap();
+        jar.retain(|(n, _)| *n != login.cookie.name);
+        jar.push((login.cookie.name.clone(), login.cookie.value.clone()));
+        last = Some(login);
+        g.host.now += 1;
+    }
+    assert_eq!(jar.len(), usize::from(LOGIN_SLOTS), "one cookie per slot, never more");
+    let header: usize = jar.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    assert!(header < 4096, "{header} bytes of login cookies");
+    // Taken slots are kept while free ones remain: the last six logins all hold.
+    let last = last.unwrap();
+    let mut req = Req::get(&format!("/oauth2/callback?{}", build_query(&[("code", "c"), ("state", &last.state), ("iss", ISSUER)])));
+    for (n, v) in &jar {
+        req = req.cookie(n, v);
+    }
+    let step = g.send(&req);
+    assert!(matches!(step, Step::Fetch { .. }), "the latest login goes on to the code exchange: {step:?}");
+}
+
+#[test]
+fn a_new_login_takes_a_free_slot_then_the_oldest() {
+    let mut g = Gate::new();
+    let mut jar: Vec<(String, String, u64)> = Vec::new();
+    for i in 0..u64::from(LOGIN_SLOTS) + 2 {
+        let mut req = Req::get("/app/");
+        for (n, v, _) in &jar {
+            req = req.cookie(n, v);
+        }
+        let resp = respond(g.send(&req));
+        let login = g.read_login(&resp).unwrap();
+        let taken_before = jar.iter().position(|(n, _, _)| *n == login.cookie.name);
+        if i < u64::from(LOGIN_SLOTS) {
+            assert_eq!(taken_before, None, "login {i} took a taken slot while one was free");
+        } else {
+            let oldest = jar.iter().enumerate().min_by_key(|(_, (_, _, t))| *t).map(|(i, _)| i);
+            assert_eq!(taken_before, oldest, "login {i} replaced another than the oldest");
+        }
+        jar.retain(|(n, _, _)| *n != login.cookie.name);
+        jar.push((login.cookie.name.clone(), login.cookie.value.clone(), i));
+        g.host.now += 10;
+    }
+}
+
+#[test]
+fn a_session_from_before_a_restart_is_checked_with_the_provider_before_it_is_served() {
+    let mut g = Gate::new();
+    let (session, _) = g.login_as(&alice());
+    assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &session)), Step::Allow(_)));
+    // The memory that held this gate's revocations is new: a sign-out of
+    // this session may be forgotten.
+    g.host.now += 5;
+    g.driver.revocations_known_since(g.host.now);
+    let (call, pending) = fetch(g.send(&Req::get("/app/").cookie(COOKIE, &session)));
+    assert!(call.path.ends_with("/token"), "refreshed first: {}", call.path);
+    // The provider no longer knows the session (it was signed out): no pass.
+    let r = respond(g.fetched(pending, HttpResponse { status: 400, body: br#"{"error":"invalid_grant"}"#.to_vec() }));
+    assert_eq!(r.status, 302, "sent to sign in again");
+    // A session the provider vouched for after the restart is served as is.
+    let (fresh, _) = g.login_as(&alice());
+    assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &fresh)), Step::Allow(_)));
 }

@@ -44,6 +44,8 @@ struct Worker {
     /// of its change marker.
     revocations_version: Option<u32>,
     revocations_marker: Option<u32>,
+    /// Whether the driver knows since when this proxy's revocations go back.
+    revocations_dated: bool,
     /// Whether the last poll of the fleet coordinator got an answer (a
     /// change is logged once, not every poll).
     coordinator_answers: bool,
@@ -70,6 +72,10 @@ impl Worker {
     /// every request (a sign-out on one worker is refused by all at once),
     /// at the cost of reading the small change marker.
     fn load_revocations(&mut self, ctx: &dyn Context, now: u64) {
+        if !self.revocations_dated {
+            self.revocations_dated = true;
+            self.driver.revocations_known_since(shared::revocations_began(ctx, &self.keys.revocations_began, now));
+        }
         let marker = ctx.get_shared_data(&self.keys.revoked_changed).1;
         if marker == self.revocations_marker {
             return;
@@ -239,6 +245,7 @@ impl RootContext for Root {
             provider_version: None,
             revocations_version: None,
             revocations_marker: None,
+            revocations_dated: false,
             rng,
             metrics,
             keys,

@@ -21,6 +21,8 @@ pub struct Keys {
     /// Rewritten (a counter) whenever `revoked` changes: a request reads this
     /// small entry, not the list, to know whether a sign-out happened.
     pub revoked_changed: String,
+    /// When the memory holding `revoked` began (see [`revocations_began`]).
+    pub revocations_began: String,
     pub fleet: String,
 }
 
@@ -34,6 +36,7 @@ impl Keys {
             claims: format!("oidc-edge/claims-{tag}-"),
             revoked: format!("oidc-edge/revoked-{tag}"),
             revoked_changed: format!("oidc-edge/revoked-changed-{tag}"),
+            revocations_began: format!("oidc-edge/revocations-began-{tag}"),
             fleet: format!("oidc-edge/fleet-{tag}"),
         }
     }
@@ -68,6 +71,22 @@ pub fn overwrite(ctx: &dyn Context, key: &str, value: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// When the shared memory that holds this proxy's revocations began: set by
+/// the first worker that asks, read by the others and by the VMs of a new
+/// configuration, and gone exactly when the revocations are (a restart, or
+/// nginx emptying shared memory on reload). A sign-out made before it may
+/// be unknown here.
+pub fn revocations_began(ctx: &dyn Context, key: &str, now: u64) -> u64 {
+    let read = || ctx.get_shared_data(key).0.and_then(|d| <[u8; 8]>::try_from(d.as_slice()).ok()).map(u64::from_be_bytes);
+    if let Some(t) = read() {
+        return t;
+    }
+    // Envoy writes unconditionally without a CAS, ngx_wasm_module only if
+    // absent: either way every worker then reads the same time.
+    let _ = ctx.set_shared_data(key, Some(&now.to_be_bytes()), None);
+    read().unwrap_or(now)
 }
 
 /// Revocations shared by the workers, at most this many (the oldest go

@@ -103,11 +103,41 @@ pub const FOREIGN_IDENTITY_HEADERS: &[&str] = &[
     "Remote-Name",
 ];
 
-/// Headers some frameworks take the request's path or method from (Symfony,
-/// Zend, IIS URL Rewrite): a client's copy would make the upstream serve
-/// another path than the one decided, so they are removed like identity headers.
-pub const ROUTING_OVERRIDE_HEADERS: &[&str] =
-    &["X-Original-URL", "X-Original-URI", "X-Original-Method", "X-Rewrite-URL", "X-Forwarded-Uri", "X-Forwarded-Method"];
+/// Headers some frameworks take the request's path, method or host from
+/// (Symfony, Zend, IIS URL Rewrite, Spring's and ASP.NET's forwarded-headers
+/// support, Django's `USE_X_FORWARDED_HOST`): a client's copy would make the
+/// upstream serve another path or build links to another host than the one
+/// decided, so they are removed like identity headers. A proxy that sets
+/// them itself does so after the gate (Caddy and Traefik their
+/// `X-Forwarded-Host`). `X-Forwarded-For` and `X-Forwarded-Proto` stay: the
+/// proxy in front appends or overwrites them.
+pub const ROUTING_OVERRIDE_HEADERS: &[&str] = &[
+    "X-Original-URL",
+    "X-Original-URI",
+    "X-Original-Method",
+    "X-Original-Host",
+    "X-Rewrite-URL",
+    "X-Forwarded-Uri",
+    "X-Forwarded-Method",
+    "X-Forwarded-Host",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Port",
+    "X-Forwarded-Server",
+    "X-Envoy-Original-Path",
+    "X-Host",
+    "Forwarded",
+];
+
+/// Whether `name` is another spelling (`_` or `.` for `-`) of a header the
+/// proxy in front owns (`X-Forwarded-For`, `X-Forwarded-Proto`,
+/// `X-Real-IP`): the canonical one is the proxy's to set, and a CGI-style
+/// upstream would fold a client's `X_Forwarded_Proto` into it.
+pub fn respells_proxy_header(name: &str) -> bool {
+    const OWNED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-real-ip"];
+    matches!(name.len(), 9 | 15 | 17)
+        && name.bytes().any(|b| b == b'_' || b == b'.')
+        && OWNED.iter().any(|o| o.len() == name.len() && o.bytes().zip(name.bytes()).all(|(a, b)| a == fold(b)))
+}
 
 /// Headers some frameworks take the request method from (Express's
 /// method-override, Rails, Google APIs): with routes chosen by method, a
@@ -118,6 +148,16 @@ pub const METHOD_OVERRIDE_HEADERS: &[&str] = &["X-HTTP-Method-Override", "X-HTTP
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_spellings_of_the_proxys_headers_are_caught_not_the_headers() {
+        for n in ["X_Forwarded_Proto", "x.forwarded.for", "X_REAL_IP", "x-forwarded_for"] {
+            assert!(respells_proxy_header(n), "{n}");
+        }
+        for n in ["X-Forwarded-Proto", "x-forwarded-for", "X-Real-IP", "x_forwarded_prot", "remote_user"] {
+            assert!(!respells_proxy_header(n), "{n}");
+        }
+    }
 
     #[test]
     fn every_spelling_is_caught() {

@@ -4,7 +4,10 @@
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::{clean_header_value, oauth_error_code, random_token, sha256, shared_key, Engine, Env, Pending, PendingKind, Step, MAX_COOKIE_BYTES};
+use super::{
+    clean_header_value, header_safe, oauth_error_code, random_token, sha256, shared_key, Engine, Env, Pending, PendingKind, Step,
+    MAX_COOKIE_BYTES,
+};
 use crate::config::{SameSite, UserClaim};
 use crate::encoding::{b64url, build_query, parse_query, split_url};
 use crate::events::Event;
@@ -378,21 +381,23 @@ impl Engine {
     /// login, the same across refreshes).
     pub(super) fn session_from_claims(&self, c: &IdClaims, refresh_token: Option<String>, now: u64, id: [u8; 16]) -> Session {
         let clean = |v: &Option<String>| v.as_deref().map(clean_header_value);
+        // Values that decide who someone is pass as they are or not at all:
+        // `alice\u{85}` cleaned into `alice` would be someone else.
+        let exact = |v: &Option<String>| v.as_deref().filter(|v| header_safe(v)).map(str::to_owned);
         let user = match self.config.provider.user_claim {
-            UserClaim::Email => c.email.clone(),
-            UserClaim::Name => c.name.clone(),
+            UserClaim::Email => exact(&c.email),
+            UserClaim::Name => exact(&c.name),
             UserClaim::Sub => None,
-            UserClaim::PreferredUsername => c.preferred_username.clone(),
+            UserClaim::PreferredUsername => exact(&c.preferred_username),
         }
-        .map(|u| clean_header_value(&u))
         .unwrap_or_else(|| clean_header_value(&c.sub));
         Session {
             sub: c.sub.clone(),
             user,
-            email: clean(&c.email),
+            email: exact(&c.email),
             email_verified: c.email_verified,
             name: clean(&c.name),
-            groups: c.groups.iter().map(|g| clean_header_value(g)).filter(|g| !g.is_empty()).collect(),
+            groups: c.groups.iter().filter(|g| header_safe(g)).cloned().collect(),
             login_at: now,
             checked_at: now,
             refresh_token,
@@ -400,7 +405,7 @@ impl Engine {
             idp_sid: c.sid.clone(),
             auth_time: c.auth_time.filter(|t| *t <= now).unwrap_or(now),
             acr: clean(&c.acr),
-            amr: c.amr.iter().map(|m| clean_header_value(m)).collect(),
+            amr: c.amr.iter().filter(|m| header_safe(m)).cloned().collect(),
         }
     }
 }

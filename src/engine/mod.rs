@@ -65,11 +65,19 @@ fn random_token(rng: &mut dyn SecureRandom) -> String {
     b64url(&bytes)
 }
 
-/// A claim as it may go into a header: no control characters (no CR/LF
-/// injection, no NEL), and no surrounding whitespace, which upstreams that
-/// split and trim would drop while the gate's policy compared with it.
+/// A display value as it may go into a header: no control characters (no
+/// CR/LF injection, no NEL) and no surrounding whitespace.
 fn clean_header_value(v: &str) -> String {
     v.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_owned()
+}
+
+/// Whether a value that decides access (a user name, an email, a group, a
+/// method) can go into a header as it is: not empty, no control character,
+/// no surrounding whitespace. Others are left out rather than cleaned: an
+/// upstream that trims would read ` admins ` as `admins` while the gate's
+/// policy did not, and `alice\u{85}` cleaned would be alice.
+fn header_safe(v: &str) -> bool {
+    !v.is_empty() && !v.chars().any(char::is_control) && v.trim() == v
 }
 
 impl Engine {
@@ -160,7 +168,12 @@ impl Engine {
             return Step::Respond(self.deny_response(head.looks_like_api(), "No service is configured at this address."));
         };
         let mut allow = Allow {
-            strip: head.headers.iter().filter(|(n, _)| self.config.strip.contains(n)).map(|(n, _)| n.clone()).collect(),
+            strip: head
+                .headers
+                .iter()
+                .filter(|(n, _)| self.config.strip.contains(n) || crate::headers::respells_proxy_header(n))
+                .map(|(n, _)| n.clone())
+                .collect(),
             set: route.inject.iter().map(|(n, v)| (Arc::clone(n), v.expose_shared())).collect(),
             set_path: (path.as_ref() != raw_path).then(|| path_and_query(&path, query)),
             set_cookies: Vec::new(),

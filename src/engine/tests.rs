@@ -773,7 +773,26 @@ fn identity_header_values_carry_no_control_characters() {
     for (n, v) in &a.set {
         assert!(!v.chars().any(char::is_control), "{n}: {v:?}");
     }
-    assert!(a.set.contains(&("Remote-User".into(), "bobX-Admin: 1".into())));
+    // A user name that is not header-safe is not cleaned into another name:
+    // the provider's stable `sub` stands in. Such groups are left out.
+    assert!(a.set.contains(&("Remote-User".into(), "b0b".into())), "{:?}", a.set);
+    assert!(a.set.contains(&("Remote-Groups".into(), "x".into())), "{:?}", a.set);
+    assert!(a.set.contains(&("Remote-Name".into(), "BobB".into())), "{:?}", a.set);
+}
+
+#[test]
+fn a_name_that_cleans_into_someone_elses_is_not_theirs() {
+    let mut g = Gate::new();
+    let mut user = bob();
+    user["preferred_username"] = json!("alice\u{85}");
+    user["email"] = json!(" alice@example.com");
+    user["groups"] = json!(["admins\u{85}", " admins", "admins ", "users"]);
+    let (session, _) = g.login_as(&user);
+    let a = allowed(g.send(&Req::get("/").cookie(COOKIE, &session)));
+    assert!(a.set.contains(&("Remote-User".into(), "b0b".into())), "{:?}", a.set);
+    assert!(a.set.contains(&("Remote-Groups".into(), "users".into())), "{:?}", a.set);
+    assert!(!a.set.iter().any(|(n, _)| &**n == "Remote-Email"), "{:?}", a.set);
+    assert_eq!(respond(g.send(&Req::get("/admin/").cookie(COOKIE, &session))).status, 403);
 }
 
 // ---------------------------------------------------------------------------

@@ -535,7 +535,7 @@ provider.use(async (ctx, next) => {
       // tokens would be), for API clients in the tests: any claims, so that
       // expired, foreign-audience or group-less tokens can be made too.
       const body = await readJson(ctx);
-      ctx.body = { token: signJwt(body?.claims ?? {}, body?.alg ?? 'RS256', body?.typ ?? 'at+jwt') };
+      ctx.body = { token: signJwt(body?.claims ?? {}, body?.alg ?? 'RS256', body?.typ ?? 'at+jwt', body?.header ?? {}) };
     } else if (ctx.path === '/test/users' && ctx.method === 'GET') {
       ctx.body = [...users.values()];
     } else if (userPath && ctx.method === 'GET') {
@@ -565,11 +565,11 @@ provider.use(async (ctx, next) => {
   }
 });
 
-function signJwt(claims, alg, typ) {
+function signJwt(claims, alg, typ, extraHeader = {}) {
   const jwk = keys.find((k) => k.alg === alg);
   if (!jwk) throw Object.assign(new Error(`no key for ${alg}`), { status: 400 });
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const input = `${b64({ alg, kid: jwk.kid, typ })}.${b64(claims)}`;
+  const input = `${b64({ alg, kid: jwk.kid, typ, ...extraHeader })}.${b64(claims)}`;
   const key = createPrivateKey({ key: jwk, format: 'jwk' });
   const digest = alg === 'EdDSA' ? null : 'sha256';
   const signature = cryptoSign(digest, Buffer.from(input), alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key);

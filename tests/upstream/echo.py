@@ -141,10 +141,32 @@ class Echo(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     options = None
 
-    def _answer(self):
+    def _read_body(self) -> bytes:
+        """The body as a typical upstream frames it: chunked when
+        Transfer-Encoding says so (it wins over Content-Length, RFC 9112
+        6.3), else Content-Length."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline()
         length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    def _answer(self):
+        body = self._read_body()
         headers = [[k, v] for k, v in self.headers.raw_items()]
+        # Requests that carry a probe marker are logged, so a test can see a
+        # request that reached the service without an answer coming back to
+        # its sender (a smuggled one, answered to someone else).
+        probe = self.headers.get("x-probe")
+        if probe:
+            print(f"PROBE {probe} {self.command} {self.path} user={self.headers.get('remote-user')}", flush=True)
         if prefers_html(self.headers.get("accept")):
             out = page(self.command, self.path, headers, len(body), self.options)
             extra = [("content-type", "text/html; charset=utf-8"), ("content-security-policy", CSP),

@@ -133,11 +133,15 @@ pub const ROUTING_OVERRIDE_HEADERS: &[&str] = &[
 /// `X-Real-IP`): the canonical one is the proxy's to set, and a CGI-style
 /// upstream would fold a client's `X_Forwarded_Proto` into it.
 pub fn respells_proxy_header(name: &str) -> bool {
-    const OWNED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-real-ip"];
     matches!(name.len(), 9 | 15 | 17)
         && name.bytes().any(|b| b == b'_' || b == b'.')
-        && OWNED.iter().any(|o| o.len() == name.len() && o.bytes().zip(name.bytes()).all(|(a, b)| a == fold(b)))
+        && PROXY_OWNED_HEADERS
+            .iter()
+            .any(|o| o.len() == name.len() && o.bytes().zip(name.bytes()).all(|(a, b)| a.to_ascii_lowercase() == fold(b)))
 }
+
+/// The headers the proxy in front sets itself (see [`respells_proxy_header`]).
+pub const PROXY_OWNED_HEADERS: &[&str] = &["X-Forwarded-For", "X-Forwarded-Proto", "X-Real-IP"];
 
 /// Headers some frameworks take the request method from (Express's
 /// method-override, Rails, Google APIs): with routes chosen by method, a

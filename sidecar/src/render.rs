@@ -341,6 +341,12 @@ pub fn traefik(config: &Config, settings: &SidecarConfig, sidecar: &str) -> Resu
             out.push_str(&format!("          {}: \"\"\n", quote(&spelling)));
         }
     }
+    // Traefik sets these itself: only a client's other spellings go.
+    for name in oidc_edge::headers::PROXY_OWNED_HEADERS {
+        for spelling in separator_spellings(name).into_iter().filter(|s| s != name) {
+            out.push_str(&format!("          {}: \"\"\n", quote(&spelling)));
+        }
+    }
     if let Some(token) = &settings.proxy_token {
         out.push_str(&format!(
             "          # sidecar.proxy_token for the decision request (this file holds a\n\

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use oidc_edge::config::{Config, IdpCalls, SecretSource};
 use oidc_edge::encoding::{build_query, parse_query};
 use oidc_edge::jose::{verify_id_token, Expected, Jwks};
-use oidc_edge::path::normalize;
+use oidc_edge::path::{lenient_reading as lenient, normalize};
 use oidc_edge::policy::HostPattern;
 use oidc_edge::redirect::safe_redirect;
 use oidc_edge::seal::Sealer;
@@ -30,6 +30,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("path_normalization", path_normalization),
     ("path_differential", path_differential),
+    ("lenient_reading", lenient_reading),
     ("redirect", redirect),
     ("cookie_header", cookie_header),
     ("session", session),
@@ -53,6 +54,8 @@ pub fn path_normalization(data: &[u8]) {
     let input = text(data);
     let Ok(once) = normalize(&input) else { return };
     assert!(once.starts_with('/') && !once.starts_with("//"), "{input:?} -> {once:?}");
+    // Only printable ASCII is ever decided on: what the proxy forwards.
+    assert!(input.bytes().all(|b| (0x21..0x7f).contains(&b)), "{input:?} accepted with a byte that is not printable ASCII");
     let segments: Vec<&str> = once.split('/').skip(1).collect();
     let inner = &segments[..segments.len().saturating_sub(1)];
     assert!(!inner.contains(&""), "{input:?} -> {once:?}: empty segment");
@@ -68,6 +71,23 @@ pub fn path_normalization(data: &[u8]) {
     let prefixed = format!("/x{input}");
     if input.starts_with('/') {
         assert!(normalize(&prefixed).is_ok(), "{input:?} accepted, /x{input:?} refused");
+    }
+}
+
+/// How lenient servers read a normalized path: whatever the input, the
+/// reading is a plain path with nothing left for a server to fold again (no
+/// dot segment, no segment ending in a dot or whitespace, no fullwidth
+/// ASCII, no query), and reading it again changes nothing.
+pub fn lenient_reading(data: &[u8]) {
+    let input = text(data);
+    let Ok(path) = normalize(&input) else { return };
+    let Some(reading) = lenient(&path) else { return };
+    assert!(reading.starts_with('/'), "{input:?} -> {reading:?}");
+    assert!(!reading.contains('?') && !reading.contains("//"), "{input:?} -> {reading:?}");
+    for seg in reading.split('/').skip(1) {
+        assert!(seg != "." && seg != "..", "{input:?} -> {reading:?}: dot segment");
+        assert!(!seg.ends_with('.') && seg.trim() == seg, "{input:?} -> {reading:?}: {seg:?} would be trimmed");
+        assert!(!seg.chars().any(|c| ('\u{FF01}'..='\u{FF5E}').contains(&c)), "{input:?} -> {reading:?}: fullwidth left");
     }
 }
 

@@ -176,6 +176,19 @@ struct Header {
     kid: Option<String>,
     crit: Option<Value>,
     typ: Option<String>,
+    /// A nested token (`cty: JWT`) or compressed payload (`zip`): never
+    /// what a provider signs for us, refused rather than unwrapped.
+    cty: Option<Value>,
+    zip: Option<Value>,
+}
+
+/// Whether a token of this `typ` may be an ID token or an access token:
+/// none, `JWT`, or RFC 9068's `at+jwt`. Every other explicit type (a DPoP
+/// proof's `dpop+jwt`, a logout token's `logout+jwt`, a security event's
+/// `secevent+jwt`) is signed for another purpose.
+fn credential_type(typ: &str) -> bool {
+    let t = typ.strip_prefix("application/").unwrap_or(typ);
+    t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("at+jwt")
 }
 
 /// `aud` is a string or an array of strings (Pocket ID sends an array).
@@ -247,10 +260,14 @@ pub(crate) fn verified_claims(token: &str, jwks: &Jwks, typ: Option<&str>) -> Re
     if header.crit.is_some() {
         return Err(TokenError::UnsupportedAlgorithm("crit".into()));
     }
+    if header.cty.is_some() || header.zip.is_some() {
+        return Err(TokenError::Malformed);
+    }
     match (typ, header.typ.as_deref()) {
         (Some(want), Some(got)) if !got.eq_ignore_ascii_case(want) && !got.eq_ignore_ascii_case("JWT") => return Err(TokenError::Malformed),
-        // A logout token is signed with the same keys: only where one is asked for.
-        (None, Some(got)) if got.eq_ignore_ascii_case("logout+jwt") => return Err(TokenError::ForbiddenClaim("typ")),
+        // A logout token or a DPoP proof may be signed with the same keys:
+        // each only where one is asked for.
+        (None, Some(got)) if !credential_type(got) => return Err(TokenError::ForbiddenClaim("typ")),
         _ => {}
     }
     let signature = b64url_decode(s64).ok_or(TokenError::Malformed)?;

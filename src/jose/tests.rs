@@ -170,3 +170,47 @@ fn structural_garbage_is_malformed() {
         assert!(verify_id_token(t, &jwks(), &expected(None)).is_err(), "{t}");
     }
 }
+
+/// An EdDSA token with these header fields, signed with the test key.
+fn sign_with_header(extra: &Value, claims: &Value) -> String {
+    let mut header = json!({"alg": "EdDSA", "kid": "ed1"});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        header[k] = v.clone();
+    }
+    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    format!("{input}.{}", b64url(&ed_key().sign(input.as_bytes()).to_bytes()))
+}
+
+#[test]
+fn tokens_signed_for_another_purpose_or_wrapped_are_refused() {
+    let claims = claims();
+    for extra in [
+        json!({"typ": "dpop+jwt"}),
+        json!({"typ": "logout+jwt"}),
+        json!({"typ": "secevent+jwt"}),
+        json!({"typ": "JOSE"}),
+        json!({"cty": "JWT"}),
+        json!({"zip": "DEF"}),
+        json!({"crit": ["exp"], "exp": 1}),
+    ] {
+        let token = sign_with_header(&extra, &claims);
+        assert!(verified_claims(&token, &jwks(), None).is_err(), "{extra}");
+    }
+    for extra in [json!({}), json!({"typ": "JWT"}), json!({"typ": "at+jwt"}), json!({"typ": "application/at+jwt"})] {
+        let token = sign_with_header(&extra, &claims);
+        assert!(verified_claims(&token, &jwks(), None).is_ok(), "{extra}");
+    }
+    // The header names its own key: never used, only the JWKS counts.
+    let attacker = ed25519_dalek::SigningKey::from_bytes(&[66; 32]);
+    let x = b64url(attacker.verifying_key().as_bytes());
+    let header = json!({"alg": "EdDSA", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": x}, "jku": "http://127.0.0.1:1/jwks"});
+    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let forged = format!("{input}.{}", b64url(&attacker.sign(input.as_bytes()).to_bytes()));
+    assert!(verified_claims(&forged, &jwks(), None).is_err());
+    // An all-zero ECDSA signature (CVE-2022-21449) never verifies.
+    let zero = format!("{}.{}.{}", b64url(br#"{"alg":"ES256","kid":"ec1"}"#), b64url(claims.to_string().as_bytes()), b64url(&[0; 64]));
+    assert!(verified_claims(&zero, &jwks(), None).is_err());
+    // A duplicate header field is not read either way.
+    let dup = format!("{}.{}.AA", b64url(br#"{"alg":"none","alg":"EdDSA","kid":"ed1"}"#), b64url(claims.to_string().as_bytes()));
+    assert_eq!(verified_claims(&dup, &jwks(), None).err(), Some(TokenError::Malformed));
+}

@@ -89,7 +89,7 @@ def test_forged_and_tampered_sessions_go_back_to_login(gate, stack, alice):
 def test_cookie_forged_with_the_right_key_but_expired_is_refused(gate, stack):
     # Proves the expiry inside the sealed value is enforced, not just Max-Age.
     now = int(time.time())
-    payload = session_payload(user="alice", sub="x", groups=["admins"])
+    payload = session_payload(user="alice", sub="x", groups=["admins"], login_at=now, checked_at=now)
     fresh = seal(COOKIE_SECRET, "_oidc_edge", now + 600, payload)
     assert Browser().get(gate.url("/admin/"), headers={"Cookie": f"_oidc_edge={fresh}"}).status == 200
     stale = seal(COOKIE_SECRET, "_oidc_edge", now - 1, payload)

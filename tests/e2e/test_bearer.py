@@ -2,9 +2,12 @@
 provider signed for us passes with the route's rules applied to its claims;
 anything else gets RFC 6750's 401 or 403, never a login redirect."""
 
+import base64
 import json
+import socket
 import time
 
+import nacl.signing
 import pytest
 
 from cookies import unseal
@@ -84,3 +87,82 @@ def test_a_token_for_another_api_is_not_taken_from_the_cache(gate, stack):
 def test_no_token_on_an_api_route_is_asked_for_one(gate):
     r = Browser().get(gate.url("/api-bearer/x"), headers={"Accept": "application/json"})
     assert r.status == 401 and challenge(r).startswith("Bearer realm=")
+
+
+def minted(stack, header: dict | None = None, typ: str = "at+jwt", alg: str = "RS256", **claims) -> str:
+    """A token signed by the provider's own key, with extra header fields."""
+    now = int(time.time())
+    body = {"iss": stack.idp.issuer, "aud": "oidc-edge", "sub": "svc-backup", "exp": now + 600, "iat": now,
+            "preferred_username": "backup-job", "groups": ["users", "admins"], **claims}
+    r = Browser().request("POST", f"{stack.idp.issuer}/test/jwt", headers={"Content-Type": "application/json"},
+                          body=json.dumps({"claims": body, "header": header or {}, "typ": typ, "alg": alg}).encode())
+    assert r.status == 200, r.body
+    return r.json()["token"]
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def attackers_token(stack, header: dict) -> str:
+    """Signed with a key of the attacker's own, which the header points at."""
+    key = nacl.signing.SigningKey.generate()
+    now = int(time.time())
+    claims = {"iss": stack.idp.issuer, "aud": "oidc-edge", "sub": "mallory", "exp": now + 600, "iat": now,
+              "preferred_username": "admin", "groups": ["admins"]}
+    x = b64(bytes(key.verify_key))
+    head = {"alg": "EdDSA", **{k: (v.replace("{x}", x) if isinstance(v, str) else v) for k, v in header.items()}}
+    if "jwk" in head:
+        head["jwk"] = {"kty": "OKP", "crv": "Ed25519", "x": x}
+    signing_input = f"{b64(json.dumps(head).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(key.sign(signing_input.encode()).signature)}"
+
+
+@pytest.fixture()
+def listener():
+    """A port that would see any fetch of a URL a token names."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    s.setblocking(False)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_forged_tokens_beyond_the_first_set_are_refused(gate, stack, listener):
+    port = listener.getsockname()[1]
+    at = f"http://127.0.0.1:{port}"
+    now = int(time.time())
+    forged = {
+        "embedded jwk": attackers_token(stack, {"jwk": True}),
+        "jku": attackers_token(stack, {"jku": f"{at}/jwks.json"}),
+        "x5u": attackers_token(stack, {"x5u": f"{at}/cert.pem"}),
+        "x5c": attackers_token(stack, {"x5c": ["{x}"]}),
+        "kid traversal": attackers_token(stack, {"kid": "../../../../../dev/null"}),
+        "kid injection": attackers_token(stack, {"kid": "x' OR '1'='1"}),
+        "crit": minted(stack, header={"crit": ["exp"]}),
+        "nested JWT": minted(stack, header={"cty": "JWT"}),
+        "compressed": minted(stack, header={"zip": "DEF"}),
+        "DPoP proof": minted(stack, typ="dpop+jwt", htm="GET", htu="http://x/", jti="j1"),
+        "logout token": minted(stack, typ="logout+jwt", events={"http://schemas.openid.net/event/backchannel-logout": {}}),
+        "security event": minted(stack, typ="secevent+jwt"),
+        "JWE-shaped": "eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.a.b.c.d",
+        "polyglot": minted(stack) + ".eyJhbGciOiJub25lIn0",
+    }
+    # All-zero ECDSA (CVE-2022-21449): the provider's ES256 key, a signature of zeros.
+    real_es = minted(stack, alg="ES256")
+    forged["zero ECDSA"] = real_es.rsplit(".", 1)[0] + "." + b64(bytes(64))
+    # Duplicate header fields: the second alg must not win over the first.
+    h = json.loads(base64.urlsafe_b64decode(real_es.split(".")[0] + "=="))
+    dup = '{"alg":"none",' + json.dumps(h)[1:]
+    forged["duplicate alg"] = b64(dup.encode()) + "." + real_es.split(".")[1] + "."
+    del now
+    for what, token in forged.items():
+        r = call(gate, "/api-admin/x", token)
+        assert r.status == 401 and 'error="invalid_token"' in challenge(r), (what, r.status, challenge(r))
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    # The same claims, signed by the provider as an access token, pass.
+    assert call(gate, "/api-admin/x", minted(stack)).status == 200

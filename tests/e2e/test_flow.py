@@ -20,7 +20,7 @@ def test_alice_logs_in_and_upstream_sees_her_identity(gate, stack):
     assert len(q["state"][0]) >= 43 and len(q["nonce"][0]) >= 43
     assert q["redirect_uri"] == [gate.url("/oauth2/callback")]
     csrf = [c for c in first.all("set-cookie") if c.startswith("_oidc_edge_csrf_")]
-    assert len(csrf) == 1 and "Path=/oauth2/callback" in csrf[0] and "HttpOnly" in csrf[0]
+    assert len(csrf) == 1 and "Path=/;" in csrf[0] and "HttpOnly" in csrf[0]
     assert "SameSite=Lax" in csrf[0]
 
     page = b.follow(first.location if first.location.startswith("http") else gate.url(first.location))

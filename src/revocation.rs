@@ -125,9 +125,9 @@ pub struct Revocations {
     idp_sessions: HashMap<[u8; 16], u64>,
     /// Subject digest → (before, until).
     subjects: HashMap<[u8; 16], (u64, u64)>,
-    /// Since when this worker knows every revocation: 0 where they outlive
-    /// it (a shared store), else when the memory that holds them began.
-    known_since: u64,
+    /// Since when this worker knows every revocation: `None` where they
+    /// outlive it (a shared store), else when the memory that holds them began.
+    known_since: Option<u64>,
 }
 
 /// Revocations kept per kind at most: enough for every sign-out of a large
@@ -150,14 +150,14 @@ impl Revocations {
     /// Since when every revocation is known: a session the provider last
     /// vouched for before then may have been signed out in a memory that is
     /// gone, and is checked with the provider again before it is served.
-    pub fn known_since(&self) -> u64 {
+    pub fn known_since(&self) -> Option<u64> {
         self.known_since
     }
 
     /// Says that revocations made before `t` may be unknown here (this
     /// memory began at `t`).
     pub fn forgotten_before(&mut self, t: u64) {
-        self.known_since = t;
+        self.known_since = Some(t);
     }
 
     /// Whether none are known.

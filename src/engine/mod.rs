@@ -232,8 +232,10 @@ impl Engine {
         let api = || route.api || head.looks_like_api();
         let s = &opened.session;
         // Checked before the revocations this worker knows began: a sign-out
-        // may be what it forgot, so the provider is asked again first.
-        let unchecked = s.checked_at < env.revocations.known_since();
+        // may be what it forgot, so the provider is asked again first. (Times
+        // are whole seconds: a session checked in that very second passes, or
+        // each refresh in it would ask again, a loop.)
+        let unchecked = env.revocations.known_since().is_some_and(|t| s.checked_at < t);
         if unchecked && s.refresh_token.is_none() {
             env.events.push(Event::InvalidCookie("session from before a restart, with nothing to refresh it"));
             let clear = vec![self.clear_cookie(name, "/")];

@@ -2197,7 +2197,8 @@ fn a_session_from_before_a_restart_is_checked_with_the_provider_before_it_is_ser
     // The provider no longer knows the session (it was signed out): no pass.
     let r = respond(g.fetched(pending, HttpResponse { status: 400, body: br#"{"error":"invalid_grant"}"#.to_vec() }));
     assert_eq!(r.status, 302, "sent to sign in again");
-    // A session the provider vouched for after the restart is served as is.
+    // A session the provider vouched for after the restart is served as is,
+    // also one from the restart's very second (no refresh loop).
     let (fresh, _) = g.login_as(&alice());
     assert!(matches!(g.send(&Req::get("/app/").cookie(COOKIE, &fresh)), Step::Allow(_)));
 }

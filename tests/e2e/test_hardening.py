@@ -93,7 +93,7 @@ def test_a_raw_byte_that_is_not_ascii_never_opens_a_protected_prefix(gate, stack
     body = b"x=1" if method == "POST" else b""
     headers = [("Cookie", cookie_of(bob))] + ([("Content-Type", "application/x-www-form-urlencoded"),
                                               ("Content-Length", str(len(body)))] if body else [])
-    data = send_raw(gate, raw_request(method, b"/admin" + byte + b"/x", host_of(gate), headers, body))
+    data = send_raw(gate, raw_request(method, b"/admin" + byte, host_of(gate), headers, body))
     st = statuses(data)
     assert st, data[:300]
     assert not reached_admin(echo_paths(data)), (st, data[:400])
@@ -476,3 +476,39 @@ def test_many_tabs_starting_logins_at_once_still_sign_in(gate, stack, tabs):
     assert len(c.cookies_for("127.0.0.1", "/oauth2/callback")) < 4096
     done = c.get(to_callback_from(c, r.location, "alice"))
     assert done.status == 302 and done.location == f"/app/later{tabs - 1}", (done.status, done.location)
+
+
+# --------------------------------------------------------------------------
+# Restarts.
+
+
+def test_a_signed_out_copy_stays_refused_after_the_gate_restarts(gate, stack):
+    """The gate's memory of sign-outs is new after a restart (Envoy's and
+    nginx's shared memory, a sidecar without Redis): a session the provider
+    last vouched for before then is checked with the provider again before
+    it is served. The signed-out copy is refused; a live session goes on."""
+    b = Browser()
+    assert login(b, gate.url("/app/"), "alice").status == 200
+    copy = {"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"}
+    other = Browser()
+    assert login(other, gate.url("/app/"), "bob").status == 200
+    r = b.get(gate.url("/oauth2/sign_out"), headers={"Sec-Fetch-Site": "same-origin"})
+    assert r.status == 302
+    b.get(r.location)  # the provider's end of the session
+    thief = Browser()
+    assert thief.request("GET", gate.url("/app/"), headers=copy, send_cookies=False).status == 302
+    # Times are whole seconds: the restart comes in a later one than the login.
+    time.sleep(1.1)
+    gate.stop()
+    gate.start()
+    gate.wait_provider_loaded()
+    for accept, refused in (("text/html", 302), ("application/json", 401)):
+        r = thief.request("GET", gate.url("/app/"), headers={**copy, "Accept": accept}, send_cookies=False)
+        assert r.status == refused, (accept, r.status, r.all("set-cookie"))
+    r = other.follow(gate.url("/app/"))
+    assert r.status == 200 and r.upstream_header("Remote-User") == "bob", r.status
+    assert other.get(gate.url("/app/")).status == 200
+    # A login right after the restart is served as is: no refresh loop.
+    fresh = Browser()
+    assert login(fresh, gate.url("/app/"), "alice").status == 200
+    assert fresh.get(gate.url("/app/")).status == 200

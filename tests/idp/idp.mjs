@@ -650,14 +650,18 @@ provider.use(async (ctx, next) => {
 // form, or an auto-submitting form when there is no session); Pocket ID redirects at
 // once when the id_token_hint is valid. So: once oidc-provider has validated the hint
 // and the post_logout_redirect_uri (else it answers with an error, not 200), end the
-// IdP session here and redirect. Refresh tokens are left alone (they are not bound
-// to the IdP session, see expiresWithSession).
+// IdP session here and redirect. Refresh tokens are not bound to the IdP session
+// (see expiresWithSession), but as Pocket ID's end-session does, the ones issued
+// with the hinted ID token end with it: its client's grant in this session goes.
 provider.use(async (ctx, next) => {
   await next();
   if (ctx.path !== '/session/end' || ctx.status !== 200) return;
   const { oidc } = ctx;
   if (!oidc?.entities?.IdTokenHint || !oidc.session) return;
   const { post_logout_redirect_uri: postLogout, state } = oidc.params;
+  const hinted = oidc.entities.Client?.clientId ?? oidc.params.client_id;
+  const grantId = hinted && oidc.session.grantIdFor(hinted);
+  if (grantId) await provider.Grant.adapter.destroy(grantId);
   await backchannelLogout(oidc.session);
   await oidc.session.destroy();
   ctx.cookies.set(provider.cookieName('session'), null, cookies.long);

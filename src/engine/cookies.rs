@@ -11,7 +11,7 @@ use crate::request::RequestHead;
 /// Traefik's 1 MB but with its own 431 on far less in front of some CDNs):
 /// the sign-in would be refused until they expire. With slots, a new login
 /// takes a free one, else the oldest, and the Cookie header stays small.
-pub(super) const LOGIN_SLOTS: u8 = 6;
+pub const LOGIN_SLOTS: u8 = 4;
 
 /// Marks a `state` that names its slot (`~3…`); `~` is never in base64url,
 /// so a state from before slots keeps its own cookie name.

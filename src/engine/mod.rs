@@ -37,7 +37,7 @@ use crate::session::Session;
 use crate::store::StoreAnswer;
 use crate::SecureRandom;
 
-pub use cookies::MAX_COOKIE_BYTES;
+pub use cookies::{LOGIN_SLOTS, MAX_COOKIE_BYTES};
 use login::TokenResponse;
 use refresh::{Refresh, Waiting};
 pub(crate) use step::Env;

@@ -160,8 +160,19 @@ def test_cookies_without_secure_on_https_hosts_fail(tmp_path, idp):
 
 def test_the_largest_cookie_is_estimated(tmp_path, idp):
     code, checks, _ = doctor(tmp_path, config(idp.issuer), "--host", GATE, "--groups", "400")
-    assert code == 1 and failed(checks) == {"cookie_size"}
+    assert code == 1 and failed(checks) == {"cookie_size", "header_size"}
     assert "400 groups" in checks["cookie_size"]["detail"]
+
+
+def test_a_cookie_header_past_the_proxys_limit_is_named(tmp_path, idp):
+    """A session that fits its cookie, with the logins a browser may have in
+    flight, can still outgrow nginx's 8 KB header line: doctor names the
+    limit and the directive that raises it."""
+    code, checks, _ = doctor(tmp_path, config(idp.issuer), "--host", GATE, "--groups", "100")
+    assert code == 1 and failed(checks) == {"header_size"}, checks
+    assert "8192" in checks["header_size"]["detail"] and "large_client_header_buffers" in checks["header_size"]["fix"]
+    code, checks, _ = doctor(tmp_path, config(idp.issuer), "--host", GATE, "--groups", "10")
+    assert checks["header_size"]["status"] == "pass", checks["header_size"]
 
 
 @pytest.mark.parametrize("trusted", ["[0.0.0.0/0]", "[]"])

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use oidc_edge::config::{decode_cookie_secret, looks_human_made, SameSite, SecretSource};
-use oidc_edge::engine::MAX_COOKIE_BYTES;
+use oidc_edge::engine::{LOGIN_SLOTS, MAX_COOKIE_BYTES};
 use oidc_edge::session::Session;
 use oidc_edge::Config;
 use serde_json::Value;
@@ -15,7 +15,8 @@ use crate::settings::SidecarConfig;
 
 /// Every check of the configuration alone.
 pub fn checks(config: &Config, settings: &SidecarConfig, raw: Option<&Value>, secrets: &dyn SecretSource, opts: &Options) -> Vec<Check> {
-    let mut out = vec![cookie_secrets(raw, secrets), cookie_attributes(config, opts), cookie_size(config, opts.groups)];
+    let mut out =
+        vec![cookie_secrets(raw, secrets), cookie_attributes(config, opts), cookie_size(config, opts.groups), header_size(config, opts)];
     out.push(trusted_proxies(settings));
     out
 }
@@ -141,6 +142,73 @@ fn cookie_size(config: &Config, groups: usize) -> Check {
     }
 }
 
+/// A login in flight as its cookie holds it, with the longest return
+/// address the gate keeps (512 bytes).
+fn login_cookie_len(config: &Config) -> usize {
+    let login = oidc_edge::session::LoginState {
+        state: "~0".to_owned() + &"s".repeat(43),
+        nonce: "n".repeat(43),
+        verifier: "v".repeat(43),
+        return_to: "/".to_owned() + &"r".repeat(511),
+        redirect_uri: "https://a-long-application-name.example.com/oauth2/callback".into(),
+    };
+    let s = &config.session;
+    let name = format!("{}_csrf_0", s.cookie_name);
+    name.len() + 1 + s.sealer.seal(&name, 1_800_000_000, &login.encode(), &mut crate::random::OsRandom).len()
+}
+
+/// nginx's default `large_client_header_buffers` (4 8k): one header line
+/// must fit one buffer, the smallest limit of the proxies the gate runs in
+/// (Envoy's is 60 KiB, Caddy's and Traefik's 1 MiB).
+const NGINX_HEADER_LINE: usize = 8 * 1024;
+
+/// The largest `Cookie` header the gate may make a browser send: the
+/// session of the largest user, its ID token for sign-out (an estimate:
+/// 1.5 KB) and a login in flight in every slot, against the proxy's limit
+/// (nginx's default, or the `large_client_header_buffers` found in
+/// `--snippets DIR`).
+fn header_size(config: &Config, opts: &Options) -> Check {
+    let session = cookie_len(config, opts.groups);
+    let logins = usize::from(LOGIN_SLOTS) * (login_cookie_len(config) + 2);
+    let total = session + 1536 + logins;
+    let configured = opts.snippets.as_deref().and_then(nginx_header_buffer);
+    let limit = configured.unwrap_or(NGINX_HEADER_LINE);
+    let whose = if configured.is_some() { "the large_client_header_buffers in the snippets" } else { "nginx's default header line" };
+    let detail = format!(
+        "up to {total} bytes of Cookie (a session for {} groups, the ID token kept for sign-out, {LOGIN_SLOTS} sign-ins in flight); {whose} holds {limit}",
+        opts.groups
+    );
+    if total > limit {
+        Check::fail(
+            "header_size",
+            detail,
+            format!("behind nginx, raise it in the server block: large_client_header_buffers 4 {}k;", total.div_ceil(1024).next_power_of_two()),
+        )
+    } else {
+        Check::pass("header_size", detail)
+    }
+}
+
+/// The buffer size of a `large_client_header_buffers N SIZE;` in the files
+/// of `dir`, in bytes.
+fn nginx_header_buffer(dir: &Path) -> Option<usize> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).find_map(|text| {
+        text.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|l| {
+            let mut words = l.strip_prefix("large_client_header_buffers")?.trim_end_matches(';').split_whitespace();
+            let size = words.nth(1)?;
+            let (num, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit()).unwrap_or(size.len()));
+            let n: usize = num.parse().ok()?;
+            match unit.to_ascii_lowercase().as_str() {
+                "" => Some(n),
+                "k" => Some(n * 1024),
+                "m" => Some(n * 1024 * 1024),
+                _ => None,
+            }
+        })
+    })
+}
+
 fn trusted_proxies(settings: &SidecarConfig) -> Check {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let everything = settings.trusted_proxies.iter().any(|n| {
@@ -243,4 +311,20 @@ pub fn snippets(config: &Config, settings: &SidecarConfig, raw: Option<&Value>, 
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nginx_header_buffer;
+
+    #[test]
+    fn the_header_buffer_is_read_from_nginx_configuration() {
+        let dir = std::env::temp_dir().join(format!("oidc-edge-doctor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.conf"), "# large_client_header_buffers 4 1k;\nserver {\n  large_client_header_buffers 4 16k;\n}\n").unwrap();
+        assert_eq!(nginx_header_buffer(&dir), Some(16 * 1024));
+        std::fs::write(dir.join("a.conf"), "server {}\n").unwrap();
+        assert_eq!(nginx_header_buffer(&dir), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

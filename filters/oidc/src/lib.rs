@@ -44,8 +44,6 @@ struct Worker {
     /// of its change marker.
     revocations_version: Option<u32>,
     revocations_marker: Option<u32>,
-    /// Whether the driver knows since when this proxy's revocations go back.
-    revocations_dated: bool,
     /// Whether the last poll of the fleet coordinator got an answer (a
     /// change is logged once, not every poll).
     coordinator_answers: bool,
@@ -72,10 +70,6 @@ impl Worker {
     /// every request (a sign-out on one worker is refused by all at once),
     /// at the cost of reading the small change marker.
     fn load_revocations(&mut self, ctx: &dyn Context, now: u64) {
-        if !self.revocations_dated {
-            self.revocations_dated = true;
-            self.driver.revocations_known_since(shared::revocations_began(ctx, &self.keys.revocations_began, now));
-        }
         let marker = ctx.get_shared_data(&self.keys.revoked_changed).1;
         if marker == self.revocations_marker {
             return;
@@ -245,7 +239,6 @@ impl RootContext for Root {
             provider_version: None,
             revocations_version: None,
             revocations_marker: None,
-            revocations_dated: false,
             rng,
             metrics,
             keys,
@@ -253,6 +246,11 @@ impl RootContext for Root {
             coordinator_answers: true,
         };
         HostShared::create_shards(self, &worker.keys.claims);
+        // Dated when the worker starts, not at its first request: a session
+        // another instance made after this one started owes it no refresh.
+        let mut worker = worker;
+        let began = shared::revocations_began(self, &worker.keys.revocations_began, unix_now(self));
+        worker.driver.revocations_known_since(began);
         let worker = Rc::new(RefCell::new(worker));
         worker.borrow_mut().load_provider(self);
         self.worker = Some(worker);

@@ -46,13 +46,18 @@ impl Engine {
         let name = &self.config.session.cookie_name;
         if let Some(rest) = state.strip_prefix(SLOT_MARK) {
             let slot = rest.bytes().next().filter(|b| (b'0'..b'0' + LOGIN_SLOTS).contains(b))?;
-            return Some((format!("{name}_csrf_{}", char::from(slot)), "/"));
+            return Some((self.slot_cookie_name(slot), "/"));
         }
         let prefix = state.get(..12)?;
         prefix
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             .then(|| (format!("{name}_csrf_{prefix}"), self.config.paths.callback.as_str()))
+    }
+
+    /// The cookie of login slot `slot` (an ASCII digit).
+    fn slot_cookie_name(&self, slot: u8) -> String {
+        format!("{}_csrf_{}", self.config.session.cookie_name, char::from(slot))
     }
 
     /// The slot a new login takes, as the `state` prefix that names it: a
@@ -65,7 +70,7 @@ impl Engine {
         let mut expiries = [None; LOGIN_SLOTS as usize];
         if let Some(head) = head {
             for (slot, expiry) in (b'0'..).zip(expiries.iter_mut()) {
-                let name = format!("{}_csrf_{}", s.cookie_name, char::from(slot));
+                let name = self.slot_cookie_name(slot);
                 *expiry = head.cookies(&name).find_map(|v| s.sealer.open(&name, v, env.now).ok().map(|(_, exp)| exp));
             }
         }

@@ -157,10 +157,13 @@ pub fn lenient_reading(path: &str) -> Option<String> {
     }
     let decoded = decode_all(path)?;
     let text = String::from_utf8_lossy(&decoded);
-    let text = text.split('?').next().unwrap_or("");
     let mut folded = String::with_capacity(text.len());
     for c in text.chars() {
         match fold(c) {
+            // The query starts at the first `?` as read after folding: a
+            // fullwidth `？` ends the path for a reader that folds it.
+            Folded::Keep if c == '?' => break,
+            Folded::To('?') => break,
             Folded::Keep => folded.push(c),
             // A backslash is a separator to Windows servers.
             Folded::To('\\') => folded.push('/'),
@@ -335,6 +338,7 @@ mod tests {
             "/%EF%BD%81%EF%BD%84%EF%BD%8D%EF%BD%89%EF%BD%8E/",
             "/adm%C4%B1n/",
             "/admin%3F/",
+            "/admin%EF%BC%9Fx",
             "/admin%3Bx/",
             "/public/%EF%BC%8E%EF%BC%8E/admin/",
             "/public%EF%BC%8F..%EF%BC%8Fadmin/",

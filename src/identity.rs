@@ -90,7 +90,7 @@ impl IdentitySigner {
         let s = &opened.session;
         let mut claims = json!({
             "iss": self.issuer, "aud": host, "sub": s.sub, "preferred_username": s.user,
-            "groups": s.groups, "iat": now, "exp": now + self.lifetime, "auth_time": s.login_at,
+            "groups": s.groups, "iat": now, "exp": now + self.lifetime, "auth_time": s.auth_time,
         });
         if let Some(email) = &s.email {
             claims["email"] = json!(email);
@@ -174,6 +174,7 @@ mod tests {
             id: [id; 16],
             login_at: 100,
             checked_at: 100,
+            auth_time: 40,
             ..Session::default()
         };
         OpenedSession::new(session, 10_000)
@@ -188,6 +189,7 @@ mod tests {
             let claims: Value = verified_claims(&token, &jwks, None).unwrap();
             assert_eq!(claims["preferred_username"], "alice");
             assert_eq!(claims["groups"], json!(["admins"]));
+            assert_eq!(claims["auth_time"], 40, "when the provider signed the user in, not when the gate's session began");
             assert_eq!((claims["aud"].as_str(), claims["exp"].as_u64()), (Some("app.example.com"), Some(1300)));
             let other = IdentitySigner::new(alg, &[8; 32], "oidc-edge".into(), 300).unwrap();
             assert!(verified_claims(&token, &Jwks::parse(other.jwks().as_bytes()).unwrap(), None).is_err());

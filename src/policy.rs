@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use crate::headers::HeaderNames;
 use crate::net::IpNet;
 use crate::secret::SecretString;
-use crate::session::Session;
+use crate::session::{Asked, Session};
 
 /// A host pattern: `*` (any), `*.example.com` (any subdomain) or an exact host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +160,23 @@ impl StepUp {
     /// Whether the route asks anything of the sign-in.
     pub fn is_empty(&self) -> bool {
         self.max_auth_age.is_none() && self.acr.is_empty() && self.amr.is_empty()
+    }
+
+    /// What a step-up login for this route asks the provider for.
+    pub fn to_ask(&self) -> Asked {
+        Asked { max_age: self.max_auth_age, acr: self.acr.clone() }
+    }
+
+    /// Whether the provider already fell short of this route when it made
+    /// `session`: that session's own login asked for everything the route
+    /// wants (a `max_age` no longer, `acr_values` the route accepts) and the
+    /// sign-in it got did not meet it even then. Asking again would go
+    /// round in a loop; a session that merely grew old is asked again.
+    pub fn refused_by_provider(&self, session: &Session) -> bool {
+        let Some(asked) = &session.asked else { return false };
+        let fresh_enough = self.max_auth_age.is_none_or(|max| asked.max_age.is_some_and(|m| m <= max));
+        let method_asked = self.acr.is_empty() || (!asked.acr.is_empty() && asked.acr.iter().all(|a| self.acr.contains(a)));
+        fresh_enough && method_asked && self.unmet(session, session.login_at).is_some()
     }
 
     /// What `session` lacks, if anything.

@@ -35,6 +35,19 @@ pub struct Session {
     pub acr: Option<String>,
     /// Authentication methods (`amr`), e.g. `hwk`, `phr` (passkey), `pwd`.
     pub amr: Vec<String>,
+    /// What the login that made this session asked the provider for beyond
+    /// a plain sign-in (step-up), if anything: a session that falls short of
+    /// what its own login asked is the provider's answer, not an old sign-in.
+    pub asked: Option<Asked>,
+}
+
+/// A step-up login's demands, as sent to the provider.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Asked {
+    /// `max_age` (seconds), when the login asked for a recent sign-in.
+    pub max_age: Option<u64>,
+    /// `acr_values`, when the login asked for a method.
+    pub acr: Vec<String>,
 }
 
 /// A login in progress: what the callback needs to finish it. Travels in a
@@ -52,6 +65,8 @@ pub struct LoginState {
     pub return_to: String,
     /// The `redirect_uri` used in the authorization request.
     pub redirect_uri: String,
+    /// What a step-up login asked for (see [`Session::asked`]).
+    pub asked: Option<Asked>,
 }
 
 impl std::fmt::Debug for Session {
@@ -84,14 +99,18 @@ impl std::fmt::Debug for LoginState {
 const SESSION_V1: u8 = 1;
 /// Cookies written before sessions carried the sign-in's time and method.
 const SESSION_V2: u8 = 2;
+/// Cookies written before sessions remembered what their login asked for.
 const SESSION_V3: u8 = 3;
+const SESSION_V4: u8 = 4;
+/// Login states written before step-up logins were marked as such.
 const LOGIN_V1: u8 = 1;
+const LOGIN_V2: u8 = 2;
 
 impl Session {
     /// Encodes the session for sealing.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(128));
-        w.0.push(SESSION_V3);
+        w.0.push(SESSION_V4);
         w.str(&self.sub);
         w.str(&self.user);
         w.opt(self.email.as_deref());
@@ -112,6 +131,7 @@ impl Session {
         for m in &self.amr {
             w.str(m);
         }
+        w.asked(self.asked.as_ref());
         w.0
     }
 
@@ -119,7 +139,7 @@ impl Session {
     pub fn decode(bytes: &[u8]) -> Option<Session> {
         let mut r = Reader(bytes);
         let version = r.byte()?;
-        if !(SESSION_V1..=SESSION_V3).contains(&version) {
+        if !(SESSION_V1..=SESSION_V4).contains(&version) {
             return None;
         }
         let sub = r.str()?;
@@ -163,6 +183,7 @@ impl Session {
             }
             (auth_time, acr, amr)
         };
+        let asked = if version > SESSION_V3 { r.asked()? } else { None };
         r.0.is_empty().then_some(Session {
             sub,
             user,
@@ -178,6 +199,7 @@ impl Session {
             auth_time,
             acr,
             amr,
+            asked,
         })
     }
 }
@@ -193,23 +215,26 @@ impl LoginState {
     /// Encodes the login state for sealing.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(256));
-        w.0.push(LOGIN_V1);
+        w.0.push(LOGIN_V2);
         w.str(&self.state);
         w.str(&self.nonce);
         w.str(&self.verifier);
         w.str(&self.return_to);
         w.str(&self.redirect_uri);
+        w.asked(self.asked.as_ref());
         w.0
     }
 
     /// Decodes a login state; `None` for anything malformed.
     pub fn decode(bytes: &[u8]) -> Option<LoginState> {
         let mut r = Reader(bytes);
-        if r.byte()? != LOGIN_V1 {
+        let version = r.byte()?;
+        if !(LOGIN_V1..=LOGIN_V2).contains(&version) {
             return None;
         }
-        let out = LoginState { state: r.str()?, nonce: r.str()?, verifier: r.str()?, return_to: r.str()?, redirect_uri: r.str()? };
-        r.0.is_empty().then_some(out)
+        let (state, nonce, verifier, return_to, redirect_uri) = (r.str()?, r.str()?, r.str()?, r.str()?, r.str()?);
+        let asked = if version >= LOGIN_V2 { r.asked()? } else { None };
+        r.0.is_empty().then_some(LoginState { state, nonce, verifier, return_to, redirect_uri, asked })
     }
 }
 
@@ -238,6 +263,24 @@ impl Writer {
                 self.0.push(1);
                 self.str(s);
             }
+        }
+    }
+    fn asked(&mut self, asked: Option<&Asked>) {
+        let Some(a) = asked else {
+            self.0.push(0);
+            return;
+        };
+        self.0.push(1);
+        match a.max_age {
+            None => self.0.push(0),
+            Some(m) => {
+                self.0.push(1);
+                self.varint(m);
+            }
+        }
+        self.varint(a.acr.len() as u64);
+        for v in &a.acr {
+            self.str(v);
         }
     }
 }
@@ -287,6 +330,27 @@ impl Reader<'_> {
             _ => None,
         }
     }
+    fn asked(&mut self) -> Option<Option<Asked>> {
+        match self.byte()? {
+            0 => return Some(None),
+            1 => {}
+            _ => return None,
+        }
+        let max_age = match self.byte()? {
+            0 => None,
+            1 => Some(self.varint()?),
+            _ => return None,
+        };
+        let count = self.varint()?;
+        if count > 16 {
+            return None;
+        }
+        let mut acr = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            acr.push(self.str()?);
+        }
+        Some(Some(Asked { max_age, acr }))
+    }
 }
 
 #[cfg(test)]
@@ -309,16 +373,17 @@ mod tests {
             auth_time: 1_700_000_000,
             acr: None,
             amr: vec!["phr".into()],
+            asked: Some(Asked { max_age: Some(30), acr: vec!["urn:mace:incommon:iap:silver".into()] }),
         }
     }
 
     /// The version 2 encoding of `s` (without the sign-in's time and method).
     fn v2(s: &Session) -> Vec<u8> {
-        let plain = Session { auth_time: s.login_at, acr: None, amr: Vec::new(), ..s.clone() };
+        let plain = Session { auth_time: s.login_at, acr: None, amr: Vec::new(), asked: None, ..s.clone() };
         let mut bytes = plain.encode();
         let mut tail = Writer(Vec::new());
         tail.varint(plain.login_at);
-        bytes.truncate(bytes.len() - tail.0.len() - 2);
+        bytes.truncate(bytes.len() - tail.0.len() - 3);
         bytes[0] = SESSION_V2;
         bytes
     }
@@ -327,7 +392,7 @@ mod tests {
     /// of its own that stays the same for that cookie.
     #[test]
     fn version_1_sessions_decode_with_a_stable_id() {
-        let s = Session { id: [0; 16], idp_sid: None, auth_time: sample().login_at, amr: Vec::new(), ..sample() };
+        let s = Session { id: [0; 16], idp_sid: None, auth_time: sample().login_at, amr: Vec::new(), asked: None, ..sample() };
         let mut v1 = v2(&s);
         v1[0] = SESSION_V1;
         v1.truncate(v1.len() - 16 - 1);
@@ -343,7 +408,16 @@ mod tests {
         let s = sample();
         let decoded = Session::decode(&v2(&s)).expect("a version 2 session decodes");
         assert_eq!((decoded.auth_time, decoded.acr.clone(), decoded.amr.len()), (s.login_at, None, 0));
-        assert_eq!(Session { auth_time: s.auth_time, amr: s.amr.clone(), ..decoded }, s);
+        assert_eq!(Session { auth_time: s.auth_time, amr: s.amr.clone(), asked: s.asked.clone(), ..decoded }, s);
+    }
+
+    #[test]
+    fn version_3_sessions_decode_as_plain_logins() {
+        let s = Session { asked: None, ..sample() };
+        let mut v3 = s.encode();
+        v3.pop();
+        v3[0] = SESSION_V3;
+        assert_eq!(Session::decode(&v3), Some(s));
     }
 
     #[test]
@@ -356,8 +430,15 @@ mod tests {
             verifier: "ve".into(),
             return_to: "/a?b=c".into(),
             redirect_uri: "https://x/oauth2/callback".into(),
+            asked: Some(Asked { max_age: None, acr: vec!["gold".into()] }),
         };
-        assert_eq!(LoginState::decode(&l.encode()), Some(l));
+        assert_eq!(LoginState::decode(&l.encode()), Some(l.clone()));
+        // A login begun before the upgrade finishes after it.
+        let plain = LoginState { asked: None, ..l };
+        let mut v1 = plain.encode();
+        v1.pop();
+        v1[0] = LOGIN_V1;
+        assert_eq!(LoginState::decode(&v1), Some(plain));
     }
 
     #[test]

@@ -98,40 +98,31 @@ impl Engine {
         }
     }
 
+    /// Sends the browser to the provider. A login to come back to a
+    /// step-up route asks for what that route wants from the start (a
+    /// provider with a live single sign-on would otherwise answer with its
+    /// old sign-in), and is marked as such in the session it makes.
     pub(super) fn start_login(
         &self,
         head: Option<&RequestHead<'_>>,
         scheme: &str,
         authority: &str,
         return_to: String,
-        cookies: Vec<String>,
-        env: &mut Env<'_>,
-    ) -> Step {
-        self.start_login_with(head, scheme, authority, return_to, cookies, &[], env)
-    }
-
-    /// Starts a login with `extra` authorization parameters (step-up).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn start_login_with(
-        &self,
-        head: Option<&RequestHead<'_>>,
-        scheme: &str,
-        authority: &str,
-        return_to: String,
         mut cookies: Vec<String>,
-        extra: &[(&str, &str)],
         env: &mut Env<'_>,
     ) -> Step {
         let Some(provider) = env.provider else {
             return self.unavailable(env, cookies);
         };
         let slot = self.login_slot(head, env);
+        let asked = self.step_up_for(authority, &return_to);
         let login = LoginState {
             state: slot + &random_token(env.rng),
             nonce: random_token(env.rng),
             verifier: random_token(env.rng),
             return_to: bounded_return(return_to),
             redirect_uri: self.redirect_uri(scheme, authority),
+            asked,
         };
         let challenge = b64url(&sha256(login.verifier.as_bytes()));
         let p = &self.config.provider;
@@ -145,7 +136,8 @@ impl Engine {
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
         ];
-        params.extend_from_slice(extra);
+        let extra = login.asked.as_ref().map(super::step_up::step_up_params).unwrap_or_default();
+        params.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         let query = build_query(&params);
         let endpoint = &provider.discovery.authorization_endpoint;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
@@ -346,7 +338,8 @@ impl Engine {
         };
         let mut id = [0u8; 16];
         env.rng.fill(&mut id);
-        let session = self.session_from_claims(&claims, tokens.refresh_token, env.now, id);
+        let mut session = self.session_from_claims(&claims, tokens.refresh_token, env.now, id);
+        session.asked = login.asked.clone();
         let s = &self.config.session;
         let expires_at = env.now + s.lifetime;
         let sealed = s.sealer.seal(&s.cookie_name, expires_at, &session.encode(), env.rng);
@@ -406,6 +399,7 @@ impl Engine {
             auth_time: c.auth_time.filter(|t| *t <= now).unwrap_or(now),
             acr: clean(&c.acr),
             amr: c.amr.iter().filter(|m| header_safe(m)).cloned().collect(),
+            asked: None,
         }
     }
 }

@@ -323,6 +323,7 @@ impl Engine {
         session.auth_time = old.auth_time;
         session.acr.clone_from(&old.acr);
         session.amr.clone_from(&old.amr);
+        session.asked.clone_from(&old.asked);
         if session.idp_sid.is_none() {
             session.idp_sid.clone_from(&old.idp_sid);
         }

@@ -1,18 +1,19 @@
 //! Step-up: a route that wants a recent sign-in (`max_auth_age`) or a given
 //! method (`acr`, `amr`) sends the browser back to the provider asking for
-//! it, and says so plainly when the provider did not deliver, rather than
+//! it (the login marks itself, see [`crate::session::Asked`]), and says so
+//! plainly when the session that login made still falls short, rather than
 //! sending the browser round in a loop.
 
 use super::{Allow, Engine, Env, Step, Visit};
 use crate::bearer::quoted;
 use crate::cache::OpenedSession;
+use crate::encoding::{build_query, split_url};
 use crate::events::Event;
 use crate::pages::{self, Response};
+use crate::path::normalize;
 use crate::policy::{Route, StepUp, StepUpNeed};
-
-/// A sign-in this recent that still falls short was the provider's answer
-/// to our request: show a page instead of asking again.
-const JUST_SIGNED_IN: u64 = 120;
+use crate::redirect::authority_host;
+use crate::session::Asked;
 
 impl Engine {
     pub(super) fn step_up(
@@ -24,8 +25,8 @@ impl Engine {
         allow: Allow,
         env: &mut Env<'_>,
     ) -> Step {
-        let s = &opened.session;
-        if env.now.saturating_sub(s.login_at) < JUST_SIGNED_IN {
+        let again = || format!("{}?{}", self.config.paths.start, build_query(&[("rd", &(visit.return_to)())]));
+        if route.step_up.refused_by_provider(&opened.session) {
             env.events.push(Event::Denied("the provider's sign-in does not meet the route's max_auth_age, acr or amr"));
             let message = match need {
                 StepUpNeed::Fresher => "This service needs a recent sign-in, and the identity provider did not sign you in again.",
@@ -36,32 +37,39 @@ impl Engine {
             let resp = if (visit.api)() {
                 pages::json(403, "insufficient_user_authentication", message, &[])
             } else {
-                pages::page(403, "A stronger sign-in is needed", message, None)
+                pages::page(403, "A stronger sign-in is needed", message, Some((&again(), "Sign in again")))
             };
             return Step::Respond(resp.with_cookies(allow.set_cookies));
         }
         if (visit.api)() {
             env.events.push(Event::Unauthorized);
-            let login = format!("{}?{}", self.config.paths.start, crate::encoding::build_query(&[("rd", &(visit.return_to)())]));
-            let resp = pages::json(401, "step_up_required", "Sign in again to use this service.", &[("login", &login)]);
+            let resp = pages::json(401, "step_up_required", "Sign in again to use this service.", &[("login", &again())]);
             return Step::Respond(resp.with_cookies(allow.set_cookies));
         }
-        let extra = authorization_params(&route.step_up, need);
-        let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.start_login_with(visit.head, visit.scheme, visit.authority, (visit.return_to)(), allow.set_cookies, &pairs, env)
+        self.start_login(visit.head, visit.scheme, visit.authority, (visit.return_to)(), allow.set_cookies, env)
+    }
+
+    /// What the route of `return_to` (on `authority` when it is relative)
+    /// wants of the sign-in, when it wants anything.
+    pub(super) fn step_up_for(&self, authority: &str, return_to: &str) -> Option<Asked> {
+        let (authority, target) = split_url(return_to).map_or((authority, return_to), |(_, a, p)| (a, p));
+        let path = target.split(['?', '#']).next().unwrap_or("/");
+        let path = normalize(path).ok()?;
+        let route = self.config.routes.find(authority_host(authority), &path, "GET")?;
+        (!route.step_up.is_empty()).then(|| route.step_up.to_ask())
     }
 }
 
-/// What to ask the provider for: `max_age` (and `prompt=login`, for
-/// providers that ignore it) for a fresher sign-in, `acr_values` for a
-/// method; a method by `amr` only can be asked for with `prompt=login`.
-fn authorization_params(step_up: &StepUp, need: StepUpNeed) -> Vec<(&'static str, String)> {
+/// What a step-up login sends: `max_age` for a recent sign-in, `acr_values`
+/// for a method, and `prompt=login` for providers that ignore `max_age` (a
+/// method by `amr` can only be asked for that way).
+pub(super) fn step_up_params(asked: &Asked) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    if let (StepUpNeed::Fresher, Some(max)) = (need, step_up.max_auth_age) {
+    if let Some(max) = asked.max_age {
         out.push(("max_age", max.to_string()));
     }
-    if !step_up.acr.is_empty() {
-        out.push(("acr_values", step_up.acr.join(" ")));
+    if !asked.acr.is_empty() {
+        out.push(("acr_values", asked.acr.join(" ")));
     }
     out.push(("prompt", "login".to_owned()));
     out

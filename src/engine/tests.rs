@@ -212,7 +212,13 @@ impl Gate {
 
     /// Logs `user` in through the whole flow; returns the session and ID-token cookies.
     fn login_as(&mut self, user: &Value) -> (String, String) {
-        let resp = self.complete("/app/", |login, now| token_response(&sign_ed(&ed_key(), Some("ed1"), &id_claims(&login.nonce, now, user))));
+        self.login_from("/app/", user)
+    }
+
+    /// Logs `user` in from a first visit to `path` (a step-up route's login
+    /// asks for its demands).
+    fn login_from(&mut self, path: &str, user: &Value) -> (String, String) {
+        let resp = self.complete(path, |login, now| token_response(&sign_ed(&ed_key(), Some("ed1"), &id_claims(&login.nonce, now, user))));
         assert_eq!(resp.status, 302, "login of {user} failed: {}", String::from_utf8_lossy(&resp.body));
         let session = set_cookie(&resp, COOKIE).expect("session cookie").value;
         let idt = set_cookie(&resp, &format!("{COOKIE}_idt")).expect("id token cookie").value;
@@ -1991,6 +1997,7 @@ fn step_up_config() -> Value {
     let mut c = config_json();
     c["routes"] = json!([
         {"path": "/fresh/", "max_auth_age": "5m"},
+        {"path": "/fresh30/", "max_auth_age": "30s"},
         {"path": "/passkey/", "amr": ["phr", "hwk"]},
         {"path": "/acr/", "acr": ["urn:passkey"]},
         {"path": "/api-fresh/", "max_auth_age": "5m", "bearer": true},
@@ -2017,11 +2024,54 @@ fn an_old_sign_in_goes_back_to_the_provider_for_a_fresh_one_once() {
     assert_eq!((r.status, body["error"].as_str()), (401, Some("step_up_required")));
     // The provider signs the user in but reports the old auth_time: a page, not another round.
     let mut stale = alice();
-    stale["auth_time"] = json!(NOW - 7200);
-    let (again, _) = g.login_as(&stale);
+    stale["auth_time"] = json!(g.host.now - 7200);
+    let (again, _) = g.login_from("/fresh/x", &stale);
     let r = respond(g.send(&Req::get("/fresh/x").cookie(COOKIE, &again)));
     assert_eq!(r.status, 403);
-    assert!(String::from_utf8_lossy(&r.body).contains("recent sign-in"));
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("recent sign-in") && body.contains("/oauth2/start?rd=%2Ffresh%2Fx"), "a way forward: {body}");
+}
+
+/// A plain login's sign-in, however recent, that falls short of a step-up
+/// route was never asked to meet it: the route asks, it does not refuse.
+#[test]
+fn a_recent_plain_sign_in_is_asked_again_not_refused() {
+    let mut g = Gate::with_config(&step_up_config());
+    let (session, _) = g.login_as(&alice());
+    g.host.now += 34;
+    let r = respond(g.send(&Req::get("/fresh30/x").cookie(COOKIE, &session)));
+    assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
+    let (_, params) = split_location(r.header("location").unwrap());
+    assert_eq!((param(&params, "max_age"), param(&params, "prompt")), ("30", "login"));
+    // The step-up login delivers; once its sign-in is old in turn, it is asked again too.
+    let (fresh, _) = g.login_from("/fresh30/x", &alice());
+    assert!(matches!(g.send(&Req::get("/fresh30/x").cookie(COOKIE, &fresh)), Step::Allow(_)));
+    g.host.now += 40;
+    assert_eq!(respond(g.send(&Req::get("/fresh30/x").cookie(COOKIE, &fresh))).status, 302);
+    // A session its login asked a looser max_age for is asked with the stricter one.
+    let mut five_minutes = alice();
+    five_minutes["auth_time"] = json!(g.host.now - 100);
+    let (looser, _) = g.login_from("/fresh/x", &five_minutes);
+    let r = respond(g.send(&Req::get("/fresh30/x").cookie(COOKIE, &looser)));
+    let (_, params) = split_location(r.header("location").unwrap());
+    assert_eq!((r.status, param(&params, "max_age")), (302, "30"));
+}
+
+/// The first visit to a step-up route asks for its demands at once: a
+/// provider with a live single sign-on would otherwise answer with its old
+/// sign-in. A plain route's login asks for nothing more.
+#[test]
+fn the_first_login_from_a_step_up_route_carries_its_demands() {
+    let mut g = Gate::with_config(&step_up_config());
+    let login = g.start("/fresh/x");
+    assert_eq!((param(&login.params, "max_age"), param(&login.params, "prompt")), ("300", "login"));
+    assert_eq!(login.sealed.asked, Some(crate::session::Asked { max_age: Some(300), acr: Vec::new() }));
+    let login = g.start("/acr/x");
+    assert_eq!((param(&login.params, "acr_values"), param(&login.params, "prompt")), ("urn:passkey", "login"));
+    let r = respond(g.send(&Req::get("/oauth2/start?rd=%2Ffresh30%2Fy")));
+    assert_eq!(g.read_login(&r).unwrap().sealed.asked.and_then(|a| a.max_age), Some(30), "the sign-in link asks too");
+    let plain = g.start("/app/");
+    assert!(plain.params.iter().all(|(k, _)| k != "max_age" && k != "prompt") && plain.sealed.asked.is_none());
 }
 
 #[test]
@@ -2030,13 +2080,16 @@ fn a_route_that_wants_a_passkey_asks_for_it_and_explains_when_it_did_not_come() 
     let (alice_session, _) = g.login_as(&alice());
     assert!(matches!(g.send(&Req::get("/passkey/x").cookie(COOKIE, &alice_session)), Step::Allow(_)), "amr phr");
     let (bob_session, _) = g.login_as(&bob());
-    // Just signed in with a password: a clear page.
-    assert_eq!(respond(g.send(&Req::get("/passkey/x").cookie(COOKIE, &bob_session))).status, 403);
-    // Later: back to the provider, to sign in again; a route naming an acr asks for it.
-    g.host.now += 600;
+    // Signed in with a password elsewhere: back to the provider, to sign in again.
     let r = respond(g.send(&Req::get("/passkey/x").cookie(COOKIE, &bob_session)));
     let (_, params) = split_location(r.header("location").unwrap());
     assert_eq!((r.status, param(&params, "prompt")), (302, "login"));
+    // Asked to sign in again, still with a password: a clear page.
+    let (asked, _) = g.login_from("/passkey/x", &bob());
+    assert_eq!(respond(g.send(&Req::get("/passkey/x").cookie(COOKIE, &asked))).status, 403);
+    g.host.now += 600;
+    assert_eq!(respond(g.send(&Req::get("/passkey/x").cookie(COOKIE, &asked))).status, 403, "still what the provider answered");
+    // A route naming an acr asks for it.
     let r = respond(g.send(&Req::get("/acr/x").cookie(COOKIE, &alice_session)));
     let (_, params) = split_location(r.header("location").unwrap());
     assert_eq!((r.status, param(&params, "acr_values")), (302, "urn:passkey"));

@@ -66,15 +66,21 @@ def _opt(s):
 
 def session_payload(user="mallory", sub="sub-mallory", email=None, verified=False, name=None, groups=(),
                     login_at=0, checked_at=0, refresh=None, session_id=b"\x07" * 16, idp_sid=None,
-                    auth_time=None, acr=None, amr=()) -> bytes:
-    """A session in the gate's format (version 3: the id sign-out revokes, and
-    when and how the user signed in at the provider)."""
-    out = b"\3" + _str(sub) + _str(user) + _opt(email) + bytes([1 if verified else 0]) + _opt(name)
+                    auth_time=None, acr=None, amr=(), asked=None) -> bytes:
+    """A session in the gate's format (version 4: the id sign-out revokes,
+    when and how the user signed in at the provider, and what a step-up
+    login asked for: None, or {"max_age": int | None, "acr": [str]})."""
+    out = b"\4" + _str(sub) + _str(user) + _opt(email) + bytes([1 if verified else 0]) + _opt(name)
     out += _varint(len(groups)) + b"".join(_str(g) for g in groups)
     out += _varint(login_at) + _varint(checked_at) + _opt(refresh)
     out += session_id + _opt(idp_sid)
     out += _varint(login_at if auth_time is None else auth_time) + _opt(acr)
-    return out + _varint(len(amr)) + b"".join(_str(m) for m in amr)
+    out += _varint(len(amr)) + b"".join(_str(m) for m in amr)
+    if asked is None:
+        return out + b"\0"
+    max_age = asked.get("max_age")
+    out += b"\1" + (b"\0" if max_age is None else b"\1" + _varint(max_age))
+    return out + _varint(len(asked.get("acr", ()))) + b"".join(_str(a) for a in asked.get("acr", ()))
 
 
 def unseal(secret: str, name: str, value: str):
@@ -115,7 +121,7 @@ class _Reader:
 def decode_session(payload: bytes) -> dict:
     r = _Reader(payload)
     version = r.byte()
-    assert version in (2, 3), "session format version"
+    assert version in (2, 3, 4), "session format version"
     out = {"sub": r.str(), "user": r.str(), "email": r.opt(), "verified": r.byte() == 1, "name": r.opt()}
     out["groups"] = [r.str() for _ in range(r.varint())]
     out["login_at"], out["checked_at"], out["refresh"] = r.varint(), r.varint(), r.opt()
@@ -123,9 +129,13 @@ def decode_session(payload: bytes) -> dict:
     r.pos += 16
     out["idp_sid"] = r.opt()
     out["auth_time"], out["acr"], out["amr"] = out["login_at"], None, []
-    if version == 3:
+    if version >= 3:
         out["auth_time"], out["acr"] = r.varint(), r.opt()
         out["amr"] = [r.str() for _ in range(r.varint())]
+    out["asked"] = None
+    if version >= 4 and r.byte():
+        max_age = r.varint() if r.byte() else None
+        out["asked"] = {"max_age": max_age, "acr": [r.str() for _ in range(r.varint())]}
     assert r.pos == len(payload), "trailing bytes"
     return out
 
@@ -137,7 +147,7 @@ def reseal(secret: str, value: str, name: str = "_oidc_edge", **changes) -> str:
     return seal(secret, name, expires_at, session_payload(s["user"], s["sub"], s["email"], s["verified"], s["name"],
                                                           s["groups"], s["login_at"], s["checked_at"], s["refresh"],
                                                           s["session_id"], s["idp_sid"], s["auth_time"], s["acr"],
-                                                          s["amr"]))
+                                                          s["amr"], s["asked"]))
 
 
 def due_for_refresh(secret: str, value: str, name: str = "_oidc_edge", by: int = 7200) -> str:

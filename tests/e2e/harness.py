@@ -460,6 +460,14 @@ class Idp:
     def stats(self) -> dict:
         return json.loads(Browser().get(f"{self.issuer}/test/stats").body)
 
+    def age_session(self, browser: Browser, seconds: int) -> int:
+        """Makes `browser`'s single sign-on session here `seconds` older;
+        returns its new auth_time."""
+        r = browser.request("POST", f"{self.issuer}/test/age-session", {"Content-Type": "application/json"},
+                            json.dumps({"seconds": seconds}).encode())
+        assert r.status == 200, r.body
+        return json.loads(r.body)["auth_time"]
+
     def put_user(self, name: str, fields: dict) -> None:
         r = Browser().request("PUT", f"{self.issuer}/test/users/{name}", {"Content-Type": "application/json"},
                               json.dumps(fields).encode())

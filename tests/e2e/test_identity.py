@@ -58,3 +58,16 @@ def test_the_upstream_gets_a_token_it_can_verify(gate, alice):
 def test_no_client_copy_of_the_header_reaches_any_upstream(gate):
     r = Browser().get(gate.url("/public/x"), headers={"X-Identity-Token": "forged.by.client"})
     assert r.status == 200 and r.upstream_header("X-Identity-Token") is None
+
+
+def test_the_signed_identity_says_when_the_provider_signed_the_user_in(gate, stack):
+    """Its auth_time is the provider's (here a single sign-on ten minutes
+    old, answering a new login), not when the gate's session began."""
+    b = Browser()
+    assert login(b, gate.url("/app/"), "alice").status == 200
+    auth_time = stack.idp.age_session(b, 600)
+    b.jar = {k: c for k, c in b.jar.items() if not k[1].startswith("_oidc_edge")}
+    assert b.follow(gate.url("/app/")).status == 200, "signed in by the provider's session, no page"
+    r = Browser().get(gate.url("/signed/x"), headers={"Cookie": f"_oidc_edge={b.cookie('_oidc_edge')}"})
+    claims = verify(r.upstream_header("X-Identity-Token"), Browser().get(gate.url("/oauth2/jwks")).json())
+    assert claims["auth_time"] == auth_time and claims["iat"] - claims["auth_time"] >= 600, claims

@@ -536,6 +536,20 @@ provider.use(async (ctx, next) => {
       // expired, foreign-audience or group-less tokens can be made too.
       const body = await readJson(ctx);
       ctx.body = { token: signJwt(body?.claims ?? {}, body?.alg ?? 'RS256', body?.typ ?? 'at+jwt', body?.header ?? {}) };
+    } else if (ctx.path === '/test/age-session' && ctx.method === 'POST') {
+      // The browser's single sign-on session (its cookie) as if its sign-in
+      // were `seconds` older: what a gate sees from a provider that answers
+      // a plain login with a sign-in made long before.
+      const body = await readJson(ctx);
+      const seconds = body?.seconds;
+      if (!Number.isInteger(seconds) || seconds < 0) throw Object.assign(new Error('seconds must be a whole number'), { status: 400 });
+      const id = ctx.cookies.get(provider.cookieName('session'));
+      const session = id && await provider.Session.find(id);
+      if (!session?.accountId) throw Object.assign(new Error('no signed-in session for this browser'), { status: 404 });
+      session.loginTs -= seconds;
+      const now = Math.floor(Date.now() / 1000);
+      await session.save(Math.max(60, (session.exp ?? now + 3600) - now));
+      ctx.body = { auth_time: session.loginTs };
     } else if (ctx.path === '/test/users' && ctx.method === 'GET') {
       ctx.body = [...users.values()];
     } else if (userPath && ctx.method === 'GET') {

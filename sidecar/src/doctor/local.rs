@@ -111,6 +111,7 @@ fn cookie_len(config: &Config, groups: usize) -> usize {
         auth_time: 1_800_000_000,
         acr: None,
         amr: vec!["phr".into()],
+        asked: Some(oidc_edge::session::Asked { max_age: Some(86_400), acr: Vec::new() }),
     };
     let s = &config.session;
     let sealed = s.sealer.seal(&s.cookie_name, 1_800_000_000, &session.encode(), &mut crate::random::OsRandom);
@@ -143,14 +144,16 @@ fn cookie_size(config: &Config, groups: usize) -> Check {
 }
 
 /// A login in flight as its cookie holds it, with the longest return
-/// address the gate keeps (512 bytes).
+/// address the gate keeps (512 bytes) and the largest step-up it may ask.
 fn login_cookie_len(config: &Config) -> usize {
+    let asked = config.routes.iter().filter(|r| !r.step_up.is_empty()).map(|r| r.step_up.to_ask()).max_by_key(|a| a.acr.concat().len());
     let login = oidc_edge::session::LoginState {
         state: "~0".to_owned() + &"s".repeat(43),
         nonce: "n".repeat(43),
         verifier: "v".repeat(43),
         return_to: "/".to_owned() + &"r".repeat(511),
         redirect_uri: "https://a-long-application-name.example.com/oauth2/callback".into(),
+        asked: asked.map(|a| oidc_edge::session::Asked { max_age: a.max_age.map(|_| u64::from(u32::MAX)), ..a }),
     };
     let s = &config.session;
     let name = format!("{}_csrf_0", s.cookie_name);
